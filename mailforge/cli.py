@@ -1,0 +1,158 @@
+"""The mailforge command line: parses, calls the library, prints, picks the exit code.
+
+This is the only module that imports Typer or Rich or decides exit codes:
+0 success, 1 a problem found on a live cluster, 2 could not run (bad input).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import InventoryError, MailforgeError, OutputError, Problem
+
+EXIT_OK, EXIT_PROBLEM, EXIT_UNUSABLE = 0, 1, 2
+
+app = typer.Typer(
+    name="mailforge",
+    help="Provision Postfix relay/core mail clusters from one topology inventory.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+InventoryArg = typer.Argument(..., help="Inventory directory, or the path of its topology.yml.", show_default=False)
+
+
+def _print_problems(problems: list[Problem], style: str, label: str) -> None:
+    for problem in problems:
+        err.print(f"[{style}]{label}:[/{style}] ", end="")
+        err.print(str(problem), markup=False)
+
+
+def reports_errors(command):
+    """Turn mailforge's exceptions into a message on stderr and exit 2: never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except InventoryError as exc:
+            _print_problems(exc.warnings, "yellow", "warning")
+            _print_problems(exc.problems, "bold red", "error")
+            count = len(exc.problems)
+            err.print(f"{count} problem{'s' if count != 1 else ''} found; nothing was written.", markup=False)
+            raise typer.Exit(EXIT_UNUSABLE) from None
+        except MailforgeError as exc:
+            err.print("[bold red]error:[/bold red] ", end="")
+            err.print(str(exc), markup=False)
+            raise typer.Exit(EXIT_UNUSABLE) from None
+        except KeyboardInterrupt:
+            err.print("interrupted", markup=False)
+            raise typer.Exit(130) from None
+        except typer.Exit:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the promise is: never a traceback
+            if os.environ.get("MAILFORGE_DEBUG"):
+                raise
+            err.print("[bold red]internal error:[/bold red] ", end="")
+            err.print(f"{type(exc).__name__}: {exc} (set MAILFORGE_DEBUG=1 for the traceback, and please report it)", markup=False)
+            raise typer.Exit(EXIT_UNUSABLE) from None
+
+    return wrapper
+
+
+def _load(inventory: Path):
+    from .topology import load_inventory
+
+    return load_inventory(inventory)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+def _summary(inv) -> str:
+    t = inv.topology
+    parts = [f"cluster {t.cluster}", _count(len(t.domains), "domain"), _count(len(t.relays), "relay"), _count(len(t.cores), "core")]
+    if t.load_balancers:
+        parts.append(_count(len(t.load_balancers), "load balancer"))
+    if inv.recipients is not None:
+        parts.append(_count(inv.recipients.count(list(t.domains)), "recipient"))
+    return ", ".join(parts)
+
+
+@app.command()
+@reports_errors
+def validate(
+    inventory: Path = InventoryArg,
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+):
+    """Check an inventory without writing anything: every problem at once, exit 2 if any."""
+    from .topology import load_inventory, resolve_topology_file
+
+    if as_json:
+        try:
+            inv = load_inventory(inventory)
+        except InventoryError as exc:
+            print(json.dumps({"valid": False, "errors": [p.as_dict() for p in exc.problems], "warnings": [p.as_dict() for p in exc.warnings]}, indent=2))
+            raise typer.Exit(EXIT_UNUSABLE) from None
+        print(json.dumps({"valid": True, "errors": [], "warnings": [p.as_dict() for p in inv.warnings]}, indent=2))
+        return
+    inv = _load(inventory)
+    _print_problems(inv.warnings, "yellow", "warning")
+    out.print(f"[green]valid:[/green] {resolve_topology_file(inventory)} ({_summary(inv)})")
+
+
+@app.command()
+@reports_errors
+def render(
+    inventory: Path = InventoryArg,
+    output: Path = typer.Option(..., "--output", "-o", help="Directory to write OUT/<host>/<path> and OUT/manifest.json into (replaced atomically)."),
+):
+    """Render every file of every host; on any error the output directory is left untouched."""
+    from .render import render as render_tree
+    from .write import write_tree
+
+    inv = _load(inventory)
+    _print_problems(inv.warnings, "yellow", "warning")
+    tree = render_tree(inv)
+    manifest = write_tree(tree, inv.topology.cluster, output)
+    table = Table(title=f"Rendered {_summary(inv)}", title_justify="left")
+    table.add_column("host")
+    table.add_column("files", justify="right")
+    table.add_column("actions a change needs")
+    for host, entry in manifest["hosts"].items():
+        actions = sorted({f["action"] for f in entry["files"].values()})
+        table.add_row(host, str(len(entry["files"])), ", ".join(actions))
+    out.print(table)
+    out.print(f"wrote {sum(len(h['files']) for h in manifest['hosts'].values())} files and manifest.json to {output}")
+
+
+@app.command()
+@reports_errors
+def schema():
+    """Print the inventory's JSON Schema, for editors that complete and check YAML."""
+    from .topology import Topology
+
+    print(json.dumps(Topology.model_json_schema(), indent=2, sort_keys=True))
+
+
+def main() -> None:
+    try:
+        app()
+    except SystemExit as exc:
+        sys.exit(exc.code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""What a rendered file is, and the shared Jinja environment the templates use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+# The action a change to a file needs on its host, in the words of the manifest.
+POSTMAP = "postmap"
+POSTFIX_RELOAD = "postfix reload"
+IPTABLES_RESTORE = "iptables-restore"
+IP6TABLES_RESTORE = "ip6tables-restore"
+HAPROXY_RELOAD = "haproxy reload"
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    """One file for one host: its text and how it is installed and applied."""
+
+    text: str
+    action: str
+    mode: str = "0644"
+    owner: str = "root"
+    group: str = "root"
+    config_directory: str | None = None  # the Postfix instance a postfix file belongs to
+
+    def manifest_entry(self, sha256: str) -> dict:
+        entry = {"sha256": sha256, "mode": self.mode, "owner": self.owner, "group": self.group, "action": self.action}
+        if self.config_directory:
+            entry["config_directory"] = self.config_directory
+        return entry
+
+
+Tree = dict[str, dict[str, RenderedFile]]
+
+
+def header(cluster: str, comment: str = "#") -> str:
+    return (
+        f"{comment} Managed by mailforge for cluster '{cluster}'. Do not edit: changes are overwritten.\n"
+        f"{comment} Change the inventory and run `mailforge render` / `mailforge deploy` instead.\n"
+    )
+
+
+@lru_cache(maxsize=1)
+def environment():
+    """One Jinja environment: strict about undefined names, templates mirror destination paths."""
+    import jinja2  # imported here: map-only renders (the 1M-recipient path) need no templates
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("mailforge", "templates"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+
+
+def template(path: str, **context) -> str:
+    return environment().get_template(path.lstrip("/") + ".j2").render(**context)

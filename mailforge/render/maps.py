@@ -1,0 +1,90 @@
+"""Postfix lookup tables as source text, in a stable order (sorted keys build faster).
+
+Each function returns the whole table: maps are always rendered complete from
+the inventory, so a recipient removed from the sources disappears everywhere.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from ..recipients import RecipientSet
+from ..topology import Core, Topology
+from .files import header
+
+_SLOT = "\x00"  # stands for the domain in the per-domain recipient template
+
+
+def relay_domains(t: Topology) -> str:
+    return header(t.cluster) + "".join(f"{domain} OK\n" for domain in sorted(t.domains))
+
+
+def relay_recipients(t: Topology, recipients: RecipientSet) -> str:
+    """`local@domain OK` for every recipient; a million lines costs a few string replaces."""
+    if _SLOT in "".join(recipients.local_parts):  # cannot happen after validation; keeps the trick honest
+        raise ValueError("local part holds a NUL character")
+    template = "".join(f"{local}@{_SLOT} OK\n" for local in recipients.local_parts)
+    blocks = [header(t.cluster)]
+    for domain in sorted(t.domains):
+        if recipients.extra.get(domain):
+            blocks.append("".join(f"{local}@{domain} OK\n" for local in recipients.local_parts_at(domain)))
+        else:
+            blocks.append(template.replace(_SLOT, domain))
+    return "".join(blocks)
+
+
+def nexthop(address: str, port: int = 25) -> str:
+    """A Postfix nexthop that skips MX lookups: [192.0.2.1]:25 or [ipv6:2001:db8::1]:25."""
+    if ipaddress.ip_address(address).version == 6:
+        return f"[ipv6:{address}]:{port}"
+    return f"[{address}]:{port}"
+
+
+def transport(t: Topology, cores: list[Core]) -> str:
+    """Every hosted domain to the cores, as an ordered failover list of next hops."""
+    hops = ", ".join(nexthop(core.address) for core in cores)
+    return header(t.cluster) + "".join(f"{domain} relay:{hops}\n" for domain in sorted(t.domains))
+
+
+def helo_access(t: Topology, relay_names: list[str], relay_addresses: list[str]) -> str:
+    """Refuse a client that greets with one of our own names or addresses: it is lying."""
+    reason = "REJECT 5.7.1 forged HELO: you are not this host"
+    keys: list[str] = []
+    for domain in sorted(t.domains):
+        keys += [domain, "." + domain]
+    keys += sorted(set(relay_names))
+    for address in relay_addresses:
+        keys += [address, f"[{address}]"]
+    return header(t.cluster) + "".join(f"{key} {reason}\n" for key in dict.fromkeys(keys))
+
+
+def sender_access(t: Topology) -> str:
+    """Refuse mail from outside whose envelope sender claims a hosted domain."""
+    reason = "REJECT 5.7.1 forged sender: mail from this domain does not come from outside"
+    return header(t.cluster) + "".join(f"{domain} {reason}\n" for domain in sorted(t.domains))
+
+
+def header_checks(t: Topology) -> str:
+    return header(t.cluster) + "".join(f"{check.match} {check.action}\n" for check in t.policy.header_checks)
+
+
+def postscreen_access(t: Topology) -> str:
+    """The managed balancers skip postscreen's tests: their health checks must not be penalised."""
+    lines = [f"{ipaddress.ip_network(lb.address)} permit\n" for lb in t.managed_balancers if lb.address]
+    return header(t.cluster) + "".join(lines)
+
+
+def relay_clients(t: Topology) -> str:
+    """On a core: the relays may hand over mail, every other non-user client is refused."""
+    return header(t.cluster) + "".join(f"{ipaddress.ip_network(r.address)} OK\n" for r in t.relays)
+
+
+def virtual_mailboxes(t: Topology, recipients: RecipientSet | None) -> str:
+    """On a core: one Maildir per recipient, or a catch-all per domain when there is no list."""
+    lines = [header(t.cluster)]
+    for domain in sorted(t.domains):
+        if recipients is None:
+            lines.append(f"@{domain} {domain}/catchall/\n")
+        else:
+            lines.append("".join(f"{local}@{domain} {domain}/{local.replace('/', '_')}/\n" for local in recipients.local_parts_at(domain)))
+    return "".join(lines)

@@ -1,0 +1,409 @@
+"""The topology inventory: schema, semantic checks, and loading from a directory.
+
+An inventory is a directory holding `topology.yml` and the files it names
+(`users.txt`, ...).  `load_inventory` reads it, checks everything it can, and
+either returns an `Inventory` or raises `InventoryError` carrying every
+problem found, each with file, line, column and key path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
+
+from . import header_checks as header_check_syntax
+from .errors import InventoryError, Problem
+from .mailnames import NameError_, normalize_domain
+from .postfix_parameters import GUARDED_PARAMETERS, POSTFIX_PARAMETERS
+from .recipients import RecipientSet, load_recipients
+from .yamlsource import Located, format_path, load_yaml
+
+TOPOLOGY_FILE = "topology.yml"
+
+
+def _fail(message: str, expected: str) -> PydanticCustomError:
+    return PydanticCustomError("mailforge", "{message}", {"message": message, "expected": expected})
+
+
+def _domain(value: str) -> str:
+    try:
+        return normalize_domain(value)
+    except NameError_ as exc:
+        raise _fail(str(exc), exc.expected) from None
+
+
+def _address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(str(value)))
+    except ValueError:
+        raise _fail(f"{value!r} is not an IPv4 or IPv6 address", "an address such as 192.0.2.25 or 2001:db8::25") from None
+
+
+def _network(value: str) -> str:
+    text = str(value)
+    try:
+        return str(ipaddress.ip_network(text))
+    except ValueError:
+        try:
+            loose = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise _fail(f"{text!r} is not an IPv4 or IPv6 network", "a CIDR such as 192.0.2.0/24 or 2001:db8::/64") from None
+        raise _fail(f"{text!r} has host bits set", f"the network address, {loose}") from None
+
+
+def _name(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", value):
+        raise _fail(f"{value!r} is not a usable host name", "lower-case letters, digits, '-' or '_', starting with a letter or digit")
+    return value
+
+
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise _fail(f"{value} is not a TCP port", "a number from 1 to 65535")
+    return value
+
+
+Domain = Annotated[str, AfterValidator(_domain)]
+Address = Annotated[str, AfterValidator(_address)]
+Network = Annotated[str, AfterValidator(_network)]
+HostName = Annotated[str, AfterValidator(_name)]
+Port = Annotated[int, AfterValidator(_port)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Recipients(Strict):
+    """Where the relays' list of valid recipients comes from; sources combine."""
+
+    local_parts_file: str | None = Field(None, description="File of local parts, one per line, crossed with every hosted domain.")
+    addresses_file: str | None = Field(None, description="File of full addresses, one per line.")
+    addresses: list[str] = Field(default_factory=list, description="Full addresses given inline.")
+
+
+class LoadBalancer(Strict):
+    """A TCP balancer in front of the relays; managed (HAProxy) unless external."""
+
+    name: HostName
+    address: Address | None = Field(None, description="Address the balancer connects to the relays from (and listens on, when managed).")
+    fqdn: Domain | None = None
+    external: bool = Field(False, description="True for a cloud balancer (e.g. AWS ELB): nothing is deployed to it.")
+    source_networks: list[Network] = Field(default_factory=list, description="Networks the balancer's connections come from.")
+    proxy_protocol: Literal["v1", "v2", "none"] = "v1"
+    backend_port: Port | None = Field(None, description="Port the relays listen on for the balancer.")
+    frontend_port: Port = 25
+
+
+class InboundInstance(Strict):
+    """postfix-inbound: public mail on port 25 with the relay checks."""
+
+    port: Port = 25
+
+
+class OutboundInstance(Strict):
+    """postfix-outbound: mail from trusted hosts on the submission port, sent to the Internet."""
+
+    port: Port = 587
+    trusted_networks: list[Network] = Field(min_length=1)
+
+
+class Instances(Strict):
+    inbound: InboundInstance | None = None
+    outbound: OutboundInstance | None = None
+
+
+class Relay(Strict):
+    name: HostName
+    fqdn: Domain
+    address: Address
+    instances: Instances | None = Field(None, description="Run several Postfix instances with postmulti on this host.")
+
+
+class Core(Strict):
+    name: HostName
+    fqdn: Domain
+    address: Address
+    user_networks: list[Network] = Field(default_factory=list, description="Networks allowed to send outbound mail through this core.")
+
+
+class HeaderCheck(Strict):
+    match: str = Field(description="A Postfix regexp pattern, /.../ with optional flags.")
+    action: str = Field(description="What to do on a match, e.g. 'REJECT reason' or 'WARN'.")
+
+
+class Policy(Strict):
+    """The cheap checks the relays apply before forwarding to the cores."""
+
+    rbl_clients: list[Domain] = Field(default_factory=list)
+    rhsbl_senders: list[Domain] = Field(default_factory=list)
+    header_checks: list[HeaderCheck] = Field(default_factory=list)
+    reject_forged_helo: bool = False
+    reject_forged_senders: bool = False
+    message_size_limit: Annotated[int, Field(gt=0)] = 20480000
+    main_cf: dict[str, str | int | bool] = Field(default_factory=dict, description="Extra main.cf parameters for the relays; names are checked against Postfix's.")
+
+
+class Firewall(Strict):
+    admin_networks: list[Network] = Field(default_factory=list, description="Networks SSH is open to; empty means any address.")
+    ssh_port: Port = 22
+
+
+class Tls(Strict):
+    """The certificate the relays and cores offer with STARTTLS (Debian's snakeoil pair by default)."""
+
+    cert_file: str = "/etc/ssl/certs/ssl-cert-snakeoil.pem"
+    key_file: str = "/etc/ssl/private/ssl-cert-snakeoil.key"
+
+
+class Topology(Strict):
+    cluster: HostName
+    domains: list[Domain] = Field(min_length=1)
+    recipients: Recipients | None = None
+    load_balancers: list[LoadBalancer] = Field(default_factory=list)
+    relays: list[Relay] = Field(min_length=1)
+    cores: list[Core] = Field(default_factory=list)
+    policy: Policy = Field(default_factory=Policy)
+    firewall: Firewall = Field(default_factory=Firewall)
+    tls: Tls = Field(default_factory=Tls)
+
+    @property
+    def managed_balancers(self) -> list[LoadBalancer]:
+        return [lb for lb in self.load_balancers if not lb.external]
+
+    @property
+    def proxy_protocol(self) -> str:
+        """The PROXY protocol version the relays expect ("none" without a balancer)."""
+        return self.load_balancers[0].proxy_protocol if self.load_balancers else "none"
+
+    @property
+    def backend_port(self) -> int:
+        """Port the relays take public mail on: the balancer's backend port, else 25."""
+        if self.load_balancers and self.load_balancers[0].backend_port:
+            return self.load_balancers[0].backend_port
+        return 25
+
+    @property
+    def balancer_sources(self) -> list[str]:
+        """Every network a balancer's connection to a relay can come from."""
+        sources: list[str] = []
+        for lb in self.load_balancers:
+            if lb.address:
+                sources.append(str(ipaddress.ip_network(lb.address)))
+            sources.extend(lb.source_networks)
+        return list(dict.fromkeys(sources))
+
+
+@dataclass
+class Inventory:
+    """A validated topology with its recipients read, ready to render."""
+
+    directory: Path
+    topology: Topology
+    recipients: RecipientSet | None
+    warnings: list[Problem] = field(default_factory=list)
+
+    @cached_property
+    def hosts(self) -> list[str]:
+        t = self.topology
+        return [lb.name for lb in t.managed_balancers] + [r.name for r in t.relays] + [c.name for c in t.cores]
+
+
+# --- turning pydantic errors into problems a person can act on ----------------
+
+
+def _unwrap(annotation):
+    """The model class inside Optional[...] / list[...] / dict[..., ...], if any."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if arg is not type(None):
+                found = _unwrap(arg)
+                if found is not None:
+                    return found
+        return None
+    if origin in (list, tuple):
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin is dict:
+        return _unwrap(typing.get_args(annotation)[1])
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _model_at(path: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Topology
+    for part in path:
+        if isinstance(part, int):
+            continue
+        if model is None or part not in model.model_fields:
+            return None
+        model = _unwrap(model.model_fields[part].annotation)
+    return model
+
+
+def _problem_from_pydantic(source: Located, error: dict) -> Problem:
+    loc = tuple(error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        allowed = sorted(parent.model_fields) if parent else []
+        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        message = f"unknown key {loc[-1]!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+        return source.problem(loc, message, "one of: " + ", ".join(allowed))
+    if kind == "missing":
+        return source.problem(loc, f"required key {loc[-1]!r} is missing", f"a value for {format_path(loc)}")
+    if kind == "mailforge":
+        ctx = error.get("ctx", {})
+        return source.problem(loc, ctx.get("message", error["msg"]), ctx.get("expected", ""))
+    if kind == "too_short":
+        return source.problem(loc, "must not be empty", "at least one entry")
+    value = error.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, (dict, list)) else ""
+    return source.problem(loc, error["msg"] + shown, "")
+
+
+# --- semantic checks over a structurally valid topology -----------------------
+
+
+def _semantic_problems(t: Topology, source: Located) -> tuple[list[Problem], list[Problem]]:
+    problems: list[Problem] = []
+    warnings: list[Problem] = []
+
+    def seen_once(items, label):
+        first: dict[str, tuple] = {}
+        for path, value in items:
+            if value in first:
+                problems.append(source.problem(path, f"duplicate {label} {value!r}, already used at {format_path(first[value])}", f"a unique {label}"))
+            else:
+                first[value] = path
+
+    hosts = (
+        [(("load_balancers", i), lb) for i, lb in enumerate(t.load_balancers)]
+        + [(("relays", i), r) for i, r in enumerate(t.relays)]
+        + [(("cores", i), c) for i, c in enumerate(t.cores)]
+    )
+    seen_once([(p + ("name",), h.name) for p, h in hosts], "host name")
+    seen_once([(p + ("address",), h.address) for p, h in hosts if getattr(h, "address", None)], "address")
+    seen_once([(p + ("fqdn",), h.fqdn) for p, h in hosts if getattr(h, "fqdn", None)], "fqdn")
+    seen_once([(("domains", i), d) for i, d in enumerate(t.domains)], "domain")
+
+    if not t.cores:
+        problems.append(source.problem(("relays",), "relays have no core to forward mail to", "at least one entry under 'cores'"))
+
+    for i, lb in enumerate(t.load_balancers):
+        path = ("load_balancers", i)
+        if lb.proxy_protocol != "none" and lb.backend_port is None:
+            problems.append(
+                source.problem(path + ("proxy_protocol",), f"balancer {lb.name!r} speaks PROXY {lb.proxy_protocol} but names no relay port for it",
+                               "backend_port: the port the relays' postscreen listens on for this balancer, e.g. 10024")
+            )
+        if not lb.external and lb.address is None:
+            problems.append(source.problem(path, f"managed balancer {lb.name!r} has no address", "address: the balancer's IP address"))
+        if lb.external and not (lb.address or lb.source_networks):
+            problems.append(source.problem(path, f"external balancer {lb.name!r} gives no address or source_networks, so the relays could not tell it from anyone else",
+                                           "source_networks: the networks its connections come from"))
+        if lb.proxy_protocol == "none":
+            warnings.append(source.problem(path + ("proxy_protocol",), f"balancer {lb.name!r} hides the client's address: RBL checks and logs on the relays only see the balancer",
+                                           "proxy_protocol: v1 or v2"))
+        first = t.load_balancers[0]
+        if i and (lb.proxy_protocol, lb.backend_port) != (first.proxy_protocol, first.backend_port):
+            problems.append(source.problem(path, f"balancer {lb.name!r} differs from {first.name!r} in proxy_protocol or backend_port",
+                                           "every balancer to use the same proxy_protocol and backend_port"))
+
+    for i, relay in enumerate(t.relays):
+        if relay.instances and t.load_balancers:
+            problems.append(source.problem(("relays", i, "instances"), f"relay {relay.name!r} runs postmulti instances behind a load balancer, which mailforge does not support",
+                                           "either instances or load_balancers, not both"))
+        if relay.instances and not relay.instances.inbound and not relay.instances.outbound:
+            problems.append(source.problem(("relays", i, "instances"), "no instance is defined", "inbound, outbound or both"))
+
+    def guard_open(path, network, what):
+        net = ipaddress.ip_network(network)
+        if net.prefixlen < (8 if net.version == 4 else 16):
+            problems.append(source.problem(path, f"{what} {network} covers a large part of the Internet and would make this host an open relay",
+                                           "the networks of your own users only"))
+
+    for i, core in enumerate(t.cores):
+        for j, net in enumerate(core.user_networks):
+            guard_open(("cores", i, "user_networks", j), net, "user network")
+    for i, relay in enumerate(t.relays):
+        if relay.instances and relay.instances.outbound:
+            for j, net in enumerate(relay.instances.outbound.trusted_networks):
+                guard_open(("relays", i, "instances", "outbound", "trusted_networks", j), net, "trusted network")
+
+    for i, check in enumerate(t.policy.header_checks):
+        path = ("policy", "header_checks", i)
+        error = header_check_syntax.pattern_error(check.match)
+        if error:
+            problems.append(source.problem(path + ("match",), error, "a Postfix regexp pattern such as /^Subject: =\\?big5\\?/"))
+        error = header_check_syntax.action_error(check.action)
+        if error:
+            problems.append(source.problem(path + ("action",), error, "an action such as 'REJECT reason', 'WARN', 'DISCARD' or 'HOLD'"))
+
+    for name, value in t.policy.main_cf.items():
+        path = ("policy", "main_cf", name)
+        if name in GUARDED_PARAMETERS:
+            problems.append(source.problem(path, f"{name!r} is set by mailforge from the topology and may not be overridden (it decides who may relay)",
+                                           "the topology keys: domains, recipients, load_balancers, cores, instances"))
+        elif name not in POSTFIX_PARAMETERS:
+            hint = difflib.get_close_matches(name, POSTFIX_PARAMETERS, n=1)
+            problems.append(source.problem(path, f"{name!r} is not a Postfix parameter" + (f"; did you mean {hint[0]!r}?" if hint else ""),
+                                           "a parameter name that postconf knows"))
+        if any(c in str(value) for c in "\r\n"):
+            problems.append(source.problem(path, "value spans lines", "a single-line value"))
+
+    if not t.firewall.admin_networks:
+        warnings.append(source.problem(("firewall",), "SSH stays open to any address", "firewall.admin_networks: the networks you administer from"))
+    return problems, warnings
+
+
+def resolve_topology_file(path: Path) -> Path:
+    """Accept an inventory directory or the path of its topology.yml."""
+    path = Path(path)
+    return path / TOPOLOGY_FILE if path.is_dir() else path
+
+
+def load_inventory(path: Path) -> Inventory:
+    """Read, validate and return the inventory at `path`, or raise InventoryError with every problem."""
+    file = resolve_topology_file(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InventoryError([Problem(file, None, None, "", "no such file", f"an inventory directory holding {TOPOLOGY_FILE}, or the path of that file")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InventoryError([Problem(file, None, None, "", f"cannot be read: {exc}", "a readable UTF-8 YAML file")]) from None
+    source, problems = load_yaml(file, text)
+    if source is None or source.data is None:
+        raise InventoryError(problems)
+    if not isinstance(source.data, dict):
+        raise InventoryError(problems + [source.problem((), "the top level is not a mapping", "keys such as cluster, domains, relays, cores")])
+    try:
+        topology = Topology.model_validate(source.data)
+    except ValidationError as exc:
+        problems.extend(_problem_from_pydantic(source, e) for e in exc.errors())
+        raise InventoryError(problems) from None
+    semantic, warnings = _semantic_problems(topology, source)
+    problems.extend(semantic)
+    recipients = None
+    if topology.recipients is None:
+        warnings.append(source.problem((), "no recipient list: the relays would accept any local part of the hosted domains and bounce later (backscatter)",
+                                       "recipients: with local_parts_file, addresses_file or addresses"))
+    else:
+        recipients, recipient_problems = load_recipients(topology.recipients, topology.domains, file.parent, source)
+        problems.extend(recipient_problems)
+    if problems:
+        raise InventoryError(problems, warnings)
+    return Inventory(file.parent, topology, recipients, warnings)
