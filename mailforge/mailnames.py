@@ -55,6 +55,8 @@ def normalize_domain(value: str, *, what: str = "domain") -> str:
 
 def check_local_part(value: str) -> str:
     """Return the local part folded to lower case, or raise NameError_."""
+    if len(value) <= 64 and _ATOM.match(value):  # the common case, decided by one regex
+        return value.lower()
     expected = "a local part of letters, digits and !#$%&'*+/=?^_`{|}~.- with no spaces, e.g. alice or first.last"
     if not value:
         raise NameError_("empty local part", expected)

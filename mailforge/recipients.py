@@ -50,9 +50,10 @@ def _entries(path: Path):
 class _AddressChecker:
     """Normalises addresses and places them under a hosted domain, remembering domains it has seen."""
 
-    def __init__(self, domains: list[str]):
+    def __init__(self, domains: list[str], check_domains: bool = True):
+        self.check_domains = check_domains
         self.hosted = set(domains)
-        self.hosted_text = ", ".join(domains)
+        self.hosted_text = ", ".join(dict.fromkeys(domains))
         self.domain_cache: dict[str, str] = {}
 
     def check(self, value: str) -> tuple[str, str]:
@@ -63,15 +64,20 @@ class _AddressChecker:
         normal = self.domain_cache.get(domain)
         if normal is None:
             normal = self.domain_cache[domain] = normalize_domain(domain)
-        if normal not in self.hosted:
+        if self.check_domains and normal not in self.hosted:
             raise NameError_(f"{value!r} is outside the hosted domains", f"an address at one of: {self.hosted_text}")
         return local, normal
 
 
-def load_recipients(spec: Recipients, domains: list[str], directory: Path, source: Located) -> tuple[RecipientSet, list[Problem]]:
-    """Read every recipient source of `spec`; problems name the file and line, or the inline entry."""
+def load_recipients(spec: Recipients, domains: list[str], directory: Path, source: Located,
+                    check_domains: bool = True) -> tuple[RecipientSet, list[Problem]]:
+    """Read every recipient source of `spec`; problems name the file and line, or the inline entry.
+
+    `check_domains` is False when the hosted domains themselves are invalid: then
+    "outside the hosted domains" would only repeat that problem.
+    """
     problems: list[Problem] = []
-    checker = _AddressChecker(domains)
+    checker = _AddressChecker(domains, check_domains)
     local_parts: set[str] = set()
     extra: dict[str, set[str]] = {}
 

@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
 
 from . import header_checks as header_check_syntax
@@ -275,7 +275,42 @@ def _problem_from_pydantic(source: Located, error: dict) -> Problem:
     return source.problem(loc, error["msg"] + shown, "")
 
 
-# --- semantic checks over a structurally valid topology -----------------------
+# --- a best-effort model, so one structural error does not hide the others ---
+
+
+def _partial(model: type[BaseModel], data: dict) -> BaseModel:
+    """`model` built field by field from `data`, skipping what fails: list items that fail become None."""
+    values = {}
+    for name, info in model.model_fields.items():
+        if name not in data:
+            continue
+        raw, annotation = data[name], info.annotation
+        nested = _unwrap(annotation)
+        if typing.get_origin(annotation) is list and isinstance(raw, list):
+            adapter = TypeAdapter(typing.get_args(annotation)[0])
+            items = []
+            for item in raw:
+                try:
+                    items.append(adapter.validate_python(item))
+                except ValidationError:
+                    items.append(None)
+            values[name] = items
+        elif nested is not None and typing.get_origin(annotation) is not dict and isinstance(raw, dict):
+            values[name] = _partial(nested, raw)
+        else:
+            try:
+                values[name] = TypeAdapter(annotation).validate_python(raw)
+            except ValidationError:
+                pass
+    return model.model_construct(**values)
+
+
+def _present(items):
+    """(index, item) for the items that validated; a partial model holds None for the others."""
+    return [(i, item) for i, item in enumerate(items) if item is not None]
+
+
+# --- semantic checks over a (possibly partial) topology ------------------------
 
 
 def _semantic_problems(t: Topology, source: Located) -> tuple[list[Problem], list[Problem]]:
@@ -291,19 +326,20 @@ def _semantic_problems(t: Topology, source: Located) -> tuple[list[Problem], lis
                 first[value] = path
 
     hosts = (
-        [(("load_balancers", i), lb) for i, lb in enumerate(t.load_balancers)]
-        + [(("relays", i), r) for i, r in enumerate(t.relays)]
-        + [(("cores", i), c) for i, c in enumerate(t.cores)]
+        [(("load_balancers", i), lb) for i, lb in _present(t.load_balancers)]
+        + [(("relays", i), r) for i, r in _present(t.relays)]
+        + [(("cores", i), c) for i, c in _present(t.cores)]
     )
     seen_once([(p + ("name",), h.name) for p, h in hosts], "host name")
     seen_once([(p + ("address",), h.address) for p, h in hosts if getattr(h, "address", None)], "address")
     seen_once([(p + ("fqdn",), h.fqdn) for p, h in hosts if getattr(h, "fqdn", None)], "fqdn")
-    seen_once([(("domains", i), d) for i, d in enumerate(t.domains)], "domain")
+    seen_once([(("domains", i), d) for i, d in _present(t.domains)], "domain")
 
-    if not t.cores:
+    if not t.cores and "cores" not in source.keys.get((), ()) and t.relays:
         problems.append(source.problem(("relays",), "relays have no core to forward mail to", "at least one entry under 'cores'"))
 
-    for i, lb in enumerate(t.load_balancers):
+    balancers = _present(t.load_balancers)
+    for i, lb in balancers:
         path = ("load_balancers", i)
         if lb.proxy_protocol != "none" and lb.backend_port is None:
             problems.append(
@@ -318,12 +354,12 @@ def _semantic_problems(t: Topology, source: Located) -> tuple[list[Problem], lis
         if lb.proxy_protocol == "none":
             warnings.append(source.problem(path + ("proxy_protocol",), f"balancer {lb.name!r} hides the client's address: RBL checks and logs on the relays only see the balancer",
                                            "proxy_protocol: v1 or v2"))
-        first = t.load_balancers[0]
-        if i and (lb.proxy_protocol, lb.backend_port) != (first.proxy_protocol, first.backend_port):
+        first = balancers[0][1]
+        if lb is not first and (lb.proxy_protocol, lb.backend_port) != (first.proxy_protocol, first.backend_port):
             problems.append(source.problem(path, f"balancer {lb.name!r} differs from {first.name!r} in proxy_protocol or backend_port",
                                            "every balancer to use the same proxy_protocol and backend_port"))
 
-    for i, relay in enumerate(t.relays):
+    for i, relay in _present(t.relays):
         if relay.instances and t.load_balancers:
             problems.append(source.problem(("relays", i, "instances"), f"relay {relay.name!r} runs postmulti instances behind a load balancer, which mailforge does not support",
                                            "either instances or load_balancers, not both"))
@@ -336,15 +372,15 @@ def _semantic_problems(t: Topology, source: Located) -> tuple[list[Problem], lis
             problems.append(source.problem(path, f"{what} {network} covers a large part of the Internet and would make this host an open relay",
                                            "the networks of your own users only"))
 
-    for i, core in enumerate(t.cores):
+    for i, core in _present(t.cores):
         for j, net in enumerate(core.user_networks):
             guard_open(("cores", i, "user_networks", j), net, "user network")
-    for i, relay in enumerate(t.relays):
+    for i, relay in _present(t.relays):
         if relay.instances and relay.instances.outbound:
             for j, net in enumerate(relay.instances.outbound.trusted_networks):
                 guard_open(("relays", i, "instances", "outbound", "trusted_networks", j), net, "trusted network")
 
-    for i, check in enumerate(t.policy.header_checks):
+    for i, check in _present(t.policy.header_checks):
         path = ("policy", "header_checks", i)
         error = header_check_syntax.pattern_error(check.match)
         if error:
@@ -368,6 +404,11 @@ def _semantic_problems(t: Topology, source: Located) -> tuple[list[Problem], lis
     if not t.firewall.admin_networks:
         warnings.append(source.problem(("firewall",), "SSH stays open to any address", "firewall.admin_networks: the networks you administer from"))
     return problems, warnings
+
+
+def _reading_order(problem: Problem) -> tuple:
+    """topology.yml first, then the files it names; top to bottom within each."""
+    return (problem.file.name != TOPOLOGY_FILE, str(problem.file), problem.line or 0, problem.column or 0)
 
 
 def resolve_topology_file(path: Path) -> Path:
@@ -394,16 +435,19 @@ def load_inventory(path: Path) -> Inventory:
         topology = Topology.model_validate(source.data)
     except ValidationError as exc:
         problems.extend(_problem_from_pydantic(source, e) for e in exc.errors())
-        raise InventoryError(problems) from None
+        topology = _partial(Topology, source.data)  # to find the problems beyond the structural ones
     semantic, warnings = _semantic_problems(topology, source)
     problems.extend(semantic)
     recipients = None
-    if topology.recipients is None:
+    if "recipients" not in source.data:
         warnings.append(source.problem((), "no recipient list: the relays would accept any local part of the hosted domains and bounce later (backscatter)",
                                        "recipients: with local_parts_file, addresses_file or addresses"))
-    else:
-        recipients, recipient_problems = load_recipients(topology.recipients, topology.domains, file.parent, source)
+    elif isinstance(getattr(topology, "recipients", None), Recipients):
+        domains = getattr(topology, "domains", [])
+        recipients, recipient_problems = load_recipients(
+            topology.recipients, [d for d in domains if d], file.parent, source, check_domains=all(domains) and bool(domains)
+        )
         problems.extend(recipient_problems)
     if problems:
-        raise InventoryError(problems, warnings)
+        raise InventoryError(sorted(problems, key=_reading_order), warnings)
     return Inventory(file.parent, topology, recipients, warnings)

@@ -24,19 +24,66 @@ _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
-def manifest(tree: Tree, cluster: str) -> dict:
+def _digest(rendered, digests: dict[int, str]) -> str:
+    """sha256 of a file's bytes; relays share one big recipients content, so each is hashed once."""
+    key = id(rendered.content)
+    if key not in digests:
+        hasher = hashlib.sha256()
+        for piece in rendered.pieces():
+            hasher.update(piece.encode("utf-8"))
+        digests[key] = hasher.hexdigest()
+    return digests[key]
+
+
+def manifest(tree: Tree, cluster: str, digests: dict[int, str] | None = None) -> dict:
     """Per host, every file with its sha256, mode, owner and the action a change to it needs."""
-    digests: dict[int, str] = {}  # relays share one big recipients text: hash it once
+    digests = {} if digests is None else digests
     hosts = {}
     for host, files in sorted(tree.items()):
-        entries = {}
-        for path, rendered in sorted(files.items()):
-            key = id(rendered.text)
-            if key not in digests:
-                digests[key] = hashlib.sha256(rendered.text.encode("utf-8")).hexdigest()
-            entries[path] = rendered.manifest_entry(digests[key])
-        hosts[host] = {"files": entries}
+        hosts[host] = {"files": {path: rendered.manifest_entry(_digest(rendered, digests)) for path, rendered in sorted(files.items())}}
     return {"manifest_version": MANIFEST_VERSION, "cluster": cluster, "hosts": hosts}
+
+
+_BIG = 1 << 20
+
+
+def write_file(target: Path, rendered, digests: dict[int, str] | None) -> None:
+    """Write one rendered file piece by piece, hashing it on the way for the manifest (unless digests is None).
+
+    For a big file the hash runs in a second thread while the pieces are written
+    (hashlib and file writes both release the GIL), so hashing costs no extra time.
+    """
+    key = id(rendered.content)
+    hasher = hashlib.sha256() if digests is not None and key not in digests else None
+    pieces = rendered.pieces()
+    background = hasher is not None and sum(map(len, pieces)) > _BIG
+    if background:
+        import queue
+        import threading
+
+        chunks: queue.SimpleQueue = queue.SimpleQueue()
+
+        def consume() -> None:
+            for data in iter(chunks.get, None):
+                hasher.update(data)
+
+        worker = threading.Thread(target=consume, name="mailforge-sha256")
+        worker.start()
+    try:
+        with target.open("wb") as handle:
+            for piece in pieces:
+                data = piece.encode("utf-8")
+                if background:
+                    chunks.put(data)
+                elif hasher:
+                    hasher.update(data)
+                handle.write(data)
+    finally:
+        if background:
+            chunks.put(None)
+            worker.join()
+    if hasher:
+        digests[key] = hasher.hexdigest()
 
 
 def manifest_text(tree: Tree, cluster: str) -> str:
@@ -76,13 +123,14 @@ def write_tree(tree: Tree, cluster: str, out: Path) -> dict:
     except OSError as exc:
         raise OutputError(f"cannot create {out}: {exc.strerror}") from None
     try:
+        digests: dict[int, str] = {}
         for host, files in tree.items():
             for path, rendered in files.items():
                 target = staging / host / path.lstrip("/")
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(rendered.text.encode("utf-8"))
+                write_file(target, rendered, digests)
                 target.chmod(int(rendered.mode, 8))
-        result = manifest(tree, cluster)
+        result = manifest(tree, cluster, digests)
         (staging / MANIFEST).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         staging.chmod(0o755)
         if out.exists():

@@ -15,14 +15,25 @@ HAPROXY_RELOAD = "haproxy reload"
 
 @dataclass(frozen=True)
 class RenderedFile:
-    """One file for one host: its text and how it is installed and applied."""
+    """One file for one host: its content and how it is installed and applied.
 
-    text: str
+    `content` is the text, or a tuple of pieces of it: a million-line map is
+    written piece by piece instead of being joined into one big string first.
+    """
+
+    content: str | tuple[str, ...]
     action: str
     mode: str = "0644"
     owner: str = "root"
     group: str = "root"
     config_directory: str | None = None  # the Postfix instance a postfix file belongs to
+
+    @property
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(self.content)
+
+    def pieces(self) -> tuple[str, ...]:
+        return (self.content,) if isinstance(self.content, str) else self.content
 
     def manifest_entry(self, sha256: str) -> dict:
         entry = {"sha256": sha256, "mode": self.mode, "owner": self.owner, "group": self.group, "action": self.action}
