@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                 handle.write(data)
 
         def render_only():
-            return relay_recipients(topology, recipients)
+            # The map is made piece by piece as it is read: reading every piece is the render.
+            return sum(len(piece) for piece in relay_recipients(topology, recipients))
 
         def render_write():
             write_text(mf_out, relay_recipients(topology, recipients))

@@ -44,34 +44,30 @@ def manifest(tree: Tree, cluster: str, digests: dict[int, str] | None = None) ->
     return {"manifest_version": MANIFEST_VERSION, "cluster": cluster, "hosts": hosts}
 
 
-_BIG = 1 << 20
-
-
 def write_file(target: Path, rendered, digests: dict[int, str] | None) -> None:
     """Write one rendered file piece by piece, hashing it on the way for the manifest (unless digests is None).
 
-    For a big file the hash runs in a second thread while the pieces are written
-    (hashlib and file writes both release the GIL), so hashing costs no extra time.
+    For a file made of Pieces (a big map) the hash runs in a second thread while the
+    pieces are made and written (hashlib releases the GIL), so hashing costs little extra.
     """
     key = id(rendered.content)
     hasher = hashlib.sha256() if digests is not None and key not in digests else None
-    pieces = rendered.pieces()
-    background = hasher is not None and sum(map(len, pieces)) > _BIG
+    background = hasher is not None and not isinstance(rendered.content, str)
     if background:
         import queue
         import threading
 
         chunks: queue.SimpleQueue = queue.SimpleQueue()
 
-        def consume() -> None:
+        def consume() -> None:  # hashlib raises nothing on bytes: no error can be lost in this thread
             for data in iter(chunks.get, None):
                 hasher.update(data)
 
-        worker = threading.Thread(target=consume, name="mailforge-sha256")
+        worker = threading.Thread(target=consume, name="mailforge-sha256", daemon=True)
         worker.start()
     try:
         with target.open("wb") as handle:
-            for piece in pieces:
+            for piece in rendered.pieces():
                 data = piece.encode("utf-8")
                 if background:
                     chunks.put(data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -13,15 +14,25 @@ IP6TABLES_RESTORE = "ip6tables-restore"
 HAPROXY_RELOAD = "haproxy reload"
 
 
+class Pieces:
+    """Text made piece by piece each time it is read, so a million-line map never sits in memory whole."""
+
+    def __init__(self, produce: Callable[[], Iterable[str]]):
+        self._produce = produce
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._produce())
+
+
 @dataclass(frozen=True)
 class RenderedFile:
     """One file for one host: its content and how it is installed and applied.
 
-    `content` is the text, or a tuple of pieces of it: a million-line map is
-    written piece by piece instead of being joined into one big string first.
+    `content` is the text, or `Pieces` of it: the recipients map is written piece
+    by piece as it is made instead of being joined into one big string first.
     """
 
-    content: str | tuple[str, ...]
+    content: str | Pieces
     action: str
     mode: str = "0644"
     owner: str = "root"
@@ -32,7 +43,7 @@ class RenderedFile:
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(self.content)
 
-    def pieces(self) -> tuple[str, ...]:
+    def pieces(self) -> Iterable[str]:
         return (self.content,) if isinstance(self.content, str) else self.content
 
     def manifest_entry(self, sha256: str) -> dict:

@@ -10,21 +10,25 @@ import ipaddress
 
 from ..recipients import RecipientSet
 from ..topology import Core, Topology
-from .files import header
+from .files import Pieces, header
 
 def relay_domains(t: Topology) -> str:
     return header(t.cluster) + "".join(f"{domain} OK\n" for domain in sorted(t.domains))
 
 
-def relay_recipients(t: Topology, recipients: RecipientSet) -> tuple[str, ...]:
+def relay_recipients(t: Topology, recipients: RecipientSet) -> Pieces:
     """`local@domain OK` for every recipient, one piece per domain: a million lines cost one join per domain."""
-    pieces = [header(t.cluster)]
-    for domain in sorted(t.domains):
-        separator = f"@{domain} OK\n"
-        local_parts = recipients.local_parts_at(domain)
-        if local_parts:
-            pieces.append(separator.join(local_parts) + separator)
-    return tuple(pieces)
+    domains = sorted(t.domains)
+
+    def produce():
+        yield header(t.cluster)
+        for domain in domains:
+            separator = f"@{domain} OK\n"
+            local_parts = recipients.local_parts_at(domain)
+            if local_parts:
+                yield separator.join(local_parts) + separator
+
+    return Pieces(produce)
 
 
 def nexthop(address: str, port: int = 25) -> str:
