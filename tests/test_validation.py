@@ -253,8 +253,10 @@ def snapshot(root: Path) -> dict[str, tuple]:
     return tree
 
 
-@pytest.mark.parametrize("case", ["multiple_problems_semantic", "users_txt_missing", "yaml_syntax_error"])
-def test_render_of_bad_inventory_leaves_output_untouched(tmp_path, case):
+RENDER_CASES = ["multiple_problems_semantic", "users_txt_missing", "yaml_syntax_error"]
+
+
+def test_render_of_bad_inventory_leaves_output_untouched(tmp_path):
     out = tmp_path / "out"
     good = run("render", EXAMPLE, "-o", out)
     assert good.returncode == 0, good.stderr
@@ -262,14 +264,15 @@ def test_render_of_bad_inventory_leaves_output_untouched(tmp_path, case):
     before, siblings = snapshot(out), sorted(os.listdir(tmp_path))
     assert len(before) > 10
 
-    bad = run("render", INVALID / case, "-o", out)
-    assert bad.returncode == 2, bad.stdout + bad.stderr
-    assert "nothing was written" in bad.stderr
-    assert "Traceback" not in bad.stdout + bad.stderr
-    assert snapshot(out) == before, "a failed render changed the existing output"
-    assert sorted(os.listdir(tmp_path)) == siblings, "a failed render left files beside the output"
+    for case in RENDER_CASES:
+        bad = run("render", INVALID / case, "-o", out)
+        assert bad.returncode == 2, f"{case}: {bad.stdout}{bad.stderr}"
+        assert "nothing was written" in bad.stderr, case
+        assert "Traceback" not in bad.stdout + bad.stderr, case
+        assert snapshot(out) == before, f"{case}: a failed render changed the existing output"
+        assert sorted(os.listdir(tmp_path)) == siblings, f"{case}: a failed render left files beside the output"
 
-    fresh = tmp_path / "new" / "out"
-    bad = run("render", INVALID / case, "-o", fresh)
-    assert bad.returncode == 2, bad.stdout + bad.stderr
-    assert not fresh.exists() and not fresh.parent.exists(), "a failed render created the output directory"
+        fresh = tmp_path / "new" / case
+        bad = run("render", INVALID / case, "-o", fresh)
+        assert bad.returncode == 2, f"{case}: {bad.stdout}{bad.stderr}"
+        assert not fresh.exists() and not fresh.parent.exists(), f"{case}: a failed render created the output directory"
