@@ -48,6 +48,11 @@ def normalize_domain(value: str, *, what: str = "domain") -> str:
     for label in labels:
         if not _LABEL.match(label):
             raise NameError_(f"{value!r} has an invalid label {label!r}", expected)
+    if "xn--" in ascii_name:
+        try:
+            idna.decode(ascii_name)
+        except idna.IDNAError as exc:
+            raise NameError_(f"{value!r} has an invalid punycode label ({exc})", expected) from None
     if labels[-1].isdigit():
         raise NameError_(f"{value!r} looks like an address, not a name", expected)
     return ascii_name

@@ -37,11 +37,21 @@ class RecipientSet:
         return sum(len(self.local_parts_at(d)) for d in domains)
 
 
+class _NotText(ValueError):
+    expected = "UTF-8 text"
+
+
 def _entries(path: Path):
-    """(line number, text) of each entry in a list file: blank lines and # comments skipped."""
-    with path.open(encoding="utf-8", newline="") as handle:
+    """(line number, text or _NotText) of each entry in a list file: blank lines and # comments skipped."""
+    with path.open("rb") as handle:
         for number, raw in enumerate(handle, 1):
-            text = raw.rstrip("\r\n")
+            try:
+                text = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                yield number, _NotText(f"line is not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1})")
+                continue
+            if number == 1:
+                text = text.removeprefix("\ufeff")  # a byte order mark from a spreadsheet export
             stripped = text.strip()
             if stripped and not stripped.startswith("#"):
                 yield number, text
@@ -94,27 +104,25 @@ def load_recipients(spec: Recipients, domains: list[str], directory: Path, sourc
     if spec.local_parts_file:
         path = open_list("local_parts_file", spec.local_parts_file)
         if path:
-            try:
-                for number, text in _entries(path):
-                    try:
-                        local_parts.add(check_local_part(text))
-                    except NameError_ as exc:
-                        file_problem(path, number, "local_parts_file", exc)
-            except UnicodeDecodeError as exc:
-                problems.append(Problem(path, None, None, "recipients.local_parts_file", f"not UTF-8 text: {exc}", "a UTF-8 text file"))
+            for number, text in _entries(path):
+                try:
+                    if isinstance(text, _NotText):
+                        raise text
+                    local_parts.add(check_local_part(text))
+                except (NameError_, _NotText) as exc:
+                    file_problem(path, number, "local_parts_file", exc)
 
     if spec.addresses_file:
         path = open_list("addresses_file", spec.addresses_file)
         if path:
-            try:
-                for number, text in _entries(path):
-                    try:
-                        local, domain = checker.check(text)
-                        extra.setdefault(domain, set()).add(local)
-                    except NameError_ as exc:
-                        file_problem(path, number, "addresses_file", exc)
-            except UnicodeDecodeError as exc:
-                problems.append(Problem(path, None, None, "recipients.addresses_file", f"not UTF-8 text: {exc}", "a UTF-8 text file"))
+            for number, text in _entries(path):
+                try:
+                    if isinstance(text, _NotText):
+                        raise text
+                    local, domain = checker.check(text)
+                    extra.setdefault(domain, set()).add(local)
+                except (NameError_, _NotText) as exc:
+                    file_problem(path, number, "addresses_file", exc)
 
     for index, value in enumerate(spec.addresses):
         try:

@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
 
 from . import header_checks as header_check_syntax
@@ -67,6 +67,29 @@ def _name(value: str) -> str:
     return value
 
 
+def _config_text(value: str) -> str:
+    """Text that ends up inside a Postfix or HAProxy file: one line, no control characters."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise _fail(f"{value!r} contains a line break or control character, which would inject lines into the rendered files",
+                    "text on a single line with no control characters")
+    return value
+
+
+def _file_path(value: str) -> str:
+    _config_text(value)
+    if not value.startswith("/") or any(c.isspace() for c in value):
+        raise _fail(f"{value!r} is not an absolute path without spaces", "a path such as /etc/ssl/certs/mx.pem")
+    return value
+
+
+def _main_cf_value(value: object) -> str | int | bool:
+    if isinstance(value, bool) or isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        return _config_text(value)
+    raise _fail(f"{value!r} is not a single main.cf value", "a string, number or yes/no")
+
+
 def _port(value: int) -> int:
     if not 1 <= value <= 65535:
         raise _fail(f"{value} is not a TCP port", "a number from 1 to 65535")
@@ -77,7 +100,10 @@ Domain = Annotated[str, AfterValidator(_domain)]
 Address = Annotated[str, AfterValidator(_address)]
 Network = Annotated[str, AfterValidator(_network)]
 HostName = Annotated[str, AfterValidator(_name)]
-Port = Annotated[int, AfterValidator(_port)]
+Port = Annotated[StrictInt, AfterValidator(_port)]
+ConfigText = Annotated[str, AfterValidator(_config_text)]
+FilePath = Annotated[str, AfterValidator(_file_path)]
+MainCfValue = Annotated[object, AfterValidator(_main_cf_value)]
 
 
 class Strict(BaseModel):
@@ -87,8 +113,8 @@ class Strict(BaseModel):
 class Recipients(Strict):
     """Where the relays' list of valid recipients comes from; sources combine."""
 
-    local_parts_file: str | None = Field(None, description="File of local parts, one per line, crossed with every hosted domain.")
-    addresses_file: str | None = Field(None, description="File of full addresses, one per line.")
+    local_parts_file: ConfigText | None = Field(None, description="File of local parts, one per line, crossed with every hosted domain.")
+    addresses_file: ConfigText | None = Field(None, description="File of full addresses, one per line.")
     addresses: list[str] = Field(default_factory=list, description="Full addresses given inline.")
 
 
@@ -138,8 +164,8 @@ class Core(Strict):
 
 
 class HeaderCheck(Strict):
-    match: str = Field(description="A Postfix regexp pattern, /.../ with optional flags.")
-    action: str = Field(description="What to do on a match, e.g. 'REJECT reason' or 'WARN'.")
+    match: ConfigText = Field(description="A Postfix regexp pattern, /.../ with optional flags.")
+    action: ConfigText = Field(description="What to do on a match, e.g. 'REJECT reason' or 'WARN'.")
 
 
 class Policy(Strict):
@@ -150,8 +176,8 @@ class Policy(Strict):
     header_checks: list[HeaderCheck] = Field(default_factory=list)
     reject_forged_helo: bool = False
     reject_forged_senders: bool = False
-    message_size_limit: Annotated[int, Field(gt=0)] = 20480000
-    main_cf: dict[str, str | int | bool] = Field(default_factory=dict, description="Extra main.cf parameters for the relays; names are checked against Postfix's.")
+    message_size_limit: Annotated[StrictInt, Field(gt=0)] = 20480000
+    main_cf: dict[str, MainCfValue] = Field(default_factory=dict, description="Extra main.cf parameters for the relays; names are checked against Postfix's.")
 
 
 class Firewall(Strict):
@@ -162,8 +188,8 @@ class Firewall(Strict):
 class Tls(Strict):
     """The certificate the relays and cores offer with STARTTLS (Debian's snakeoil pair by default)."""
 
-    cert_file: str = "/etc/ssl/certs/ssl-cert-snakeoil.pem"
-    key_file: str = "/etc/ssl/private/ssl-cert-snakeoil.key"
+    cert_file: FilePath = "/etc/ssl/certs/ssl-cert-snakeoil.pem"
+    key_file: FilePath = "/etc/ssl/private/ssl-cert-snakeoil.key"
 
 
 class Topology(Strict):
@@ -255,13 +281,16 @@ def _model_at(path: tuple) -> type[BaseModel] | None:
 
 
 def _problem_from_pydantic(source: Located, error: dict) -> Problem:
-    loc = tuple(error["loc"])
+    loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and "[" in part) and part not in ("str", "int", "bool"))
     kind = error["type"]
     if kind == "extra_forbidden":
         parent = _model_at(loc[:-1])
         allowed = sorted(parent.model_fields) if parent else []
         hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         message = f"unknown key {loc[-1]!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+        as_parameter = difflib.get_close_matches(str(loc[-1]), POSTFIX_PARAMETERS, n=1, cutoff=0.85)
+        if as_parameter and not hint:
+            message += f" (a Postfix parameter such as {as_parameter[0]!r} goes under policy.main_cf)"
         return source.problem(loc, message, "one of: " + ", ".join(allowed))
     if kind == "missing":
         return source.problem(loc, f"required key {loc[-1]!r} is missing", f"a value for {format_path(loc)}")
@@ -287,13 +316,15 @@ def _partial(model: type[BaseModel], data: dict) -> BaseModel:
         raw, annotation = data[name], info.annotation
         nested = _unwrap(annotation)
         if typing.get_origin(annotation) is list and isinstance(raw, list):
-            adapter = TypeAdapter(typing.get_args(annotation)[0])
+            item_type = typing.get_args(annotation)[0]
+            adapter = TypeAdapter(item_type)
             items = []
             for item in raw:
                 try:
                     items.append(adapter.validate_python(item))
                 except ValidationError:
-                    items.append(None)
+                    model_type = _unwrap(item_type)
+                    items.append(_Fragment(_partial(model_type, item)) if model_type and isinstance(item, dict) else None)
             values[name] = items
         elif nested is not None and typing.get_origin(annotation) is not dict and isinstance(raw, dict):
             values[name] = _partial(nested, raw)
@@ -305,8 +336,23 @@ def _partial(model: type[BaseModel], data: dict) -> BaseModel:
     return model.model_construct(**values)
 
 
+class _Fragment:
+    """What validated of a list item that did not: enough to find duplicates, not to check it further."""
+
+    def __init__(self, partial: BaseModel):
+        self.__dict__.update({k: v for k, v in partial.__dict__.items()})
+
+    def __getattr__(self, name):
+        return None
+
+
 def _present(items):
-    """(index, item) for the items that validated; a partial model holds None for the others."""
+    """(index, item) for the items that validated; a partial model holds None or a _Fragment for the others."""
+    return [(i, item) for i, item in enumerate(items) if item is not None and not isinstance(item, _Fragment)]
+
+
+def _identified(items):
+    """(index, item) for every item with at least some valid fields, for duplicate checks."""
     return [(i, item) for i, item in enumerate(items) if item is not None]
 
 
@@ -326,11 +372,11 @@ def _semantic_problems(t: Topology, source: Located) -> tuple[list[Problem], lis
                 first[value] = path
 
     hosts = (
-        [(("load_balancers", i), lb) for i, lb in _present(t.load_balancers)]
-        + [(("relays", i), r) for i, r in _present(t.relays)]
-        + [(("cores", i), c) for i, c in _present(t.cores)]
+        [(("load_balancers", i), lb) for i, lb in _identified(t.load_balancers)]
+        + [(("relays", i), r) for i, r in _identified(t.relays)]
+        + [(("cores", i), c) for i, c in _identified(t.cores)]
     )
-    seen_once([(p + ("name",), h.name) for p, h in hosts], "host name")
+    seen_once([(p + ("name",), h.name) for p, h in hosts if h.name], "host name")
     seen_once([(p + ("address",), h.address) for p, h in hosts if getattr(h, "address", None)], "address")
     seen_once([(p + ("fqdn",), h.fqdn) for p, h in hosts if getattr(h, "fqdn", None)], "fqdn")
     seen_once([(("domains", i), d) for i, d in _present(t.domains)], "domain")
@@ -359,7 +405,16 @@ def _semantic_problems(t: Topology, source: Located) -> tuple[list[Problem], lis
             problems.append(source.problem(path, f"balancer {lb.name!r} differs from {first.name!r} in proxy_protocol or backend_port",
                                            "every balancer to use the same proxy_protocol and backend_port"))
 
+    spec = getattr(t, "recipients", None)
+    if isinstance(spec, Recipients) and not (spec.local_parts_file or spec.addresses_file or spec.addresses):
+        problems.append(source.problem(("recipients",), "names no source, so the relays would refuse every recipient",
+                                       "local_parts_file, addresses_file or addresses; or leave recipients out to accept any local part"))
+
     for i, relay in _present(t.relays):
+        instances = relay.instances
+        if instances and instances.inbound and instances.outbound and instances.inbound.port == instances.outbound.port:
+            problems.append(source.problem(("relays", i, "instances", "outbound", "port"), f"port {instances.outbound.port} is already the inbound instance's",
+                                           "a different port for each instance, e.g. 25 and 587"))
         if relay.instances and t.load_balancers:
             problems.append(source.problem(("relays", i, "instances"), f"relay {relay.name!r} runs postmulti instances behind a load balancer, which mailforge does not support",
                                            "either instances or load_balancers, not both"))
@@ -434,12 +489,15 @@ def load_inventory(path: Path) -> Inventory:
     try:
         topology = Topology.model_validate(source.data)
     except ValidationError as exc:
-        problems.extend(_problem_from_pydantic(source, e) for e in exc.errors())
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            if not any(loc[: len(path)] == path for path in source.unreadable):
+                problems.append(_problem_from_pydantic(source, error))
         topology = _partial(Topology, source.data)  # to find the problems beyond the structural ones
     semantic, warnings = _semantic_problems(topology, source)
     problems.extend(semantic)
     recipients = None
-    if "recipients" not in source.data:
+    if source.data.get("recipients") is None:
         warnings.append(source.problem((), "no recipient list: the relays would accept any local part of the hosted domains and bounce later (backscatter)",
                                        "recipients: with local_parts_file, addresses_file or addresses"))
     elif isinstance(getattr(topology, "recipients", None), Recipients):

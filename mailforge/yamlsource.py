@@ -25,6 +25,7 @@ class Located:
     data: object
     values: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
     keys: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
+    unreadable: set[KeyPath] = field(default_factory=set)  # already reported: schema errors there would repeat it
 
     def position(self, path: KeyPath) -> tuple[int | None, int | None]:
         """Line and column of `path`, or of its nearest ancestor that exists."""
@@ -59,9 +60,14 @@ def _mark(node: yaml.Node) -> tuple[int, int]:
 
 def load_yaml(file: Path, text: str) -> tuple[Located | None, list[Problem]]:
     """Parse `text`; on failure return the problems instead of raising."""
-    parser = yaml.SafeLoader(text)
+    parser = None
     try:
+        parser = yaml.SafeLoader(text)  # checks every character up front
         node = parser.get_single_node()
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        return None, [Problem(file, line, column, "", f"not valid YAML: character {exc.character!r} is not allowed", "printable text")]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -69,7 +75,8 @@ def load_yaml(file: Path, text: str) -> tuple[Located | None, list[Problem]]:
         what = " ".join(str(x) for x in (exc.context, exc.problem) if x)
         return None, [Problem(file, line, column, "", f"not valid YAML: {what}", "a YAML mapping of topology keys")]
     finally:
-        parser.dispose()
+        if parser is not None:
+            parser.dispose()
     located = Located(file, None)
     problems: list[Problem] = []
     loader = yaml.SafeLoader("")  # only constructs scalars and merges keys
@@ -79,10 +86,14 @@ def load_yaml(file: Path, text: str) -> tuple[Located | None, list[Problem]]:
     def build(node: yaml.Node, path: KeyPath):
         located.values[path] = _mark(node)
         if isinstance(node, yaml.MappingNode):
-            loader.flatten_mapping(node)
+            try:
+                loader.flatten_mapping(node)
+            except yaml.YAMLError as exc:
+                problems.append(Problem(file, *_mark(node), format_path(path), f"not valid YAML: {getattr(exc, 'problem', exc)}", "a plain mapping"))
+                return {}
             result = {}
             for key_node, value_node in node.value:
-                key = loader.construct_object(key_node, deep=True)
+                key = scalar(key_node, path)
                 if not isinstance(key, (str, int)):
                     problems.append(Problem(file, *_mark(key_node), format_path(path), f"key {key!r} is not a plain name", "a string key"))
                     continue
@@ -99,7 +110,17 @@ def load_yaml(file: Path, text: str) -> tuple[Located | None, list[Problem]]:
             return result
         if isinstance(node, yaml.SequenceNode):
             return [build(item, path + (index,)) for index, item in enumerate(node.value)]
-        return loader.construct_object(node, deep=True)
+        return scalar(node, path)
+
+    def scalar(node: yaml.Node, path: KeyPath):
+        try:
+            return loader.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, TypeError) as exc:
+            what = getattr(exc, "problem", None) or str(exc)
+            located.unreadable.add(path)
+            problems.append(Problem(file, *_mark(node), format_path(path), f"value {node.value!r} cannot be read: {what}",
+                                    "a plain string, number, yes/no, list or mapping (no tags such as !vault)"))
+            return None
 
     located.data = build(node, ())
     return located, problems
