@@ -116,6 +116,8 @@ def write_tree(tree: Tree, cluster: str, out: Path) -> dict:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except (FileExistsError, NotADirectoryError):
+        raise OutputError(f"cannot create {out}: a parent of it is a file, not a directory") from None
     except OSError as exc:
         raise OutputError(f"cannot create {out}: {exc.strerror}") from None
     try:
