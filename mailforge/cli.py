@@ -138,6 +138,68 @@ def render(
     out.print(f"wrote {sum(len(h['files']) for h in manifest['hosts'].values())} files and manifest.json to {output}")
 
 
+def _render_for_hosts(inventory: Path, render_dir: Path | None):
+    """Validate and render into the directory deploy ships from; returns (inventory, directory, manifest)."""
+    from .render import render as render_tree
+    from .write import write_tree
+
+    inv = _load(inventory)
+    _print_problems(inv.warnings, "yellow", "warning")
+    directory = render_dir or inv.directory / ".mailforge" / "render"
+    manifest = write_tree(render_tree(inv), inv.topology.cluster, directory)
+    return inv, directory, manifest
+
+
+def _deploy_summary(result) -> None:
+    table = Table(title="Deploy summary", title_justify="left")
+    for column in ("host", "ok", "changed", "failed", "unreachable"):
+        table.add_column(column, justify="left" if column == "host" else "right")
+    for host, r in result.hosts.items():
+        style = "red" if r.failed or r.unreachable else ("yellow" if r.changed else "green")
+        table.add_row(f"[{style}]{host}[/{style}]", str(r.ok), str(r.changed), str(r.failed), str(r.unreachable))
+    out.print(table)
+    for host, r in result.hosts.items():
+        for message in r.messages:
+            err.print(f"[red]{host}:[/red] ", end="")
+            err.print(message, markup=False)
+
+
+@app.command()
+@reports_errors
+def deploy(
+    inventory: Path = InventoryArg,
+    check: bool = typer.Option(False, "--check", help="Change nothing on any host; report what would change."),
+    diff: bool = typer.Option(False, "--diff", help="Show the changes to files."),
+    limit: str = typer.Option(None, "--limit", help="Only these hosts or groups (Ansible pattern, e.g. relay1,core)."),
+    lab: bool = typer.Option(False, "--lab", help="Deploy to this inventory's lab containers (see `mailforge lab up`)."),
+    batch: int = typer.Option(1, "--batch", min=1, help="How many relays change at once."),
+    render_dir: Path = typer.Option(None, "--render-dir", help="Where to render before shipping (default INVENTORY/.mailforge/render)."),
+):
+    """Render, then apply the result with Ansible: checked before it goes live, reloaded not restarted."""
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from .deploy import run_playbook
+
+    inv, directory, manifest = _render_for_hosts(inventory, render_dir)
+    lab_hosts = None
+    if lab:
+        from .lab import lab_connection
+
+        lab_hosts = lab_connection(inv)
+    with Progress(TextColumn("{task.description:<12}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.fields[current]}"), console=out, transient=False) as bar:
+        tasks = {host: bar.add_task(host, total=None, current="waiting") for host in inv.hosts}
+
+        def progress(host: str, task: str, done: int, seen: int) -> None:
+            bar.update(tasks[host], completed=done, total=max(seen, done), current=task[:60])
+
+        result = run_playbook(inv, directory, manifest, check=check, diff=diff, limit=limit, lab_hosts=lab_hosts,
+                              batch=batch, progress=progress)
+    _deploy_summary(result)
+    if result.failed:
+        raise typer.Exit(EXIT_PROBLEM if not any(r.unreachable for r in result.hosts.values()) else EXIT_UNUSABLE)
+
+
 @app.command()
 @reports_errors
 def schema():

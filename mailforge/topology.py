@@ -118,6 +118,17 @@ class Recipients(Strict):
     addresses: list[str] = Field(default_factory=list, description="Full addresses given inline.")
 
 
+class Connection(Strict):
+    """How Ansible reaches a host; a host's own settings override the topology's."""
+
+    plugin: ConfigText | None = Field(None, description="Ansible connection plugin: ssh (default), local, community.docker.docker, ...")
+    host: ConfigText | None = Field(None, description="Address or name to connect to, when not the host's address.")
+    user: ConfigText | None = None
+    port: Port | None = None
+    private_key_file: ConfigText | None = None
+    become: bool | None = Field(None, description="Use sudo (or the plugin's equivalent) to become root.")
+
+
 class LoadBalancer(Strict):
     """A TCP balancer in front of the relays; managed (HAProxy) unless external."""
 
@@ -129,6 +140,7 @@ class LoadBalancer(Strict):
     proxy_protocol: Literal["v1", "v2", "none"] = "v1"
     backend_port: Port | None = Field(None, description="Port the relays listen on for the balancer.")
     frontend_port: Port = 25
+    connection: Connection | None = None
 
 
 class InboundInstance(Strict):
@@ -154,6 +166,7 @@ class Relay(Strict):
     fqdn: Domain
     address: Address
     instances: Instances | None = Field(None, description="Run several Postfix instances with postmulti on this host.")
+    connection: Connection | None = None
 
 
 class Core(Strict):
@@ -161,6 +174,7 @@ class Core(Strict):
     fqdn: Domain
     address: Address
     user_networks: list[Network] = Field(default_factory=list, description="Networks allowed to send outbound mail through this core.")
+    connection: Connection | None = None
 
 
 class HeaderCheck(Strict):
@@ -202,6 +216,7 @@ class Topology(Strict):
     policy: Policy = Field(default_factory=Policy)
     firewall: Firewall = Field(default_factory=Firewall)
     tls: Tls = Field(default_factory=Tls)
+    connection: Connection | None = Field(None, description="How Ansible reaches every host, unless a host says otherwise.")
 
     @property
     def managed_balancers(self) -> list[LoadBalancer]:

@@ -1,0 +1,165 @@
+"""Deploying a rendered tree with Ansible: the inventory derived from the topology, and the run.
+
+The roles only ship, check and apply what `render` produced; this module tells
+them where each host's files are (`mailforge_render_dir`, `mailforge_files`)
+and turns ansible-runner's events into per-host results.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import MailforgeError
+from .topology import Connection, Inventory
+
+PROJECT = Path(__file__).resolve().parent.parent
+ROLES = PROJECT / "roles"
+PLAYBOOK = PROJECT / "playbooks" / "site.yml"
+# A standard Ansible inventory beside topology.yml adds or overrides connection settings.
+EXTRA_INVENTORIES = ("ansible_inventory.yml", "ansible_inventory.yaml", "hosts.yml")
+
+
+class DeployError(MailforgeError):
+    """Ansible could not be run at all (not: a host failed)."""
+
+
+def _connection_vars(*layers: Connection | None) -> dict:
+    merged: dict = {}
+    for layer in layers:
+        if layer is None:
+            continue
+        for key, value in layer.model_dump(exclude_none=True).items():
+            merged[key] = value
+    names = {"plugin": "ansible_connection", "host": "ansible_host", "user": "ansible_user", "port": "ansible_port",
+             "private_key_file": "ansible_ssh_private_key_file", "become": "ansible_become"}
+    return {names[k]: v for k, v in merged.items()}
+
+
+def ansible_inventory(inventory: Inventory, render_dir: Path, manifest: dict, lab_hosts: dict[str, dict] | None = None) -> dict:
+    """The Ansible inventory for a topology: groups balancers, relays, mxproxies, cores."""
+    t = inventory.topology
+    groups: dict[str, dict] = {"balancers": {}, "relays": {}, "mxproxies": {}, "cores": {}}
+    members = [("balancers", lb) for lb in t.managed_balancers]
+    members += [("mxproxies" if r.instances else "relays", r) for r in t.relays]
+    members += [("cores", c) for c in t.cores]
+    for group, host in members:
+        files = [{"path": path, **meta} for path, meta in sorted(manifest["hosts"][host.name]["files"].items())]
+        hostvars = {
+            "ansible_host": host.address,
+            "mailforge_render_dir": str((render_dir / host.name).resolve()),
+            "mailforge_files": files,
+        }
+        hostvars.update(_connection_vars(t.connection, host.connection))
+        if lab_hosts is not None:
+            hostvars.update(lab_hosts[host.name])
+        groups[group][host.name] = hostvars
+    return {
+        "all": {
+            "vars": {"ansible_python_interpreter": "/usr/bin/python3"},
+            "children": {name: {"hosts": hosts} for name, hosts in groups.items()},
+        }
+    }
+
+
+@dataclass
+class HostResult:
+    ok: int = 0
+    changed: int = 0
+    failed: int = 0
+    unreachable: int = 0
+    skipped: int = 0
+    messages: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DeployResult:
+    hosts: dict[str, HostResult]
+    status: str
+    rc: int
+
+    @property
+    def failed(self) -> bool:
+        return self.rc != 0 or any(h.failed or h.unreachable for h in self.hosts.values())
+
+
+Progress = Callable[[str, str, int, int], None]  # host, task, tasks done on that host, tasks seen
+
+
+def run_playbook(inventory: Inventory, render_dir: Path, manifest: dict, *, check: bool = False, diff: bool = False,
+                 limit: str | None = None, lab_hosts: dict[str, dict] | None = None, batch: int = 1,
+                 progress: Progress | None = None) -> DeployResult:
+    """Run playbooks/site.yml through ansible-runner against the topology's hosts."""
+    try:
+        import ansible_runner
+    except ImportError as exc:  # pragma: no cover - a broken install
+        raise DeployError(f"ansible-runner is not installed ({exc}); run scripts/setup") from None
+    if not PLAYBOOK.is_file():
+        raise DeployError(f"the playbooks are missing ({PLAYBOOK}); mailforge must run from its source tree")
+
+    hosts = {name: HostResult() for name in inventory.hosts}
+    done: dict[str, int] = {name: 0 for name in hosts}
+    seen: dict[str, int] = {name: 0 for name in hosts}
+
+    def on_event(event: dict) -> bool:
+        data = event.get("event_data", {})
+        host = data.get("host")
+        kind = event.get("event")
+        if host in hosts:
+            if kind == "runner_on_start":
+                seen[host] += 1
+                if progress:
+                    progress(host, data.get("task", ""), done[host], seen[host])
+            elif kind in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable", "runner_on_skipped"):
+                done[host] += 1
+                result = data.get("res", {})
+                if kind == "runner_on_failed" and not data.get("ignore_errors"):
+                    message = result.get("msg") or result.get("stderr") or json.dumps(result)[:300]
+                    hosts[host].messages.append(f"{data.get('task')}: {message}")
+                elif kind == "runner_on_unreachable":
+                    hosts[host].messages.append(f"unreachable: {result.get('msg', '')}")
+                if progress:
+                    progress(host, data.get("task", ""), done[host], seen[host])
+        return True
+
+    with tempfile.TemporaryDirectory(prefix="mailforge-ansible-") as private:
+        private_dir = Path(private)
+        (private_dir / "inventory").mkdir()
+        (private_dir / "inventory" / "mailforge.json").write_text(json.dumps(ansible_inventory(inventory, render_dir, manifest, lab_hosts)))
+        for name in EXTRA_INVENTORIES:
+            extra = inventory.directory / name
+            if extra.is_file():
+                (private_dir / "inventory" / f"zz-{name}").write_text(extra.read_text())
+        cmdline = []
+        if check:
+            cmdline.append("--check")
+        if diff:
+            cmdline.append("--diff")
+        runner = ansible_runner.run(
+            private_data_dir=str(private_dir),
+            playbook=str(PLAYBOOK),
+            inventory=str(private_dir / "inventory"),
+            limit=limit,
+            cmdline=" ".join(cmdline) or None,
+            extravars={"mailforge_relay_batch": batch},
+            envvars={
+                "ANSIBLE_ROLES_PATH": str(ROLES),
+                "ANSIBLE_HOST_KEY_CHECKING": "False",
+                "ANSIBLE_RETRY_FILES_ENABLED": "False",
+                "ANSIBLE_NOCOLOR": "True",
+                "ANSIBLE_PIPELINING": "True",
+            },
+            event_handler=on_event,
+            quiet=True,
+        )
+        stats = runner.stats or {}
+        for key, attribute in (("ok", "ok"), ("changed", "changed"), ("failures", "failed"), ("dark", "unreachable"), ("skipped", "skipped")):
+            for host, count in (stats.get(key) or {}).items():
+                if host in hosts:
+                    setattr(hosts[host], attribute, count)
+        if limit is not None:
+            hosts = {h: r for h, r in hosts.items() if seen[h] or r.ok or r.failed or r.unreachable}
+        return DeployResult(hosts, runner.status, runner.rc)
