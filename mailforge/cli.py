@@ -176,16 +176,21 @@ def deploy(
     render_dir: Path = typer.Option(None, "--render-dir", help="Where to render before shipping (default INVENTORY/.mailforge/render)."),
 ):
     """Render, then apply the result with Ansible: checked before it goes live, reloaded not restarted."""
+    inv, directory, manifest = _render_for_hosts(inventory, render_dir)
+    lab_hosts, environment = None, None
+    if lab:
+        from .lab import engine_environment, lab_connection
+
+        environment = {k: v for k, v in engine_environment().items() if k == "DOCKER_HOST"}
+        lab_hosts = lab_connection(inv)
+    _run_deploy(inv, directory, manifest, check=check, diff=diff, limit=limit, lab_hosts=lab_hosts, batch=batch, environment=environment)
+
+
+def _run_deploy(inv, directory, manifest, **options) -> None:
     from rich.progress import BarColumn, Progress, TextColumn
 
     from .deploy import run_playbook
 
-    inv, directory, manifest = _render_for_hosts(inventory, render_dir)
-    lab_hosts = None
-    if lab:
-        from .lab import lab_connection
-
-        lab_hosts = lab_connection(inv)
     with Progress(TextColumn("{task.description:<12}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.fields[current]}"), console=out, transient=False) as bar:
         tasks = {host: bar.add_task(host, total=None, current="waiting") for host in inv.hosts}
@@ -193,11 +198,66 @@ def deploy(
         def progress(host: str, task: str, done: int, seen: int) -> None:
             bar.update(tasks[host], completed=done, total=max(seen, done), current=task[:60])
 
-        result = run_playbook(inv, directory, manifest, check=check, diff=diff, limit=limit, lab_hosts=lab_hosts,
-                              batch=batch, progress=progress)
+        result = run_playbook(inv, directory, manifest, progress=progress, **options)
     _deploy_summary(result)
     if result.failed:
         raise typer.Exit(EXIT_PROBLEM if not any(r.unreachable for r in result.hosts.values()) else EXIT_UNUSABLE)
+
+
+lab_app = typer.Typer(help="A local lab: one container per inventory host, plus clients and a DNS server.", no_args_is_help=True)
+app.add_typer(lab_app, name="lab")
+
+
+@lab_app.command("up")
+@reports_errors
+def lab_up(
+    inventory: Path = InventoryArg,
+    render_dir: Path = typer.Option(None, "--render-dir", help="Where to render before shipping (default INVENTORY/.mailforge/render)."),
+):
+    """Start the lab's containers at the inventory's addresses, then deploy to them as `mailforge deploy` does."""
+    import time
+
+    from . import lab
+
+    started = time.monotonic()
+    inv, directory, manifest = _render_for_hosts(inventory, render_dir)
+    env = lab.engine_environment()
+    plan = lab.up(inv, env, say=lambda message: out.print(f"[dim]lab:[/dim] {message}"))
+    _run_deploy(inv, directory, manifest, lab_hosts=lab.lab_connection(inv), environment={"DOCKER_HOST": env.get("DOCKER_HOST", "")}
+                if env.get("DOCKER_HOST") else None)
+    out.print(f"lab {plan.network} ({plan.subnet}) is up and deployed in {time.monotonic() - started:.0f} s")
+
+
+@lab_app.command("down")
+@reports_errors
+def lab_down(inventory: Path = InventoryArg):
+    """Remove the lab's containers and network: nothing is left behind."""
+    from . import lab
+
+    inv = _load(inventory)
+    removed = lab.down(inv, lab.engine_environment())
+    out.print(f"removed {len(removed)}: {', '.join(removed) if removed else 'nothing was there'}")
+
+
+@lab_app.command("status")
+@reports_errors
+def lab_status(inventory: Path = InventoryArg, as_json: bool = typer.Option(False, "--json")):
+    """Show the lab's containers and whether each runs; exit 1 if any is missing or stopped."""
+    from . import lab
+
+    inv = _load(inventory)
+    rows = lab.status(inv, lab.engine_environment())
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        table = Table(title=f"lab of cluster {inv.topology.cluster}", title_justify="left")
+        for column in ("container", "host", "role", "address", "state"):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*(str(row[c]) for c in ("container", "host", "role", "address", "state")))
+        out.print(table)
+    if any(row["state"] != "running" for row in rows):
+        raise typer.Exit(EXIT_PROBLEM)
 
 
 @app.command()

@@ -8,6 +8,8 @@ and turns ansible-runner's events into per-host results.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,7 +93,7 @@ Progress = Callable[[str, str, int, int], None]  # host, task, tasks done on tha
 
 def run_playbook(inventory: Inventory, render_dir: Path, manifest: dict, *, check: bool = False, diff: bool = False,
                  limit: str | None = None, lab_hosts: dict[str, dict] | None = None, batch: int = 1,
-                 progress: Progress | None = None) -> DeployResult:
+                 progress: Progress | None = None, environment: dict[str, str] | None = None) -> DeployResult:
     """Run playbooks/site.yml through ansible-runner against the topology's hosts."""
     try:
         import ansible_runner
@@ -138,6 +140,10 @@ def run_playbook(inventory: Inventory, render_dir: Path, manifest: dict, *, chec
             cmdline.append("--check")
         if diff:
             cmdline.append("--diff")
+        # ansible-runner looks ansible-playbook up on PATH: prefer the one installed beside mailforge.
+        scripts = str(Path(sys.executable).parent)
+        if scripts not in os.environ.get("PATH", "").split(os.pathsep):
+            os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
         runner = ansible_runner.run(
             private_data_dir=str(private_dir),
             playbook=str(PLAYBOOK),
@@ -151,10 +157,14 @@ def run_playbook(inventory: Inventory, render_dir: Path, manifest: dict, *, chec
                 "ANSIBLE_RETRY_FILES_ENABLED": "False",
                 "ANSIBLE_NOCOLOR": "True",
                 "ANSIBLE_PIPELINING": "True",
+                **(environment or {}),
             },
             event_handler=on_event,
             quiet=True,
         )
+        if runner.rc != 0 and not any(seen.values()):
+            tail = runner.stdout.read()[-2000:] if runner.stdout else ""
+            raise DeployError(f"ansible-playbook failed before reaching any host (status {runner.status}):\n{tail.strip()}")
         stats = runner.stats or {}
         for key, attribute in (("ok", "ok"), ("changed", "changed"), ("failures", "failed"), ("dark", "unreachable"), ("skipped", "skipped")):
             for host, count in (stats.get(key) or {}).items():

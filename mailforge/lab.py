@@ -1,0 +1,244 @@
+"""The container lab: one container per inventory host at the inventory's own addresses.
+
+`lab up` starts them on a dedicated network with a client, a listed "spammer"
+client and a DNS server (dnsmasq from Debian's packages) serving the hosted
+domains, the test sender domain and a test DNSBL, then deploys through exactly
+the path `mailforge deploy` uses.  Containers talk to the Docker API through the
+docker CLI, so a Docker engine or Podman's Docker-compatible service both work.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import MailforgeError
+from .topology import Inventory
+
+PROJECT = Path(__file__).resolve().parent.parent
+IMAGE = "mailforge-lab/bookworm:latest"
+SENDER_DOMAIN = "lab-sender.test"  # an outside domain the probes send from; it resolves in the lab only
+OUTSIDE_DOMAIN = "elsewhere.test"  # a domain nobody hosts: relaying to it must be refused
+
+
+class LabError(MailforgeError):
+    """The lab could not be brought up, inspected or taken down."""
+
+
+@dataclass(frozen=True)
+class LabContainer:
+    name: str  # container name
+    host: str  # inventory host name, or client / spammer / dns
+    address: str
+    hostname: str
+    role: str  # balancer, relay, mxproxy, core, client, dns
+
+
+@dataclass
+class LabPlan:
+    cluster: str
+    network: str
+    subnet: str
+    containers: list[LabContainer] = field(default_factory=list)
+
+    def by_host(self, host: str) -> LabContainer:
+        return next(c for c in self.containers if c.host == host)
+
+
+def _subnet(addresses: list[str]) -> ipaddress.IPv4Network:
+    """The smallest network of at least /24 that holds every address."""
+    first = ipaddress.ip_address(addresses[0])
+    for prefix in range(24, 7, -1):
+        net = ipaddress.ip_network(f"{first}/{prefix}", strict=False)
+        if all(ipaddress.ip_address(a) in net for a in addresses):
+            return net
+    raise LabError("the inventory's addresses are too far apart for one lab network")
+
+
+def plan(inventory: Inventory) -> LabPlan:
+    """Which containers the lab runs, where: a pure function of the topology."""
+    t = inventory.topology
+    prefix = f"mf-{t.cluster}"
+    hosts = [(lb, "balancer") for lb in t.managed_balancers] + [(r, "mxproxy" if r.instances else "relay") for r in t.relays]
+    hosts += [(c, "core") for c in t.cores]
+    addresses = [h.address for h, _ in hosts]
+    if any(ipaddress.ip_address(a).version != 4 for a in addresses):
+        raise LabError("the lab supports IPv4 addresses only")
+    subnet = _subnet(addresses)
+    user_networks = [ipaddress.ip_network(n) for c in t.cores for n in c.user_networks]
+    taken = set(addresses) | {str(subnet.network_address + 1)}  # .1 is the engine's gateway
+
+    def free(preferred: list[int]) -> str:
+        for offset in preferred:
+            candidate = subnet.network_address + offset
+            if str(candidate) not in taken and not any(candidate in n for n in user_networks):
+                taken.add(str(candidate))
+                return str(candidate)
+        raise LabError(f"no free address left in {subnet} for the lab's own containers")
+
+    containers = [LabContainer(f"{prefix}-{h.name}", h.name, h.address, getattr(h, "fqdn", None) or f"{h.name}.lab", role) for h, role in hosts]
+    top = subnet.num_addresses - 2
+    containers.append(LabContainer(f"{prefix}-dns", "dns", free([53, *range(top, 2, -1)]), f"dns.{SENDER_DOMAIN}", "dns"))
+    containers.append(LabContainer(f"{prefix}-client", "client", free([200, *range(top - 1, 2, -1)]), f"client.{SENDER_DOMAIN}", "client"))
+    containers.append(LabContainer(f"{prefix}-spammer", "spammer", free([201, *range(top - 2, 2, -1)]), f"spammer.{SENDER_DOMAIN}", "client"))
+    return LabPlan(t.cluster, f"{prefix}-net", str(subnet), containers)
+
+
+# --- the DNS the lab's hosts resolve through ----------------------------------
+
+
+def _reverse(address: str) -> str:
+    return ipaddress.ip_address(address).reverse_pointer
+
+
+def dnsmasq_conf(inventory: Inventory, lab: LabPlan) -> str:
+    """dnsmasq configuration: authoritative for everything the cluster and the probes need."""
+    t = inventory.topology
+    dns = lab.by_host("dns")
+    spammer = lab.by_host("spammer")
+    lines = [
+        "# mailforge lab DNS: answers only for the lab's own names, never forwards outside.",
+        "no-resolv", "no-hosts", "no-poll", "bind-interfaces", f"listen-address={dns.address}", "log-queries",
+    ]
+    mx_targets = [lb.fqdn for lb in t.managed_balancers if lb.fqdn] or [r.fqdn for r in t.relays]
+    for domain in sorted({*t.domains, SENDER_DOMAIN}):
+        lines.append(f"local=/{domain}/")
+    for domain in sorted(t.domains):
+        for target in mx_targets:
+            lines.append(f"mx-host={domain},{target},10")
+        senders = " ".join(f"ip4:{c.address}" for c in t.cores)
+        lines.append(f'txt-record={domain},"v=spf1 {senders} -all"')
+    lines.append(f"mx-host={SENDER_DOMAIN},mail.{SENDER_DOMAIN},10")
+    lines.append(f"host-record=mail.{SENDER_DOMAIN},{lab.by_host('client').address}")
+    for container in lab.containers:
+        lines.append(f"host-record={container.hostname},{container.address}")
+    for zone in t.policy.rbl_clients:
+        lines.append(f"local=/{zone}/")
+        for listed in ("127.0.0.2", spammer.address):
+            reversed_ip = ".".join(reversed(listed.split(".")))
+            lines.append(f"address=/{reversed_ip}.{zone}/127.0.0.2")
+    for zone in t.policy.rhsbl_senders:
+        lines.append(f"local=/{zone}/")
+        lines.append(f"address=/dbltest.com.{zone}/127.0.1.2")
+    return "\n".join(lines) + "\n"
+
+
+# --- the engine -----------------------------------------------------------------
+
+
+def engine_environment() -> dict[str, str]:
+    """The environment in which the docker CLI reaches an engine: scripts/container-engine finds or starts one."""
+    script = PROJECT / "scripts" / "container-engine"
+    result = subprocess.run([str(script)], capture_output=True, text=True, timeout=900)
+    if result.returncode != 0:
+        raise LabError(f"no container engine: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'scripts/container-engine failed'}")
+    env = dict(os.environ)
+    for line in result.stdout.splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export "):].partition("=")
+            env[key] = shlex.split(value)[0] if value else ""
+    return env
+
+
+def docker(env: dict[str, str], *args: str, check: bool = True, timeout: int = 600, stdin: str | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(["docker", *args], env=env, capture_output=True, text=True, timeout=timeout, input=stdin)
+    if check and result.returncode != 0:
+        raise LabError(f"docker {' '.join(args[:3])}...: {result.stderr.strip() or result.stdout.strip()}")
+    return result
+
+
+def build_image(env: dict[str, str]) -> None:
+    script = PROJECT / "scripts" / "lab-image"
+    result = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=1800)
+    if result.returncode != 0:
+        raise LabError(f"the lab image could not be built: {result.stderr.strip()[-500:]}")
+
+
+def lab_connection(inventory: Inventory) -> dict[str, dict]:
+    """Ansible connection variables that reach each host's lab container."""
+    lab = plan(inventory)
+    return {c.host: {"ansible_connection": "community.docker.docker", "ansible_host": c.name, "ansible_docker_timeout": 60}
+            for c in lab.containers if c.role not in ("client", "dns")}
+
+
+def status(inventory: Inventory, env: dict[str, str]) -> list[dict]:
+    """One row per planned container: whether it exists and runs."""
+    lab = plan(inventory)
+    rows = []
+    for c in lab.containers:
+        result = docker(env, "inspect", "--format", "{{json .State}}", c.name, check=False)
+        state = json.loads(result.stdout)["Status"] if result.returncode == 0 else "absent"
+        rows.append({"container": c.name, "host": c.host, "role": c.role, "address": c.address, "state": state})
+    return rows
+
+
+def mirror_hosts(image_sources: str) -> list[str]:
+    """`--add-host NAME:IP` for every package mirror the lab image's apt uses.
+
+    The lab's DNS answers only for the lab's own names (nothing depends on outside DNS),
+    so the mirrors the roles install packages from are resolved here, on the host.
+    """
+    import re
+    import socket
+
+    names = sorted(set(re.findall(r"https?://([^/\s:]+)", image_sources)))
+    options = []
+    for name in names:
+        try:
+            address = socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+        except OSError as exc:
+            raise LabError(f"cannot resolve the package mirror {name} on this machine: {exc}") from None
+        options += ["--add-host", f"{name}:{address}"]
+    return options
+
+
+def _exec(env: dict[str, str], container: str, script: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return docker(env, "exec", container, "sh", "-c", script, timeout=timeout)
+
+
+def up(inventory: Inventory, env: dict[str, str], say=lambda message: None) -> LabPlan:
+    """Start the lab's network and containers (idempotent) and its DNS; deploying is the caller's next step."""
+    lab = plan(inventory)
+    build_image(env)
+    if docker(env, "network", "inspect", lab.network, check=False).returncode != 0:
+        say(f"network {lab.network} ({lab.subnet})")
+        docker(env, "network", "create", "--subnet", lab.subnet, "--label", f"mailforge.cluster={lab.cluster}", lab.network)
+    dns = lab.by_host("dns")
+    sources = docker(env, "run", "--rm", "--entrypoint", "sh", IMAGE, "-c", "cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null", check=False).stdout
+    mirrors = mirror_hosts(sources)
+    for c in lab.containers:
+        existing = docker(env, "inspect", "--format", "{{.State.Running}}", c.name, check=False)
+        if existing.returncode == 0 and existing.stdout.strip() == "true":
+            continue
+        if existing.returncode == 0:
+            docker(env, "rm", "-f", c.name)
+        say(f"container {c.name} at {c.address}")
+        # --init reaps the processes daemons leave behind; SYS_PTRACE lets init scripts see daemons run as other users.
+        docker(env, "run", "-d", "--init", "--name", c.name, "--hostname", c.hostname, "--network", lab.network, "--ip", c.address,
+               "--dns", dns.address, *mirrors, "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW", "--cap-add", "SYS_PTRACE",
+               "--label", f"mailforge.cluster={lab.cluster}", "--label", f"mailforge.host={c.host}", IMAGE, "sleep", "infinity")
+        # No systemd in a container: rsyslog gives the hosts their /var/log/mail.log, as on a real host.
+        _exec(env, c.name, "pgrep rsyslogd >/dev/null || rsyslogd")
+    say("lab DNS (dnsmasq)")
+    conf = dnsmasq_conf(inventory, lab)
+    _exec(env, dns.name, "command -v dnsmasq >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsmasq-base >/dev/null)")
+    docker(env, "exec", "-i", dns.name, "sh", "-c", "cat > /etc/mailforge-dnsmasq.conf", stdin=conf)
+    _exec(env, dns.name, "pkill dnsmasq; sleep 0.2; dnsmasq --conf-file=/etc/mailforge-dnsmasq.conf --log-facility=/var/log/dnsmasq.log")
+    return lab
+
+
+def down(inventory: Inventory, env: dict[str, str]) -> list[str]:
+    """Remove every container and the network of this inventory's lab; returns what was removed."""
+    lab = plan(inventory)
+    removed = []
+    for c in lab.containers:
+        if docker(env, "rm", "-f", c.name, check=False).returncode == 0:
+            removed.append(c.name)
+    if docker(env, "network", "rm", lab.network, check=False).returncode == 0:
+        removed.append(lab.network)
+    return removed
