@@ -239,7 +239,7 @@ def test_firewalls_admit_only_what_the_topology_says(rendered):
     assert accepted(proxy, 587) == ["10.231.1.0/24"]
     for rules in rendered("example").rglob("rules.v4"):
         text = rules.read_text()
-        assert ":INPUT DROP" in text and "-i lo -j ACCEPT" in text and "ESTABLISHED" in text
+        assert ":INPUT DROP" in text and "-A INPUT -i lo -m comment --comment \"mailforge: loopback\" -j ACCEPT" in text and "ESTABLISHED" in text
         assert accepted(rules, 22) == ["10.232.0.0/24"]
 
 
