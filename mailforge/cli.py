@@ -204,6 +204,50 @@ def _run_deploy(inv, directory, manifest, **options) -> None:
         raise typer.Exit(EXIT_PROBLEM if not any(r.unreachable for r in result.hosts.values()) else EXIT_UNUSABLE)
 
 
+@app.command()
+@reports_errors
+def verify(
+    inventory: Path = InventoryArg,
+    lab: bool = typer.Option(False, "--lab", help="Verify this inventory's lab containers, probing from the lab's client."),
+    probe_from: str = typer.Option(None, "--probe-from", help="Send the SMTP probes from this host (testinfra spec, e.g. ssh://admin@10.0.0.5 or docker://name)."),
+    wait: int = typer.Option(60, "--wait", min=1, help="Seconds to wait for the probe message to reach a core."),
+    as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON on stdout."),
+    render_dir: Path = typer.Option(None, "--render-dir", help="Where to render the desired state (default INVENTORY/.mailforge/render)."),
+):
+    """Prove a deployed cluster works: host state, real mail through the front door, PROXY, the walls. Exit 1 if any check fails."""
+    from . import verify as verifying
+
+    inv, directory, manifest = _render_for_hosts(inventory, render_dir)
+    if lab:
+        from .lab import engine_environment
+
+        engine = engine_environment()
+        if engine.get("DOCKER_HOST"):
+            os.environ["DOCKER_HOST"] = engine["DOCKER_HOST"]  # testinfra's docker backend runs the docker CLI
+        remotes, client, spammer = verifying.lab_remotes(inv)
+    else:
+        if not probe_from:
+            raise verifying.VerifyError("name the probing host with --probe-from (or use --lab)")
+        remotes = verifying.ssh_remotes(inv)
+        client, spammer = verifying.Remote("probe", probe_from), None
+    if probe_from and lab:
+        client = verifying.Remote("probe", probe_from)
+    checks = verifying.verify(inv, directory, manifest, remotes, client, spammer, wait=wait)
+    if as_json:
+        print(json.dumps({"ok": all(c.ok for c in checks), "checks": [c.as_dict() for c in checks]}, indent=2))
+    else:
+        table = Table(title=f"verify {inv.topology.cluster}", title_justify="left")
+        for column in ("", "check", "host", "evidence"):
+            table.add_column(column)
+        for c in checks:
+            table.add_row("[green]ok[/green]" if c.ok else "[bold red]FAIL[/bold red]", c.name, c.host, c.detail)
+        out.print(table)
+        failed = sum(not c.ok for c in checks)
+        out.print(f"{len(checks) - failed} of {len(checks)} checks passed" + (f"; [bold red]{failed} failed[/bold red]" if failed else ""))
+    if not all(c.ok for c in checks):
+        raise typer.Exit(EXIT_PROBLEM)
+
+
 lab_app = typer.Typer(help="A local lab: one container per inventory host, plus clients and a DNS server.", no_args_is_help=True)
 app.add_typer(lab_app, name="lab")
 

@@ -51,6 +51,27 @@ def split_pattern(text: str) -> tuple[str, str] | str:
     return regex, flags
 
 
+def _compile_flags(flags: str) -> int:
+    cflags = REG_EXTENDED | REG_ICASE
+    for flag in flags:  # each flag toggles its option, as in Postfix's dict_regexp
+        cflags ^= {"i": REG_ICASE, "m": REG_NEWLINE, "x": REG_EXTENDED}[flag]
+    return cflags
+
+
+def matches(text: str, line: str) -> bool:
+    """Whether the header_checks pattern `text` (already known to compile) matches `line`."""
+    negated = text.startswith("!")
+    regex, flags = split_pattern(text)
+    compiled = ctypes.create_string_buffer(4096)
+    if _libc.regcomp(compiled, regex.encode("utf-8"), _compile_flags(flags) | 8) != 0:  # 8: REG_NOSUB
+        raise ValueError(f"{text!r} does not compile")
+    try:
+        found = _libc.regexec(compiled, line.encode("utf-8"), 0, None, 0) == 0
+    finally:
+        _libc.regfree(compiled)
+    return found != negated
+
+
 def pattern_error(text: str) -> str | None:
     """Why Postfix would refuse this header_checks pattern, or None."""
     if any(c in text for c in "\r\n"):
@@ -59,10 +80,7 @@ def pattern_error(text: str) -> str | None:
     if isinstance(parts, str):
         return f"{text!r}: {parts}"
     regex, flags = parts
-    cflags = REG_EXTENDED | REG_ICASE
-    for flag in flags:  # each flag toggles its option, as in Postfix's dict_regexp
-        cflags ^= {"i": REG_ICASE, "m": REG_NEWLINE, "x": REG_EXTENDED}[flag]
-    error = _regcomp_error(regex, cflags)
+    error = _regcomp_error(regex, _compile_flags(flags))
     return f"{text!r} does not compile as a POSIX regular expression: {error}" if error else None
 
 

@@ -180,6 +180,7 @@ class Core(Strict):
 class HeaderCheck(Strict):
     match: ConfigText = Field(description="A Postfix regexp pattern, /.../ with optional flags.")
     action: ConfigText = Field(description="What to do on a match, e.g. 'REJECT reason' or 'WARN'.")
+    example: ConfigText | None = Field(None, description="A header line the pattern must match; `verify` sends it and expects a rejection.")
 
 
 class Policy(Strict):
@@ -455,6 +456,9 @@ def _semantic_problems(t: Topology, source: Located) -> tuple[list[Problem], lis
         error = header_check_syntax.pattern_error(check.match)
         if error:
             problems.append(source.problem(path + ("match",), error, "a Postfix regexp pattern such as /^Subject: =\\?big5\\?/"))
+        if error is None and check.example and not header_check_syntax.matches(check.match, check.example):
+            problems.append(source.problem(path + ("example",), f"the pattern {check.match} does not match its example {check.example!r}",
+                                           "an example header line the pattern matches"))
         error = header_check_syntax.action_error(check.action)
         if error:
             problems.append(source.problem(path + ("action",), error, "an action such as 'REJECT reason', 'WARN', 'DISCARD' or 'HOLD'"))
