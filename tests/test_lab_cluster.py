@@ -1,0 +1,103 @@
+"""The example cluster in the lab: verify passes, and breaking one thing fails the matching check.
+
+Needs a container engine and root (the lab starts one); runs when MAILFORGE_LAB=1.
+Each break is repaired with `mailforge deploy --lab`, the production path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import MAILFORGE, REPO
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(os.environ.get("MAILFORGE_LAB") != "1", reason="lab tests run with MAILFORGE_LAB=1 (they start containers)"),
+]
+
+EXAMPLE = REPO / "inventories" / "example"
+
+
+def mailforge(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    return subprocess.run([str(MAILFORGE), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def engine_env() -> dict[str, str]:
+    from mailforge.lab import engine_environment
+
+    return engine_environment()
+
+
+def in_container(host: str, script: str) -> str:
+    result = subprocess.run(["docker", "exec", f"mf-example-{host}", "sh", "-c", script], env=engine_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def failed_checks() -> set[str]:
+    result = mailforge("verify", str(EXAMPLE), "--lab", "--json", "--wait", "20")
+    assert result.returncode in (0, 1), result.stderr
+    return {c["name"] for c in json.loads(result.stdout)["checks"] if not c["ok"]}
+
+
+@pytest.fixture(scope="module")
+def lab():
+    up = mailforge("lab", "up", str(EXAMPLE))
+    assert up.returncode == 0, up.stdout + up.stderr
+    yield
+    if os.environ.get("MAILFORGE_LAB_KEEP") != "1":
+        mailforge("lab", "down", str(EXAMPLE))
+
+
+def repair():
+    result = mailforge("deploy", str(EXAMPLE), "--lab")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert failed_checks() == set()
+
+
+def test_verify_passes_on_the_deployed_example(lab):
+    assert failed_checks() == set()
+
+
+def test_a_second_deploy_changes_nothing(lab):
+    result = mailforge("deploy", str(EXAMPLE), "--lab")
+    assert result.returncode == 0
+    summary = [line for line in result.stdout.splitlines() if line.startswith("│")]
+    assert summary and all(line.split("│")[3].strip() == "0" for line in summary), result.stdout
+
+
+def test_stopping_the_core_fails_delivery(lab):
+    in_container("core", "postfix stop")
+    failed = failed_checks()
+    assert "message arrives in the core's mailbox of abuse@example.com" in failed
+    assert "postfix running (/etc/postfix)" in failed
+    repair()
+
+
+def test_flushing_the_cores_firewall_fails_the_wall(lab):
+    in_container("core", "iptables -P INPUT ACCEPT && iptables -F INPUT")
+    failed = failed_checks()
+    assert "core core port 25 gives strangers no banner" in failed
+    assert "firewall rules loaded" in failed
+    repair()
+
+
+def test_turning_off_proxy_on_the_balancer_fails_the_front_door(lab):
+    in_container("lb", "sed -i 's/ send-proxy-v2 check-send-proxy//' /etc/haproxy/haproxy.cfg && service haproxy reload")
+    failed = failed_checks()
+    assert "mail to listed abuse@example.com accepted" in failed
+    assert "relay logs show the client's own address" in failed or "message arrives in the core's mailbox of abuse@example.com" in failed
+    repair()
+
+
+def test_dropping_a_recipient_fails_the_listed_recipient(lab):
+    for relay in ("relay1", "relay2"):
+        in_container(relay, "sed -i '/^abuse@example.com /d' /etc/postfix/relay_recipients && postmap /etc/postfix/relay_recipients")
+    failed = failed_checks()
+    assert "mail to listed abuse@example.com accepted" in failed
+    repair()
