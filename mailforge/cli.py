@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import InventoryError, MailforgeError, OutputError, Problem
+from .errors import InventoryError, MailforgeError, Problem
 
 EXIT_OK, EXIT_PROBLEM, EXIT_UNUSABLE = 0, 1, 2
 
@@ -179,9 +179,9 @@ def deploy(
     inv, directory, manifest = _render_for_hosts(inventory, render_dir)
     lab_hosts, environment = None, None
     if lab:
-        from .lab import engine_environment, lab_connection
+        from .lab import ansible_environment, engine_environment, lab_connection
 
-        environment = {k: v for k, v in engine_environment().items() if k == "DOCKER_HOST"}
+        environment = ansible_environment(engine_environment())
         lab_hosts = lab_connection(inv)
     _run_deploy(inv, directory, manifest, check=check, diff=diff, limit=limit, lab_hosts=lab_hosts, batch=batch, environment=environment)
 
@@ -267,8 +267,7 @@ def lab_up(
     inv, directory, manifest = _render_for_hosts(inventory, render_dir)
     env = lab.engine_environment()
     plan = lab.up(inv, env, say=lambda message: out.print(f"[dim]lab:[/dim] {message}"))
-    _run_deploy(inv, directory, manifest, lab_hosts=lab.lab_connection(inv), environment={"DOCKER_HOST": env.get("DOCKER_HOST", "")}
-                if env.get("DOCKER_HOST") else None)
+    _run_deploy(inv, directory, manifest, lab_hosts=lab.lab_connection(inv), environment=lab.ansible_environment(env))
     out.print(f"lab {plan.network} ({plan.subnet}) is up and deployed in {time.monotonic() - started:.0f} s")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import MailforgeError
-from .topology import Connection, Inventory
+from .topology import Inventory
 
 PROJECT = Path(__file__).resolve().parent.parent
 ROLES = PROJECT / "roles"
@@ -29,16 +29,10 @@ class DeployError(MailforgeError):
     """Ansible could not be run at all (not: a host failed)."""
 
 
-def _connection_vars(*layers: Connection | None) -> dict:
-    merged: dict = {}
-    for layer in layers:
-        if layer is None:
-            continue
-        for key, value in layer.model_dump(exclude_none=True).items():
-            merged[key] = value
+def _connection_vars(settings: dict) -> dict:
     names = {"plugin": "ansible_connection", "host": "ansible_host", "user": "ansible_user", "port": "ansible_port",
              "private_key_file": "ansible_ssh_private_key_file", "become": "ansible_become"}
-    return {names[k]: v for k, v in merged.items()}
+    return {names[k]: v for k, v in settings.items()}
 
 
 def ansible_inventory(inventory: Inventory, render_dir: Path, manifest: dict, lab_hosts: dict[str, dict] | None = None) -> dict:
@@ -55,7 +49,7 @@ def ansible_inventory(inventory: Inventory, render_dir: Path, manifest: dict, la
             "mailforge_render_dir": str((render_dir / host.name).resolve()),
             "mailforge_files": files,
         }
-        hostvars.update(_connection_vars(t.connection, host.connection))
+        hostvars.update(_connection_vars(t.connection_settings(host)))
         if lab_hosts is not None:
             hostvars.update(lab_hosts[host.name])
         groups[group][host.name] = hostvars

@@ -92,10 +92,6 @@ def plan(inventory: Inventory) -> LabPlan:
 # --- the DNS the lab's hosts resolve through ----------------------------------
 
 
-def _reverse(address: str) -> str:
-    return ipaddress.ip_address(address).reverse_pointer
-
-
 def dnsmasq_conf(inventory: Inventory, lab: LabPlan) -> str:
     """dnsmasq configuration: authoritative for everything the cluster and the probes need."""
     t = inventory.topology
@@ -157,6 +153,11 @@ def build_image(env: dict[str, str]) -> None:
     result = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=1800)
     if result.returncode != 0:
         raise LabError(f"the lab image could not be built: {result.stderr.strip()[-500:]}")
+
+
+def ansible_environment(env: dict[str, str]) -> dict[str, str] | None:
+    """What Ansible's docker connection needs from the engine's environment."""
+    return {"DOCKER_HOST": env["DOCKER_HOST"]} if env.get("DOCKER_HOST") else None
 
 
 def lab_connection(inventory: Inventory) -> dict[str, dict]:

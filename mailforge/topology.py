@@ -219,6 +219,14 @@ class Topology(Strict):
     tls: Tls = Field(default_factory=Tls)
     connection: Connection | None = Field(None, description="How Ansible reaches every host, unless a host says otherwise.")
 
+    def connection_settings(self, host) -> dict:
+        """How to reach `host`: the topology's connection settings, overridden by the host's own."""
+        settings: dict = {}
+        for layer in (self.connection, host.connection):
+            if layer is not None:
+                settings.update(layer.model_dump(exclude_none=True))
+        return settings
+
     @property
     def managed_balancers(self) -> list[LoadBalancer]:
         return [lb for lb in self.load_balancers if not lb.external]

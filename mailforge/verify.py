@@ -49,7 +49,7 @@ class Remote:
         self.spec = spec
         self.host = testinfra.get_host(spec)
 
-    def run(self, command: str, timeout: int = 120):
+    def run(self, command: str):
         return self.host.run(command)
 
     def python(self, script: str, payload: dict) -> object:
@@ -212,7 +212,8 @@ def mail_checks(inventory: Inventory, remotes: dict[str, Remote], client: Remote
     checks.append(Check("mail", f"message arrives in the core's mailbox of {recipient}", delivered_on or ",".join(cores), delivered_on is not None,
                         f"found on {delivered_on}" if delivered_on else f"not delivered within {wait} s" if accepted else "not accepted, so not delivered"))
 
-    client_address = client.run("hostname -I").stdout.split()[0] if client.run("hostname -I").rc == 0 else None
+    addresses = client.run("hostname -I")
+    client_address = addresses.stdout.split()[0] if addresses.rc == 0 and addresses.stdout.split() else None
     if t.load_balancers and t.proxy_protocol != "none":
         seen = [r.name for r in t.relays if r.name in remotes and client_address and
                 remotes[r.name].run(f"grep -F 'CONNECT from [{client_address}]' /var/log/mail.log").rc == 0]
@@ -253,10 +254,7 @@ def ssh_remotes(inventory: Inventory) -> dict[str, Remote]:
     remotes = {}
     hosts = [*t.managed_balancers, *t.relays, *t.cores]
     for h in hosts:
-        settings = {}
-        for layer in (t.connection, h.connection):
-            if layer is not None:
-                settings.update(layer.model_dump(exclude_none=True))
+        settings = t.connection_settings(h)
         target = settings.get("host", h.address)
         user = f"{settings['user']}@" if settings.get("user") else ""
         port = f":{settings['port']}" if settings.get("port") else ""
@@ -271,8 +269,10 @@ def reachable(remotes: dict[str, Remote]) -> None:
     for name, remote in remotes.items():
         try:
             result = remote.run("true")
-        except Exception as exc:  # testinfra raises many kinds
-            raise VerifyError(f"cannot reach {name} ({remote.spec}): {exc}") from None
+        except Exception as exc:  # testinfra raises many kinds; an SSH failure carries the command's result
+            result = exc.args[0] if exc.args else None
+            detail = (getattr(result, "stderr", "") or str(exc)).strip()
+            raise VerifyError(f"cannot reach {name} ({remote.spec}): {detail}") from None
         if result.rc != 0:
             raise VerifyError(f"cannot reach {name} ({remote.spec}): {result.stderr.strip()}")
 

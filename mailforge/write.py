@@ -82,8 +82,9 @@ def write_file(target: Path, rendered, digests: dict[int, str] | None) -> None:
         digests[key] = hasher.hexdigest()
 
 
-def manifest_text(tree: Tree, cluster: str) -> str:
-    return json.dumps(manifest(tree, cluster), indent=2, sort_keys=True) + "\n"
+def manifest_text(result: dict) -> str:
+    """manifest.json as written: sorted keys, so the same tree gives the same bytes."""
+    return json.dumps(result, indent=2, sort_keys=True) + "\n"
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -129,7 +130,7 @@ def write_tree(tree: Tree, cluster: str, out: Path) -> dict:
                 write_file(target, rendered, digests)
                 target.chmod(int(rendered.mode, 8))
         result = manifest(tree, cluster, digests)
-        (staging / MANIFEST).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (staging / MANIFEST).write_text(manifest_text(result), encoding="utf-8")
         staging.chmod(0o755)
         if out.exists():
             if not _exchange(staging, out):
