@@ -174,6 +174,7 @@ def deploy(
     lab: bool = typer.Option(False, "--lab", help="Deploy to this inventory's lab containers (see `mailforge lab up`)."),
     batch: int = typer.Option(1, "--batch", min=1, help="How many relays change at once."),
     render_dir: Path = typer.Option(None, "--render-dir", help="Where to render before shipping (default INVENTORY/.mailforge/render)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the per-host results as JSON on stdout (progress goes to stderr)."),
 ):
     """Render, then apply the result with Ansible: checked before it goes live, reloaded not restarted."""
     inv, directory, manifest = _render_for_hosts(inventory, render_dir)
@@ -183,23 +184,31 @@ def deploy(
 
         environment = ansible_environment(engine_environment())
         lab_hosts = lab_connection(inv)
-    _run_deploy(inv, directory, manifest, check=check, diff=diff, limit=limit, lab_hosts=lab_hosts, batch=batch, environment=environment)
+    _run_deploy(inv, directory, manifest, as_json=as_json, check=check, diff=diff, limit=limit, lab_hosts=lab_hosts, batch=batch,
+                environment=environment)
 
 
-def _run_deploy(inv, directory, manifest, **options) -> None:
+def _run_deploy(inv, directory, manifest, as_json: bool = False, **options) -> None:
+    from dataclasses import asdict
+
     from rich.progress import BarColumn, Progress, TextColumn
 
     from .deploy import run_playbook
 
     with Progress(TextColumn("{task.description:<12}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("{task.fields[current]}"), console=out, transient=False) as bar:
+                  TextColumn("{task.fields[current]}"), console=err if as_json else out, transient=False) as bar:
         tasks = {host: bar.add_task(host, total=None, current="waiting") for host in inv.hosts}
 
         def progress(host: str, task: str, done: int, seen: int) -> None:
             bar.update(tasks[host], completed=done, total=max(seen, done), current=task[:60])
 
         result = run_playbook(inv, directory, manifest, progress=progress, **options)
-    _deploy_summary(result)
+    if as_json:
+        totals = {key: sum(getattr(r, key) for r in result.hosts.values()) for key in ("ok", "changed", "failed", "unreachable")}
+        print(json.dumps({"ok": not result.failed, "status": result.status, "totals": totals,
+                          "hosts": {host: asdict(r) for host, r in result.hosts.items()}}, indent=2))
+    else:
+        _deploy_summary(result)
     if result.failed:
         raise typer.Exit(EXIT_PROBLEM if not any(r.unreachable for r in result.hosts.values()) else EXIT_UNUSABLE)
 
@@ -257,6 +266,7 @@ app.add_typer(lab_app, name="lab")
 def lab_up(
     inventory: Path = InventoryArg,
     render_dir: Path = typer.Option(None, "--render-dir", help="Where to render before shipping (default INVENTORY/.mailforge/render)."),
+    no_deploy: bool = typer.Option(False, "--no-deploy", help="Only start and prepare the containers and the lab DNS; deploy later with `mailforge deploy --lab`."),
 ):
     """Start the lab's containers at the inventory's addresses, then deploy to them as `mailforge deploy` does."""
     import time
@@ -267,6 +277,9 @@ def lab_up(
     inv, directory, manifest = _render_for_hosts(inventory, render_dir)
     env = lab.engine_environment()
     plan = lab.up(inv, env, say=lambda message: out.print(f"[dim]lab:[/dim] {message}"))
+    if no_deploy:
+        out.print(f"lab {plan.network} ({plan.subnet}) is up in {time.monotonic() - started:.0f} s; not deployed (--no-deploy)")
+        return
     _run_deploy(inv, directory, manifest, lab_hosts=lab.lab_connection(inv), environment=lab.ansible_environment(env))
     out.print(f"lab {plan.network} ({plan.subnet}) is up and deployed in {time.monotonic() - started:.0f} s")
 

@@ -178,32 +178,45 @@ def status(inventory: Inventory, env: dict[str, str]) -> list[dict]:
     return rows
 
 
-def mirror_hosts(image_sources: str) -> list[str]:
-    """`--add-host NAME:IP` for every package mirror the lab image's apt uses.
+def mirror_hosts(image_sources: str) -> dict[str, str]:
+    """Name -> IPv4 address of every package mirror the lab image's apt uses.
 
     The lab's DNS answers only for the lab's own names (nothing depends on outside DNS),
-    so the mirrors the roles install packages from are resolved here, on the host.
+    so the mirrors the roles install packages from are resolved here, on the host, and
+    written into each container's /etc/hosts.
     """
     import re
     import socket
 
     names = sorted(set(re.findall(r"https?://([^/\s:]+)", image_sources)))
-    options = []
+    found = {}
     for name in names:
         try:
-            address = socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+            found[name] = socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
         except OSError as exc:
             raise LabError(f"cannot resolve the package mirror {name} on this machine: {exc}") from None
-        options += ["--add-host", f"{name}:{address}"]
-    return options
+    return found
 
 
 def _exec(env: dict[str, str], container: str, script: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return docker(env, "exec", container, "sh", "-c", script, timeout=timeout)
 
 
+def _address_on(env: dict[str, str], container: str, network: str) -> str | None:
+    result = docker(env, "inspect", "--format", "{{json .NetworkSettings.Networks}}", container, check=False)
+    if result.returncode != 0:
+        return None
+    networks = json.loads(result.stdout or "null") or {}
+    return (networks.get(network) or {}).get("IPAddress") or None
+
+
 def up(inventory: Inventory, env: dict[str, str], say=lambda message: None) -> LabPlan:
-    """Start the lab's network and containers (idempotent) and its DNS; deploying is the caller's next step."""
+    """Start the lab's network and containers and its DNS; deploying is the caller's next step.
+
+    Idempotent, and it adopts running containers of the planned names that sit at the planned
+    addresses (Molecule's docker driver creates them for `molecule/cluster`): each one gets the
+    same preparation whoever started it, so the lab and the Molecule scenario are one cluster.
+    """
     lab = plan(inventory)
     build_image(env)
     if docker(env, "network", "inspect", lab.network, check=False).returncode != 0:
@@ -215,16 +228,22 @@ def up(inventory: Inventory, env: dict[str, str], say=lambda message: None) -> L
     for c in lab.containers:
         existing = docker(env, "inspect", "--format", "{{.State.Running}}", c.name, check=False)
         if existing.returncode == 0 and existing.stdout.strip() == "true":
-            continue
-        if existing.returncode == 0:
-            docker(env, "rm", "-f", c.name)
-        say(f"container {c.name} at {c.address}")
-        # --init reaps the processes daemons leave behind; SYS_PTRACE lets init scripts see daemons run as other users.
-        docker(env, "run", "-d", "--init", "--name", c.name, "--hostname", c.hostname, "--network", lab.network, "--ip", c.address,
-               "--dns", dns.address, *mirrors, "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW", "--cap-add", "SYS_PTRACE",
-               "--label", f"mailforge.cluster={lab.cluster}", "--label", f"mailforge.host={c.host}", IMAGE, "sleep", "infinity")
-        # No systemd in a container: rsyslog gives the hosts their /var/log/mail.log, as on a real host.
-        _exec(env, c.name, "pgrep rsyslogd >/dev/null || rsyslogd")
+            address = _address_on(env, c.name, lab.network)
+            if address != c.address:
+                raise LabError(f"container {c.name} runs, but at {address or 'no address'} on {lab.network}, not at {c.address}: "
+                               f"remove it (mailforge lab down) and run lab up again")
+        else:
+            if existing.returncode == 0:
+                docker(env, "rm", "-f", c.name)
+            say(f"container {c.name} at {c.address}")
+            # --init reaps the processes daemons leave behind; SYS_PTRACE lets init scripts see daemons run as other users.
+            docker(env, "run", "-d", "--init", "--name", c.name, "--hostname", c.hostname, "--network", lab.network, "--ip", c.address,
+                   "--dns", dns.address, "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW", "--cap-add", "SYS_PTRACE",
+                   "--label", f"mailforge.cluster={lab.cluster}", "--label", f"mailforge.host={c.host}", IMAGE, "sleep", "infinity")
+        # The package mirrors, resolved on this machine (the lab DNS never forwards), and rsyslog for
+        # /var/log/mail.log, as on a real host (no systemd in a container).
+        hosts_lines = "".join(f"grep -q ' {name}$' /etc/hosts || echo '{address} {name}' >>/etc/hosts; " for name, address in mirrors.items())
+        _exec(env, c.name, hosts_lines + "pgrep rsyslogd >/dev/null || rsyslogd")
     say("lab DNS (dnsmasq)")
     conf = dnsmasq_conf(inventory, lab)
     _exec(env, dns.name, "command -v dnsmasq >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsmasq-base >/dev/null)")
