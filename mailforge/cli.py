@@ -157,6 +157,10 @@ def _deploy_summary(result) -> None:
     for host, r in result.hosts.items():
         style = "red" if r.failed or r.unreachable else ("yellow" if r.changed else "green")
         table.add_row(f"[{style}]{host}[/{style}]", str(r.ok), str(r.changed), str(r.failed), str(r.unreachable))
+    for host, r in result.hosts.items():
+        for text in r.diffs:
+            out.print(f"[bold]{host}[/bold]")
+            out.print(text, markup=False, end="")
     out.print(table)
     for host, r in result.hosts.items():
         for message in r.messages:

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -69,6 +70,11 @@ class HostResult:
     unreachable: int = 0
     skipped: int = 0
     messages: list[str] = field(default_factory=list)
+    diffs: list[str] = field(default_factory=list)  # unified diffs of the files a run changed or would change (--diff)
+    # Seconds from the start of the run to this host's first task and to its last result: shows
+    # that relays changed a batch at a time (the intervals of one batch never overlap the next's).
+    started: float | None = None
+    finished: float | None = None
 
 
 @dataclass
@@ -80,6 +86,21 @@ class DeployResult:
     @property
     def failed(self) -> bool:
         return self.rc != 0 or any(h.failed or h.unreachable for h in self.hosts.values())
+
+
+def unified_diffs(diff) -> list[str]:
+    """Ansible's --diff results (a dict or a list of them, with before/after texts) as unified diffs."""
+    import difflib
+
+    texts = []
+    for entry in diff if isinstance(diff, list) else [diff] if diff else []:
+        before, after = entry.get("before"), entry.get("after")
+        if not isinstance(before, str) or not isinstance(after, str) or before == after:
+            continue
+        lines = difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True),
+                                     entry.get("before_header", "before"), entry.get("after_header", "after"))
+        texts.append("".join(line if line.endswith("\n") else line + "\n" for line in lines))
+    return texts
 
 
 Progress = Callable[[str, str, int, int], None]  # host, task, tasks done on that host, tasks seen
@@ -100,17 +121,25 @@ def run_playbook(inventory: Inventory, render_dir: Path, manifest: dict, *, chec
     done: dict[str, int] = {name: 0 for name in hosts}
     seen: dict[str, int] = {name: 0 for name in hosts}
 
+    clock = time.monotonic()
+
     def on_event(event: dict) -> bool:
         data = event.get("event_data", {})
         host = data.get("host")
         kind = event.get("event")
         if host in hosts:
+            now = round(time.monotonic() - clock, 3)
             if kind == "runner_on_start":
                 seen[host] += 1
+                if hosts[host].started is None:
+                    hosts[host].started = now
                 if progress:
                     progress(host, data.get("task", ""), done[host], seen[host])
-            elif kind in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable", "runner_on_skipped"):
+            if kind in ("runner_on_ok", "runner_item_on_ok") and (data.get("res") or {}).get("changed"):
+                hosts[host].diffs.extend(unified_diffs(data["res"].get("diff")))
+            if kind in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable", "runner_on_skipped"):
                 done[host] += 1
+                hosts[host].finished = now
                 result = data.get("res", {})
                 if kind == "runner_on_failed" and not data.get("ignore_errors"):
                     message = result.get("msg") or result.get("stderr") or json.dumps(result)[:300]

@@ -101,3 +101,30 @@ def test_dropping_a_recipient_fails_the_listed_recipient(lab):
     failed = failed_checks()
     assert "mail to listed abuse@example.com accepted" in failed
     repair()
+
+
+def _live_map(relay: str) -> str:
+    """sha256 of the live recipients map and the mtime of its database."""
+    return in_container(relay, "sha256sum /etc/postfix/relay_recipients; stat -c %Y /etc/postfix/relay_recipients.db")
+
+
+def test_check_diff_shows_the_change_and_changes_nothing(lab):
+    in_container("relay1", "sed -i '/^abuse@example.com /d' /etc/postfix/relay_recipients")
+    before = _live_map("relay1")
+    result = mailforge("deploy", str(EXAMPLE), "--lab", "--check", "--diff", "--limit", "relay1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "+abuse@example.com OK" in result.stdout, result.stdout[-3000:]  # the line deploy would put back
+    assert _live_map("relay1") == before  # nothing written, nothing compiled
+    repair()
+
+
+def test_relays_change_one_batch_at_a_time(lab):
+    for relay in ("relay1", "relay2"):
+        in_container(relay, "sed -i '/^postmaster@example.com /d' /etc/postfix/relay_recipients && postmap /etc/postfix/relay_recipients")
+    result = mailforge("deploy", str(EXAMPLE), "--lab", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    hosts = json.loads(result.stdout)["hosts"]
+    first, second = sorted((hosts["relay1"], hosts["relay2"]), key=lambda h: h["started"])
+    assert first["changed"] > 0 and second["changed"] > 0
+    assert first["finished"] <= second["started"], hosts  # the second relay began after the first was done
+    assert failed_checks() == set()
