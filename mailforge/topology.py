@@ -13,6 +13,7 @@ import ipaddress
 import re
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -110,12 +111,87 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _csv_delimiter(value: str) -> str:
+    if len(value) != 1 or value in "\"\r\n" or value.isalnum():
+        raise _fail(f"{value!r} is not a usable CSV delimiter", "one character that is not a letter, digit, quote or line break, e.g. ',' ';' or \"\\t\" for a tab")
+    return value
+
+
+def _ldap_uri(value: str) -> str:
+    _config_text(value)
+    parts = urllib.parse.urlsplit(value)
+    try:
+        parts.port
+    except ValueError:
+        raise _fail(f"{value!r} has an invalid port", "a port from 1 to 65535, e.g. ldap://ldap.example.com:389") from None
+    if parts.scheme.lower() not in ("ldap", "ldaps") or not parts.hostname:
+        raise _fail(f"{value!r} is not an ldap:// or ldaps:// URI with a host", "a URI such as ldap://ldap.example.com or ldaps://ldap.example.com:636")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
+        raise _fail(f"{value!r} holds more than the server's address",
+                    "only scheme, host and port, e.g. ldaps://ldap.example.com:636 (the search base goes under 'base', the bind DN under 'bind_dn')")
+    return value
+
+
+def _env_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        # The value is not shown: a password put here by mistake must not be printed.
+        raise _fail("is not the name of an environment variable (the value is not shown, in case it is the password itself)",
+                    "a variable name such as MAILFORGE_LDAP_PASSWORD; its value is the password")
+    return value
+
+
+def _ldap_attribute(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*|[0-9]+(\.[0-9]+)+", value):
+        raise _fail(f"{value!r} is not an LDAP attribute name", "an attribute such as mail or mailAlternateAddress")
+    return value
+
+
+def _ldap_filter(value: str) -> str:
+    _config_text(value)
+    if not (value.startswith("(") and value.endswith(")")) or value.count("(") != value.count(")"):
+        raise _fail(f"{value!r} is not an LDAP filter", "a filter in parentheses, e.g. (objectClass=inetOrgPerson) or (&(objectClass=person)(mail=*))")
+    return value
+
+
+CsvDelimiter = Annotated[str, AfterValidator(_csv_delimiter)]
+LdapUri = Annotated[str, AfterValidator(_ldap_uri)]
+EnvName = Annotated[str, AfterValidator(_env_name)]
+LdapAttribute = Annotated[str, AfterValidator(_ldap_attribute)]
+LdapFilter = Annotated[str, AfterValidator(_ldap_filter)]
+
+
+class CsvSource(Strict):
+    """A CSV export (spreadsheet, HR system): one address per row, in the column named by its header."""
+
+    file: ConfigText = Field(description="The CSV file, relative to the inventory directory; UTF-8, with or without a byte order mark.")
+    column: ConfigText = Field(description="Header of the column holding the addresses, e.g. mail or E-Mail.")
+    delimiter: CsvDelimiter = Field(",", description="Field separator: one character, e.g. ',' ';' or a tab.")
+
+
+class LdapSource(Strict):
+    """An LDAP directory searched with paged results; every value of `attributes` is an address."""
+
+    uri: LdapUri = Field(description="ldap://host[:port] or ldaps://host[:port].")
+    bind_dn: ConfigText | None = Field(None, description="DN to bind as; without it the search is anonymous.")
+    password_env: EnvName | None = Field(None, description="Environment variable holding the bind password.")
+    password_file: ConfigText | None = Field(None, description="File holding the bind password (its first line), relative to the inventory directory.")
+    base: ConfigText = Field(description="Search base DN, e.g. ou=people,dc=example,dc=com.")
+    filter: LdapFilter = Field("(objectClass=*)", description="Search filter; entries without any of `attributes` are skipped.")
+    attributes: list[LdapAttribute] = Field(default_factory=lambda: ["mail"], min_length=1, description="Attributes whose values are addresses.")
+    page_size: Annotated[StrictInt, Field(ge=1, le=100000)] = Field(500, description="Entries per page of the simple paged results control.")
+    start_tls: bool = Field(False, description="Upgrade an ldap:// connection with StartTLS (the certificate is verified).")
+    ca_file: ConfigText | None = Field(None, description="CA certificates to verify the server with (ldaps:// or start_tls); default: the system's.")
+    timeout: Annotated[float, Field(gt=0, le=3600)] = Field(10, description="Seconds to wait to connect and for each answer.")
+
+
 class Recipients(Strict):
     """Where the relays' list of valid recipients comes from; sources combine."""
 
     local_parts_file: ConfigText | None = Field(None, description="File of local parts, one per line, crossed with every hosted domain.")
     addresses_file: ConfigText | None = Field(None, description="File of full addresses, one per line.")
     addresses: list[str] = Field(default_factory=list, description="Full addresses given inline.")
+    csv: CsvSource | None = Field(None, description="A CSV export with a header line; the addresses are in one column.")
+    ldap: LdapSource | None = Field(None, description="An LDAP directory; the password is never in the inventory (password_env or password_file).")
 
 
 class Connection(Strict):
@@ -307,6 +383,10 @@ def _model_at(path: tuple) -> type[BaseModel] | None:
 def _problem_from_pydantic(source: Located, error: dict) -> Problem:
     loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and "[" in part) and part not in ("str", "int", "bool"))
     kind = error["type"]
+    if kind == "extra_forbidden" and loc[-1] == "password" and _model_at(loc[:-1]) is LdapSource:
+        # The value is never shown: it is a password.
+        return source.problem(loc, "a password may not be written in the inventory (it would end up in version control and logs)",
+                              "password_env: the name of an environment variable holding it, or password_file: a file holding it")
     if kind == "extra_forbidden":
         parent = _model_at(loc[:-1])
         allowed = sorted(parent.model_fields) if parent else []
@@ -430,9 +510,23 @@ def _semantic_problems(t: Topology, source: Located) -> tuple[list[Problem], lis
                                            "every balancer to use the same proxy_protocol and backend_port"))
 
     spec = getattr(t, "recipients", None)
-    if isinstance(spec, Recipients) and not (spec.local_parts_file or spec.addresses_file or spec.addresses):
+    if isinstance(spec, Recipients) and not (spec.local_parts_file or spec.addresses_file or spec.addresses or spec.csv or spec.ldap) \
+            and not any((source.data.get("recipients") or {}).get(key) is not None for key in ("csv", "ldap")):  # given but invalid: reported already
         problems.append(source.problem(("recipients",), "names no source, so the relays would refuse every recipient",
-                                       "local_parts_file, addresses_file or addresses; or leave recipients out to accept any local part"))
+                                       "local_parts_file, addresses_file, addresses, csv or ldap; or leave recipients out to accept any local part"))
+    ldap = spec.ldap if isinstance(spec, Recipients) else None
+    if isinstance(ldap, LdapSource):
+        path = ("recipients", "ldap")
+        if ldap.password_env and ldap.password_file:
+            problems.append(source.problem(path + ("password_file",), "both password_env and password_file are given", "one of them"))
+        if getattr(ldap, "bind_dn", None) and not any(path + (key,) in source.keys for key in ("password_env", "password_file", "password")):
+            problems.append(source.problem(path + ("bind_dn",), f"binding as {ldap.bind_dn!r} needs a password, and none is named",
+                                           "password_env: a variable holding it, or password_file: a file holding it"))
+        if not getattr(ldap, "bind_dn", None) and (ldap.password_env or ldap.password_file) and ("recipients", "ldap", "bind_dn") not in source.keys:
+            problems.append(source.problem(path + ("password_env" if ldap.password_env else "password_file",), "a password is named but no bind_dn to use it with",
+                                           "bind_dn: the DN to bind as; or no password for an anonymous search"))
+        if ldap.start_tls and str(getattr(ldap, "uri", "")).lower().startswith("ldaps:"):
+            problems.append(source.problem(path + ("start_tls",), "start_tls on an ldaps:// URI, which is already TLS", "start_tls: false, or an ldap:// URI"))
 
     for i, relay in _present(t.relays):
         instances = relay.instances
@@ -526,11 +620,13 @@ def load_inventory(path: Path) -> Inventory:
     recipients = None
     if source.data.get("recipients") is None:
         warnings.append(source.problem((), "no recipient list: the relays would accept any local part of the hosted domains and bounce later (backscatter)",
-                                       "recipients: with local_parts_file, addresses_file or addresses"))
+                                       "recipients: with local_parts_file, addresses_file, addresses, csv or ldap"))
     elif isinstance(getattr(topology, "recipients", None), Recipients):
         domains = getattr(topology, "domains", [])
+        # A CSV or LDAP source whose own settings are wrong is not read: its problems are already reported.
+        broken = {name for name in ("csv", "ldap") for p in problems if p.key == f"recipients.{name}" or p.key.startswith(f"recipients.{name}.")}
         recipients, recipient_problems = load_recipients(
-            topology.recipients, [d for d in domains if d], file.parent, source, check_domains=all(domains) and bool(domains)
+            topology.recipients, [d for d in domains if d], file.parent, source, check_domains=all(domains) and bool(domains), skip=broken
         )
         problems.extend(recipient_problems)
     if problems:

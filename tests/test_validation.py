@@ -3,7 +3,7 @@
 Every directory under fixtures/invalid/ is one case: a `topology.yml` (plus the
 users.txt / recipients.txt it names) that must be refused, and `expected.txt`,
 whose non-empty lines are substrings that must all appear in stderr.  Each
-expected line names the position (`topology.yml:LINE:COL` or `users.txt:LINE`)
+expected line names the position (`topology.yml:LINE:COL`, `users.txt:LINE` or `export.csv:LINE`)
 and the key path, so a wrong line number or key fails the test.
 
 The contract inventories and the shipped example must stay valid, and a failed
@@ -35,7 +35,7 @@ CASES = sorted(p.name for p in INVALID.iterdir() if p.is_dir())
 SUMMARY = re.compile(r"^(\d+) problems? found; nothing was written\.$", re.M)
 # error: FILE:LINE[:COL]: ...  -- every error must say where it is.
 ERROR_AT = re.compile(r"^error: (?P<file>.+?):(?P<line>\d+)(?::(?P<col>\d+))?: ")
-POSITION = re.compile(r"(topology\.yml|users\.txt|recipients\.txt):\d+")
+POSITION = re.compile(r"(topology\.yml|users\.txt|recipients\.txt|[\w.-]+\.csv):\d+")
 
 ENV = {k: v for k, v in os.environ.items() if k not in ("MAILFORGE_DEBUG", "FORCE_COLOR")}
 ENV.update(NO_COLOR="1", COLUMNS="500", TERM="dumb")
