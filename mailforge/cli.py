@@ -261,6 +261,89 @@ def verify(
         raise typer.Exit(EXIT_PROBLEM)
 
 
+@app.command()
+@reports_errors
+def maps(
+    inventory: Path = InventoryArg,
+    check: bool = typer.Option(False, "--check", help="Only show what would change; push nothing."),
+    force: bool = typer.Option(False, "--force", help="Push even when a recipients map would shrink by more than --max-shrink, or become empty."),
+    max_shrink: float = typer.Option(10.0, "--max-shrink", min=0, max=100, help="Largest share (percent) of a recipients map a run may remove without --force."),
+    lab: bool = typer.Option(False, "--lab", help="The lab's containers for this inventory (see `mailforge lab up`)."),
+    limit: str = typer.Option(None, "--limit", help="Only these hosts (comma-separated names)."),
+    batch: int = typer.Option(1, "--batch", min=1, help="How many relays take their new maps at once."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+):
+    """Regenerate the maps from the recipient sources and push only what changed, atomically. Exit 1 if refused or a push failed."""
+    import time
+
+    from . import maps as mapping
+    from .remote import shells_for
+
+    started = time.monotonic()
+    inv = _load(inventory)
+    _print_problems(inv.warnings, "yellow", "warning")
+    from .render import render as render_tree
+
+    tables = mapping.map_files(render_tree(inv))
+    if limit:
+        wanted = {h.strip() for h in limit.split(",") if h.strip()}
+        unknown = sorted(wanted - set(inv.hosts))
+        if unknown:
+            raise MailforgeError(f"--limit names no host of the inventory: {', '.join(unknown)} (hosts: {', '.join(inv.hosts)})")
+        tables = {h: files for h, files in tables.items() if h in wanted}
+    shells = shells_for(inv, lab)
+    changes = mapping.survey(shells, tables)
+    changed = [c for c in changes if c.changed]
+    refusals = [] if force else mapping.guard(changes, max_shrink / 100)
+    results: list = []
+    if changed and not check and not refusals:
+        results = mapping.push(shells, changes, mapping.rollout_order(inv, batch))
+    elapsed = time.monotonic() - started
+    failed = [r for r in results if r.error]
+
+    if as_json:
+        print(json.dumps({
+            "changed": bool(changed), "checked_only": check, "seconds": round(elapsed, 3),
+            "refused": [{"host": r.change.host, "map": r.change.path, "reason": r.reason, "removed_examples": r.change.removed_examples} for r in refusals],
+            "maps": [c.as_dict() for c in changes],
+            "hosts": {r.host: {"pushed": r.pushed, "reloaded": r.reloaded, "error": r.error} for r in results},
+        }, indent=2))
+    else:
+        if changed:
+            table = Table(title=f"maps of cluster {inv.topology.cluster}: {len(changed)} of {len(changes)} changed", title_justify="left")
+            for column in ("host", "map", "live", "new", "added", "removed", "examples"):
+                table.add_column(column, justify="right" if column in ("live", "new", "added", "removed") else "left",
+                                 overflow="fold", no_wrap=column in ("live", "new", "added", "removed"))
+            for c in changed:
+                examples = [f"+{x.split(' ', 1)[0]}" for x in c.added_examples] + [f"-{x.split(' ', 1)[0]}" for x in c.removed_examples]
+                if not c.added and not c.removed:
+                    examples = ["missing on the host" if c.live_sha256 is None else
+                                "database missing or older than the map" if c.live_sha256 == c.sha256 else "only comments or order differ"]
+                live = "missing" if c.live_sha256 is None else ("-" if c.live_entries is None else f"{c.live_entries:,}")
+                new = "-" if c.entries is None else f"{c.entries:,}"
+                table.add_row(c.host, c.path, live, new, f"+{c.added:,}", f"-{c.removed:,}", "\n".join(examples))
+            out.print(table)
+        for r in refusals:
+            err.print("[bold red]refused:[/bold red] ", end="")
+            err.print(f"{r.change.host} {r.change.path} {r.reason}; for example "
+                      + ", ".join(x.split(" ", 1)[0] for x in r.change.removed_examples)
+                      + ". Nothing was pushed; check the sources, or run again with --force.", markup=False)
+        if not changed:
+            out.print(f"no map changed: {len(changes)} maps on {len(tables)} hosts match the sources; no host was touched ({elapsed:.1f} s)")
+        elif check and not refusals:
+            out.print(f"--check: {len(changed)} maps would change; nothing was pushed ({elapsed:.1f} s)")
+        for r in results:
+            if r.error:
+                err.print(f"[red]{r.host}:[/red] ", end="")
+                err.print(r.error, markup=False)
+            elif r.pushed:
+                out.print(f"{r.host}: pushed {', '.join(r.pushed)}" + (" and reloaded Postfix" if r.reloaded else " (no reload needed)"))
+        if results and not failed:
+            out.print(f"pushed {sum(len(r.pushed) for r in results)} maps to {len(results)} hosts in {elapsed:.1f} s")
+    if refusals or failed:
+        raise typer.Exit(EXIT_PROBLEM)
+
+
 lab_app = typer.Typer(help="A local lab: one container per inventory host, plus clients and a DNS server.", no_args_is_help=True)
 app.add_typer(lab_app, name="lab")
 

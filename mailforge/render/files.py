@@ -38,6 +38,7 @@ class RenderedFile:
     owner: str = "root"
     group: str = "root"
     config_directory: str | None = None  # the Postfix instance a postfix file belongs to
+    table_type: str | None = None  # for a Postfix lookup table: hash, lmdb, cidr, regexp (how it is compiled and read)
 
     @property
     def text(self) -> str:
@@ -50,6 +51,8 @@ class RenderedFile:
         entry = {"sha256": sha256, "mode": self.mode, "owner": self.owner, "group": self.group, "action": self.action}
         if self.config_directory:
             entry["config_directory"] = self.config_directory
+        if self.table_type:
+            entry["table_type"] = self.table_type
         return entry
 
 

@@ -69,7 +69,7 @@ class PostfixInstance:
     config_directory: str
     sections: list[Section]
     services: list[Service]
-    maps: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (text, action)
+    maps: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # name -> (text, action, Postfix table type)
 
     def path(self, name: str) -> str:
         return f"{self.config_directory}/{name}"
@@ -81,8 +81,8 @@ class PostfixInstance:
             self.path("master.cf"): RenderedFile(template("etc/postfix/master.cf", header=header(cluster), services=self.services),
                                                  POSTFIX_RELOAD, config_directory=self.config_directory),
         }
-        for name, (text, action) in sorted(self.maps.items()):
-            result[self.path(name)] = RenderedFile(text, action, config_directory=self.config_directory)
+        for name, (text, action, table_type) in sorted(self.maps.items()):
+            result[self.path(name)] = RenderedFile(text, action, config_directory=self.config_directory, table_type=table_type)
         return result
 
 
@@ -227,22 +227,22 @@ def relay_instance(t: Topology, relay: Relay, cores: list[Core], *, config_direc
     else:
         front = [Service(_port_service(port), "inet", "n", command="smtpd")]
 
-    instance_maps: dict[str, tuple[str, str]] = {
-        "relay_domains": (maps.relay_domains(t), POSTMAP),
-        "transport": (maps.transport(t, cores), POSTMAP),
+    instance_maps: dict[str, tuple[str, str, str]] = {
+        "relay_domains": (maps.relay_domains(t), POSTMAP, map_type),
+        "transport": (maps.transport(t, cores), POSTMAP, map_type),
     }
     if has_recipients:
-        instance_maps["relay_recipients"] = (maps.relay_recipients(t, recipients), POSTMAP)
+        instance_maps["relay_recipients"] = (maps.relay_recipients(t, recipients), POSTMAP, map_type)
     if policy.reject_forged_helo:
         names = [r.fqdn for r in t.relays] + [lb.fqdn for lb in t.load_balancers if lb.fqdn]
         addresses = [r.address for r in t.relays] + [lb.address for lb in t.load_balancers if lb.address]
-        instance_maps["helo_access"] = (maps.helo_access(t, names, addresses), POSTMAP)
+        instance_maps["helo_access"] = (maps.helo_access(t, names, addresses), POSTMAP, map_type)
     if policy.reject_forged_senders:
-        instance_maps["sender_access"] = (maps.sender_access(t), POSTMAP)
+        instance_maps["sender_access"] = (maps.sender_access(t), POSTMAP, map_type)
     if policy.header_checks:
-        instance_maps["header_checks"] = (maps.header_checks(t), POSTFIX_RELOAD)
+        instance_maps["header_checks"] = (maps.header_checks(t), POSTFIX_RELOAD, "regexp")
     if behind_proxy:
-        instance_maps["postscreen_access.cidr"] = (maps.postscreen_access(t), POSTFIX_RELOAD)
+        instance_maps["postscreen_access.cidr"] = (maps.postscreen_access(t), POSTFIX_RELOAD, "cidr")
     return PostfixInstance(cfg, sections, front + _STANDARD_SERVICES, instance_maps)
 
 
@@ -343,7 +343,7 @@ def core_instance(t: Topology, core: Core, recipients) -> PostfixInstance:
     ]
     services = [Service("smtp", "inet", "n", command="smtpd")] + _STANDARD_SERVICES
     core_maps = {
-        "virtual_mailboxes": (maps.virtual_mailboxes(t, recipients), POSTMAP),
-        "relay_clients.cidr": (maps.relay_clients(t), POSTFIX_RELOAD),
+        "virtual_mailboxes": (maps.virtual_mailboxes(t, recipients), POSTMAP, "hash"),
+        "relay_clients.cidr": (maps.relay_clients(t), POSTFIX_RELOAD, "cidr"),
     }
     return PostfixInstance(cfg, sections, services, core_maps)
