@@ -43,3 +43,40 @@ def rendered(tmp_path_factory):
         return cache[name]
 
     return get
+
+
+# --- the example cluster in the lab (MAILFORGE_LAB=1): shared by the lab and maps tests ----------
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+
+EXAMPLE = REPO / "inventories" / "example"
+
+
+def mailforge(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    return subprocess.run([str(MAILFORGE), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def engine_env() -> dict[str, str]:
+    from mailforge.lab import engine_environment
+
+    return engine_environment()
+
+
+def in_container(host: str, script: str, stdin: str | None = None, check: bool = True) -> str:
+    """Run a shell script in one of the example lab's containers (lb, relay1, relay2, core, client, ...)."""
+    result = subprocess.run(["docker", "exec", "-i", f"mf-example-{host}", "sh", "-c", script], env=engine_env(),
+                            capture_output=True, text=True, timeout=300, input=stdin)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """The example cluster, up and deployed, for the whole session; removed at the end."""
+    up = mailforge("lab", "up", str(EXAMPLE))
+    assert up.returncode == 0, up.stdout + up.stderr
+    yield EXAMPLE
+    if os.environ.get("MAILFORGE_LAB_KEEP") != "1":
+        mailforge("lab", "down", str(EXAMPLE))

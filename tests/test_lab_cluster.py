@@ -8,50 +8,21 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 import pytest
 
-from conftest import MAILFORGE, REPO
+from conftest import EXAMPLE, in_container, mailforge
 
 pytestmark = [
     pytest.mark.lab,
     pytest.mark.skipif(os.environ.get("MAILFORGE_LAB") != "1", reason="lab tests run with MAILFORGE_LAB=1 (they start containers)"),
 ]
 
-EXAMPLE = REPO / "inventories" / "example"
-
-
-def mailforge(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    return subprocess.run([str(MAILFORGE), *args], capture_output=True, text=True, timeout=timeout)
-
-
-def engine_env() -> dict[str, str]:
-    from mailforge.lab import engine_environment
-
-    return engine_environment()
-
-
-def in_container(host: str, script: str) -> str:
-    result = subprocess.run(["docker", "exec", f"mf-example-{host}", "sh", "-c", script], env=engine_env(),
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
 
 def failed_checks() -> set[str]:
     result = mailforge("verify", str(EXAMPLE), "--lab", "--json", "--wait", "20")
     assert result.returncode in (0, 1), result.stderr
     return {c["name"] for c in json.loads(result.stdout)["checks"] if not c["ok"]}
-
-
-@pytest.fixture(scope="module")
-def lab():
-    up = mailforge("lab", "up", str(EXAMPLE))
-    assert up.returncode == 0, up.stdout + up.stderr
-    yield
-    if os.environ.get("MAILFORGE_LAB_KEEP") != "1":
-        mailforge("lab", "down", str(EXAMPLE))
 
 
 def repair():
