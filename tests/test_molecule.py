@@ -2,8 +2,8 @@
 `cluster`, the example's whole topology verified with every check of `mailforge verify`.
 
 Needs a container engine and root (scripts/container-engine sets up Podman's Docker API when no
-Docker answers); runs when MAILFORGE_LAB=1. Scenarios run one at a time: the role scenarios share
-one subnet, and `cluster` uses the lab's own network and container names.
+Docker answers); runs when MAILFORGE_LAB=1. Scenarios run one at a time: the role scenarios
+use 10.234.0.0/24 (postmulti 10.233.0.0/24), and `cluster` uses the lab's own network and container names.
 """
 
 from __future__ import annotations

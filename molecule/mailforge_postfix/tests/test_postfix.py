@@ -1,0 +1,87 @@
+"""mailforge_postfix (core host): the rendered Postfix files are live, compiled, checked and running."""
+
+import base64
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+HOST = "core"  # mailforge_host in molecule.yml
+RENDER = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "render"
+FILES = json.loads((RENDER / "manifest.json").read_text())["hosts"][HOST]["files"]
+POSTFIX_FILES = {path: meta for path, meta in FILES.items() if "config_directory" in meta}
+MAPS = sorted(path for path, meta in POSTFIX_FILES.items() if meta["action"] == "postmap")
+
+
+def test_postfix_installed(host):
+    for name in ("postfix", "postfix-lmdb", "ssl-cert"):
+        assert host.package(name).is_installed, name
+
+
+def test_postfix_running(host):
+    status = host.run("postfix status")
+    assert status.rc == 0, status.stderr
+    master = host.file("/var/spool/postfix/pid/master.pid").content_string.strip()
+    assert host.run(f"kill -0 {master}").rc == 0
+    assert host.process.filter(comm="master")
+
+
+@pytest.mark.parametrize("path", sorted(POSTFIX_FILES))
+def test_live_file_is_the_rendered_one(host, path):
+    meta = POSTFIX_FILES[path]
+    rendered = (RENDER / HOST / path.lstrip("/")).read_bytes()
+    assert hashlib.sha256(rendered).hexdigest() == meta["sha256"]
+    live = host.file(path)
+    assert live.is_file and not live.is_symlink
+    assert live.content == rendered
+    assert (live.user, live.group, live.mode) == (meta["owner"], meta["group"], int(meta["mode"], 8))
+
+
+def test_effective_settings_are_the_rendered_ones(host):
+    """postconf -n on the host equals postconf -n of the rendered main.cf (judged by the host's own postconf)."""
+    rendered = (RENDER / HOST / "etc/postfix/main.cf").read_bytes()
+    judge = "/tmp/mailforge-judge"
+    put = host.run(f"rm -rf {judge} && mkdir -p {judge} && echo {base64.b64encode(rendered).decode()} | base64 -d > {judge}/main.cf")
+    assert put.rc == 0, put.stderr
+    expected = host.run(f"postconf -c {judge} -n")
+    live = host.run("postconf -n")
+    host.run(f"rm -rf {judge}")
+    assert expected.rc == 0 and live.rc == 0
+    assert live.stderr == "", live.stderr  # no warning (unknown parameter, ...)
+    # postconf -c DIR reports config_directory = DIR; the rest must be identical
+    assert live.stdout.splitlines() == [line for line in expected.stdout.splitlines() if not line.startswith("config_directory = ")]
+    assert "myhostname = core.internal.roles.example.com" in live.stdout.splitlines()
+
+
+def test_postfix_check_passes(host):
+    check = host.run("postfix check")
+    assert check.rc == 0
+    assert check.stderr == "", check.stderr
+
+
+@pytest.mark.parametrize("path", MAPS)
+def test_map_database_is_compiled_and_fresh(host, path):
+    db_type = host.check_output("postconf -h default_database_type")
+    suffix = {"hash": "db", "btree": "db"}.get(db_type, db_type)
+    db = host.file(f"{path}.{suffix}")
+    assert db.exists, f"{path}.{suffix} missing"
+    assert db.mtime >= host.file(path).mtime, f"{path}.{suffix} is older than {path}"
+
+
+def test_map_database_answers(host):
+    # every recipient of the rendered virtual_mailboxes is found through the compiled database
+    rendered = (RENDER / HOST / "etc/postfix/virtual_mailboxes").read_text().splitlines()
+    entries = [line.split() for line in rendered if line and not line.startswith("#")]
+    assert entries
+    for key, value in entries:
+        assert host.check_output(f"postmap -q {key} hash:/etc/postfix/virtual_mailboxes") == value
+    assert host.run("postmap -q nobody@roles.example.com hash:/etc/postfix/virtual_mailboxes").stdout == ""
+
+
+def test_queue_and_data_directories(host):
+    queue = host.file("/var/spool/postfix")
+    assert queue.is_directory and (queue.user, queue.mode) == ("root", 0o755)
+    data = host.file("/var/lib/postfix")
+    assert data.is_directory and (data.user, data.mode) == ("postfix", 0o700)
