@@ -235,6 +235,29 @@ def _read_ldap(spec: LdapSource, directory: Path, source: Located, add, problems
         problems.append(source.problem(path + (exc.key,), f"{label}: {exc}", exc.expected))
 
 
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_LOCAL_PART_LINE = rf"(?!#){_ATEXT}+(?:\.{_ATEXT}+)*"
+# A line the fast path cannot take as it is: neither blank, nor a comment, nor a plain local part.
+_OTHER_LINE = re.compile(rf"^(?!(?:{_LOCAL_PART_LINE}|[ \t]*(?:#[^\n]*)?)\r?$).*$", re.M)
+_PLAIN_LINE = re.compile(rf"^({_LOCAL_PART_LINE})\r?$", re.M)
+
+
+def _plain_local_parts(path: Path) -> dict[str, None] | None:
+    """Every local part of a file whose lines are all plain local parts, blank or comments, read with
+    two regex passes over the whole text; None when any line needs the line-by-line reader (and its
+    file:line messages). A million-line export of plain names takes a fraction of a second."""
+    try:
+        text = path.read_bytes().decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError:
+        return None
+    if _OTHER_LINE.search(text):
+        return None
+    found = _PLAIN_LINE.findall(text.lower())  # atext is ASCII: lower() keeps every line as it is, folded
+    if found and max(map(len, found)) > 64:
+        return None
+    return dict.fromkeys(found)  # in file order: an export that is already sorted sorts in linear time
+
+
 def load_recipients(spec: Recipients, domains: list[str], directory: Path, source: Located,
                     check_domains: bool = True, skip: set[str] | frozenset[str] = frozenset()) -> tuple[RecipientSet, list[Problem]]:
     """Read every recipient source of `spec`; problems name the file and line, the LDAP entry, or the inline entry.
@@ -245,7 +268,7 @@ def load_recipients(spec: Recipients, domains: list[str], directory: Path, sourc
     """
     problems: list[Problem] = []
     checker = _AddressChecker(domains, check_domains)
-    local_parts: set[str] = set()
+    local_parts: dict[str, None] = {}  # a set that keeps file order (see _plain_local_parts)
     extra: dict[str, set[str]] = {}
 
     def open_list(key: str | tuple, name: str) -> Path | None:
@@ -265,12 +288,15 @@ def load_recipients(spec: Recipients, domains: list[str], directory: Path, sourc
 
     if spec.local_parts_file:
         path = open_list("local_parts_file", spec.local_parts_file)
-        if path:
+        plain = _plain_local_parts(path) if path else None
+        if plain is not None:
+            local_parts.update(plain)
+        elif path:
             for number, text in _entries(path):
                 try:
                     if isinstance(text, _NotText):
                         raise text
-                    local_parts.add(check_local_part(text))
+                    local_parts[check_local_part(text)] = None
                 except (NameError_, _NotText) as exc:
                     file_problem(path, number, "local_parts_file", exc)
 
@@ -306,6 +332,6 @@ def load_recipients(spec: Recipients, domains: list[str], directory: Path, sourc
 
     result = RecipientSet(
         tuple(sorted(local_parts)),
-        {domain: frozenset(parts - local_parts) for domain, parts in extra.items() if parts - local_parts},
+        {domain: frozenset(parts - local_parts.keys()) for domain, parts in extra.items() if parts - local_parts.keys()},
     )
     return result, problems

@@ -269,6 +269,9 @@ class Policy(Strict):
     reject_forged_senders: bool = False
     message_size_limit: Annotated[StrictInt, Field(gt=0)] = 20480000
     main_cf: dict[str, MainCfValue] = Field(default_factory=dict, description="Extra main.cf parameters for the relays; names are checked against Postfix's.")
+    map_type: Literal["hash", "lmdb"] = Field(
+        "hash", description="Indexed table type of the maps postmap compiles (recipients, domains, transport, access maps, "
+                            "the cores' mailboxes): hash (Berkeley DB) or lmdb (Debian's postfix-lmdb; builds big maps faster).")
 
 
 class Firewall(Strict):

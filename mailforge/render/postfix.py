@@ -149,7 +149,7 @@ def relay_instance(t: Topology, relay: Relay, cores: list[Core], *, config_direc
     cfg = config_directory
     behind_proxy = t.proxy_protocol != "none" and instance is None
     port = port or t.backend_port
-    map_type = "hash"
+    map_type = policy.map_type
     has_recipients = recipients is not None
 
     checks: list[str] = [
@@ -323,7 +323,7 @@ def core_instance(t: Topology, core: Core, recipients) -> PostfixInstance:
             ("alias_maps", "hash:/etc/aliases"),
             ("alias_database", "hash:/etc/aliases"),
             ("virtual_mailbox_domains", " ".join(sorted(t.domains))),
-            ("virtual_mailbox_maps", f"hash:{cfg}/virtual_mailboxes"),
+            ("virtual_mailbox_maps", f"{t.policy.map_type}:{cfg}/virtual_mailboxes"),
             ("virtual_mailbox_base", "/var/mail/vhosts"),
             ("virtual_uid_maps", "static:8"),
             ("virtual_gid_maps", "static:8"),
@@ -343,7 +343,7 @@ def core_instance(t: Topology, core: Core, recipients) -> PostfixInstance:
     ]
     services = [Service("smtp", "inet", "n", command="smtpd")] + _STANDARD_SERVICES
     core_maps = {
-        "virtual_mailboxes": (maps.virtual_mailboxes(t, recipients), POSTMAP, "hash"),
+        "virtual_mailboxes": (maps.virtual_mailboxes(t, recipients), POSTMAP, t.policy.map_type),
         "relay_clients.cidr": (maps.relay_clients(t), POSTFIX_RELOAD, "cidr"),
     }
     return PostfixInstance(cfg, sections, services, core_maps)
