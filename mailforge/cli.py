@@ -292,12 +292,15 @@ def maps(
             raise MailforgeError(f"--limit names no host of the inventory: {', '.join(unknown)} (hosts: {', '.join(inv.hosts)})")
         tables = {h: files for h, files in tables.items() if h in wanted}
     shells = shells_for(inv, lab)
-    changes = mapping.survey(shells, tables)
+    cache = inv.directory / ".mailforge" / "live-maps"  # what this machine last pushed, by sha256
+    changes = mapping.survey(shells, tables, cache=cache)
     changed = [c for c in changes if c.changed]
     refusals = [] if force else mapping.guard(changes, max_shrink / 100)
     results: list = []
     if changed and not check and not refusals:
         results = mapping.push(shells, changes, mapping.rollout_order(inv, batch))
+    if not check:
+        mapping.remember(cache, changes, results, prune=not limit)
     elapsed = time.monotonic() - started
     failed = [r for r in results if r.error]
 

@@ -16,7 +16,7 @@ import hashlib
 import shlex
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from .errors import MailforgeError
 from .remote import HostShell
@@ -51,6 +51,7 @@ class MapChange:
     removed: int = 0
     added_examples: list[str] = field(default_factory=list)
     removed_examples: list[str] = field(default_factory=list)
+    data: bytes = field(default=b"", repr=False)  # the rendered map, made once (relays share one copy)
 
     @property
     def name(self) -> str:
@@ -81,16 +82,22 @@ def map_files(tree: Tree) -> dict[str, dict[str, RenderedFile]]:
     return result
 
 
-def _digest(rendered: RenderedFile) -> str:
-    hasher = hashlib.sha256()
-    for piece in rendered.pieces():
-        hasher.update(piece.encode("utf-8"))
-    return hasher.hexdigest()
-
-
 def _entries(text: bytes | str) -> set[bytes]:
+    """The entry lines of a map as a set. Comment lines are found from the few '#' in the text, not
+    by testing a million lines one by one."""
     data = text.encode("utf-8") if isinstance(text, str) else text
-    return {line for line in data.split(b"\n") if line.strip() and not line.lstrip().startswith(b"#")}
+    lines = set(data.split(b"\n"))
+    lines.discard(b"")
+    hit = data.find(b"#")
+    while hit != -1:
+        begin = data.rfind(b"\n", 0, hit) + 1
+        end = data.find(b"\n", hit)
+        end = len(data) if end == -1 else end
+        line = data[begin:end]
+        if line.lstrip().startswith(b"#"):
+            lines.discard(line)
+        hit = data.find(b"#", end)
+    return lines
 
 
 def _survey_script(tables: dict[str, RenderedFile]) -> str:
@@ -104,28 +111,29 @@ def _survey_script(tables: dict[str, RenderedFile]) -> str:
     return "\n".join(lines)
 
 
-def survey(shells: dict[str, HostShell], tables: dict[str, dict[str, RenderedFile]], workers: int = 16) -> list[MapChange]:
-    """Compare every host's live maps with the rendered ones, all hosts at once."""
-    shared_digests: dict[int, str] = {}
+def survey(shells: dict[str, HostShell], tables: dict[str, dict[str, RenderedFile]], workers: int = 16,
+           cache: Path | None = None) -> list[MapChange]:
+    """Compare every host's live maps with the rendered ones, all hosts at once.
 
-    def digest(f: RenderedFile) -> str:
-        key = id(f.content)  # the relays share one recipients map: hash it once
-        if key not in shared_digests:
-            shared_digests[key] = _digest(f)
-        return shared_digests[key]
+    `cache` holds the maps this machine last pushed, by sha256: a live map whose sha256 is
+    there is read locally instead of from the host. Hosts whose live map is the same compare
+    once: two relays with the same list cost one comparison.
+    """
+    made: dict[int, tuple[bytes, str]] = {}
 
-    wanted = {host: {path: (f, digest(f)) for path, f in files.items()} for host, files in tables.items()}
-    rendered_entries: dict[int, set[bytes]] = {}
-
-    def new_entries(f: RenderedFile) -> set[bytes]:
+    def make(f: RenderedFile) -> tuple[bytes, str]:
+        """The map's bytes and sha256, made once per content: the relays share one recipients map."""
         key = id(f.content)
-        if key not in rendered_entries:
-            rendered_entries[key] = _entries("".join(f.pieces()))
-        return rendered_entries[key]
+        if key not in made:
+            data = "".join(f.pieces()).encode("utf-8")
+            made[key] = (data, hashlib.sha256(data).hexdigest())
+        return made[key]
+
+    wanted = {host: {path: (f, *make(f)) for path, f in files.items()} for host, files in tables.items()}
 
     def one_host(host: str) -> list[MapChange]:
         shell = shells[host]
-        result = shell.run(_survey_script({p: f for p, (f, _) in wanted[host].items()}))
+        result = shell.run(_survey_script({p: f for p, (f, _, _) in wanted[host].items()}))
         if result.returncode != 0:
             raise MapsError(f"{host}: could not read its maps: {result.stderr.decode(errors='replace').strip()[-300:]}")
         live = {}
@@ -133,36 +141,68 @@ def survey(shells: dict[str, HostShell], tables: dict[str, dict[str, RenderedFil
             sha, db, path = line.split(" ", 2)
             live[path] = (None if sha == "-" else sha, db == "1")
         changes = []
-        for path, (f, sha) in wanted[host].items():
+        for path, (f, data, sha) in wanted[host].items():
             live_sha, db_current = live.get(path, (None, False))
-            change = MapChange(host, path, f, sha, live_sha, db_current)
+            change = MapChange(host, path, f, sha, live_sha, db_current, data=data)
             changes.append(change)
         return changes
 
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(wanted)))) as pool:
         changes = [c for host_changes in pool.map(one_host, sorted(wanted)) for c in host_changes]
 
-    # Only maps whose bytes differ are read back and compared line by line.
-    def count(change: MapChange) -> None:
-        if change.live_sha256 == change.sha256:
-            return  # same bytes: nothing to count (a million-line map costs nothing when unchanged)
-        new = new_entries(change.rendered)
-        change.entries = len(new)
-        old: set[bytes] = set()
-        if change.live_sha256 is not None:
-            result = shells[change.host].run(f"cat {shlex.quote(change.path)}")
-            if result.returncode != 0:
-                raise MapsError(f"{change.host}: could not read {change.path}: {result.stderr.decode(errors='replace').strip()}")
-            old = _entries(result.stdout)
-        change.live_entries = len(old) if change.live_sha256 is not None else None
-        added, removed = new - old, old - new
-        change.added, change.removed = len(added), len(removed)
-        change.added_examples = sorted(x.decode(errors="replace") for x in added)[:EXAMPLES] if added else []
-        change.removed_examples = sorted(x.decode(errors="replace") for x in removed)[:EXAMPLES] if removed else []
+    # Only maps whose bytes differ are compared, line by line, once per (live, new) pair.
+    pending: dict[tuple[str | None, str], list[MapChange]] = {}
+    for change in changes:
+        if change.live_sha256 != change.sha256:
+            pending.setdefault((change.live_sha256, change.sha256), []).append(change)
 
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(changes) or 1))) as pool:
-        list(pool.map(count, changes))
+    def live_text(change: MapChange) -> bytes:
+        cached = cache / change.live_sha256 if cache is not None else None
+        if cached is not None and cached.is_file():
+            return cached.read_bytes()
+        result = shells[change.host].run(f"cat {shlex.quote(change.path)}")
+        if result.returncode != 0:
+            raise MapsError(f"{change.host}: could not read {change.path}: {result.stderr.decode(errors='replace').strip()}")
+        return result.stdout
+
+    def compare(group: list[MapChange]) -> None:
+        first = group[0]
+        new = _entries(first.data)
+        old = _entries(live_text(first)) if first.live_sha256 is not None else set()
+        added, removed = new - old, old - new
+        for change in group:
+            change.entries, change.live_entries = len(new), (len(old) if change.live_sha256 is not None else None)
+            change.added, change.removed = len(added), len(removed)
+            change.added_examples = sorted(added)[:EXAMPLES] if len(added) <= 10_000 else sorted(list(added)[:10_000])[:EXAMPLES]
+            change.removed_examples = sorted(removed)[:EXAMPLES] if len(removed) <= 10_000 else sorted(list(removed)[:10_000])[:EXAMPLES]
+            change.added_examples = [x.decode(errors="replace") for x in change.added_examples]
+            change.removed_examples = [x.decode(errors="replace") for x in change.removed_examples]
+
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(pending) or 1))) as pool:
+        list(pool.map(compare, pending.values()))
     return changes
+
+
+def remember(cache: Path, changes: list[MapChange], results: list["PushResult"], prune: bool = True) -> None:
+    """Keep, by sha256, the maps that are live now (pushed or unchanged), so the next run compares locally."""
+    pushed = {(r.host, path) for r in results for path in r.pushed}
+    live: dict[str, MapChange] = {}
+    for c in changes:
+        if (c.host, c.path) in pushed:
+            live[c.sha256] = c
+        elif c.live_sha256 is not None and not c.changed:
+            live[c.live_sha256] = c
+    cache.mkdir(parents=True, exist_ok=True)
+    for sha, change in live.items():
+        target = cache / sha
+        if not target.exists():
+            staging = cache / f".{sha}.tmp"
+            staging.write_bytes(change.data)
+            staging.replace(target)
+    if prune:  # not after a --limit run: the other hosts' maps stay remembered
+        for stale in cache.iterdir():
+            if stale.name not in live:
+                stale.unlink()
 
 
 @dataclass
@@ -223,11 +263,11 @@ def _go_live_script(changes: list[MapChange]) -> str:
 
 def _sample_lookup(change: MapChange) -> tuple[str, str] | None:
     """A key and the value the live map must now answer for it (first entry of the new map)."""
-    for piece in change.rendered.pieces():
-        for line in piece.split("\n"):
-            if line.strip() and not line.startswith("#"):
-                key, _, value = line.partition(" ")
-                return key, value.strip()
+    for line in change.data.split(b"\n", 50):
+        text = line.decode("utf-8", errors="replace")
+        if text.strip() and not text.startswith("#"):
+            key, _, value = text.partition(" ")
+            return key, value.strip()
     return None
 
 
@@ -251,8 +291,7 @@ def push(shells: dict[str, HostShell], changes: list[MapChange], order: list[lis
 
     def stage(host: str) -> None:
         for c in by_host[host]:
-            data = b"".join(piece.encode("utf-8") for piece in c.rendered.pieces())
-            result = shells[host].run(_stage_script(c), stdin=data)
+            result = shells[host].run(_stage_script(c), stdin=c.data)
             if result.returncode != 0:
                 results[host].error = f"{c.path}: the new map failed its check, nothing went live: {result.stderr.decode(errors='replace').strip()[-400:]}"
                 shells[host].run(f"rm -f {shlex.quote(c.path + STAGED)}*")

@@ -29,16 +29,34 @@ class RecipientSet:
 
     local_parts: tuple[str, ...] = ()
     extra: dict[str, frozenset[str]] = field(default_factory=dict)
+    _merged: dict[str, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def local_parts_at(self, domain: str) -> tuple[str, ...]:
-        """Sorted local parts valid at `domain`."""
+        """Sorted local parts valid at `domain` (merged once per domain: maps are read several times)."""
         extra = self.extra.get(domain)
         if not extra:
             return self.local_parts
-        return tuple(sorted(set(self.local_parts) | extra))
+        if domain not in self._merged:
+            self._merged[domain] = _merge_sorted(self.local_parts, extra)
+        return self._merged[domain]
 
     def count(self, domains: list[str]) -> int:
         return sum(len(self.local_parts_at(d)) for d in domains)
+
+
+def _merge_sorted(local_parts: tuple[str, ...], extra: frozenset[str]) -> tuple[str, ...]:
+    """`local_parts` (sorted) with `extra` added: a few inline addresses cost a few bisections,
+    not a sort of the whole list."""
+    if len(extra) * 64 > len(local_parts):
+        return tuple(sorted(set(local_parts) | extra))
+    from bisect import bisect_left
+
+    merged = list(local_parts)
+    for local in sorted(extra):
+        position = bisect_left(merged, local)
+        if position == len(merged) or merged[position] != local:
+            merged.insert(position, local)
+    return tuple(merged)
 
 
 class _NotText(ValueError):

@@ -264,3 +264,30 @@ def test_manifest_lists_every_file_with_its_action(inventory_name, rendered):
             if expected:
                 assert meta["action"] == expected, (host, path)
             assert meta["owner"] == "root" and meta["mode"] in ("0644", "0640")
+
+
+def test_lmdb_maps_compile_and_answer(tmp_path):
+    """policy.map_type: lmdb names lmdb tables in main.cf; postconf takes it, postmap builds and answers."""
+    from conftest import INVENTORIES
+    from mailforge.render import render
+    from mailforge.topology import load_inventory
+    from mailforge.write import write_tree
+
+    inventory_dir = tmp_path / "inv"
+    shutil.copytree(INVENTORIES["example"], inventory_dir, ignore=shutil.ignore_patterns(".mailforge"))
+    topology = inventory_dir / "topology.yml"
+    topology.write_text(topology.read_text().replace("policy:\n", "policy:\n  map_type: lmdb\n", 1))
+    inventory = load_inventory(inventory_dir)
+    out = tmp_path / "out"
+    manifest = write_tree(render(inventory), inventory.topology.cluster, out)
+    relay = host_dir(out, "relay1")
+    result = run("postconf", "-c", str(relay), "-n")
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    assert "relay_recipient_maps = lmdb:/etc/postfix/relay_recipients" in result.stdout
+    assert manifest["hosts"]["relay1"]["files"]["/etc/postfix/relay_recipients"]["table_type"] == "lmdb"
+    assert manifest["hosts"]["core"]["files"]["/etc/postfix/virtual_mailboxes"]["table_type"] == "lmdb"
+    compiled = run("postmap", "-c", str(relay), f"lmdb:{relay / 'relay_recipients'}")
+    assert compiled.returncode == 0 and not compiled.stderr, compiled.stderr
+    assert (relay / "relay_recipients.lmdb").is_file()
+    assert query(f"lmdb:{relay / 'relay_recipients'}", "abuse@example.com") == "OK"
+    assert query(f"lmdb:{relay / 'relay_recipients'}", "nobody@example.com") is None

@@ -77,12 +77,17 @@ def relay_clients(t: Topology) -> str:
     return header(t.cluster) + "".join(f"{ipaddress.ip_network(r.address)} OK\n" for r in t.relays)
 
 
-def virtual_mailboxes(t: Topology, recipients: RecipientSet | None) -> str:
+def virtual_mailboxes(t: Topology, recipients: RecipientSet | None) -> str | Pieces:
     """On a core: one Maildir per recipient, or a catch-all per domain when there is no list."""
-    lines = [header(t.cluster)]
-    for domain in sorted(t.domains):
-        if recipients is None:
-            lines.append(f"@{domain} {domain}/catchall/\n")
-        else:
-            lines.append("".join(f"{local}@{domain} {domain}/{local.replace('/', '_')}/\n" for local in recipients.local_parts_at(domain)))
-    return "".join(lines)
+    if recipients is None:
+        return header(t.cluster) + "".join(f"@{domain} {domain}/catchall/\n" for domain in sorted(t.domains))
+    domains = sorted(t.domains)
+
+    def produce():
+        yield header(t.cluster)
+        for domain in domains:
+            middle = f"@{domain} {domain}/"
+            yield "".join([f"{local}{middle}{local.replace('/', '_') if '/' in local else local}/\n"
+                           for local in recipients.local_parts_at(domain)])
+
+    return Pieces(produce)
