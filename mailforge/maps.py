@@ -159,7 +159,9 @@ def survey(shells: dict[str, HostShell], tables: dict[str, dict[str, RenderedFil
     def live_text(change: MapChange) -> bytes:
         cached = cache / change.live_sha256 if cache is not None else None
         if cached is not None and cached.is_file():
-            return cached.read_bytes()
+            data = cached.read_bytes()
+            if hashlib.sha256(data).hexdigest() == change.live_sha256:  # a damaged copy is never trusted
+                return data
         result = shells[change.host].run(f"cat {shlex.quote(change.path)}")
         if result.returncode != 0:
             raise MapsError(f"{change.host}: could not read {change.path}: {result.stderr.decode(errors='replace').strip()}")
@@ -199,9 +201,11 @@ def remember(cache: Path, changes: list[MapChange], results: list["PushResult"],
             staging = cache / f".{sha}.tmp"
             staging.write_bytes(change.data)
             staging.replace(target)
+    # Also kept: what is still live where nothing was pushed (a --check, a refused run).
+    keep = set(live) | {c.live_sha256 for c in changes if c.live_sha256 and (c.host, c.path) not in pushed}
     if prune:  # not after a --limit run: the other hosts' maps stay remembered
         for stale in cache.iterdir():
-            if stale.name not in live:
+            if stale.name not in keep:
                 stale.unlink()
 
 
