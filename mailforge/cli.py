@@ -347,6 +347,66 @@ def maps(
         raise typer.Exit(EXIT_PROBLEM)
 
 
+@app.command()
+@reports_errors
+def drift(
+    inventory: Path = InventoryArg,
+    limit: str = typer.Option(None, "--limit", help="Only these hosts (comma-separated names)."),
+    lab: bool = typer.Option(False, "--lab", help="The lab's containers for this inventory (see `mailforge lab up`)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="List every item, not only what drifted (in-sync items are otherwise counted per host)."),
+    as_json: bool = typer.Option(False, "--json", help="Print every item as JSON on stdout."),
+    render_dir: Path = typer.Option(None, "--render-dir", help="Where to render the desired state (default INVENTORY/.mailforge/render)."),
+):
+    """Compare every host's live state with the rendered inventory, read-only. Exit 1 if anything drifted."""
+    from . import drift as drifting
+    from .remote import shells_for
+
+    inv, directory, manifest = _render_for_hosts(inventory, render_dir)
+    hosts = None
+    if limit:
+        hosts = {h.strip() for h in limit.split(",") if h.strip()}
+        unknown = sorted(hosts - set(inv.hosts))
+        if unknown:
+            raise MailforgeError(f"--limit names no host of the inventory: {', '.join(unknown)} (hosts: {', '.join(inv.hosts)})")
+    report = drifting.audit(inv, directory, manifest, shells_for(inv, lab), hosts=hosts)
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        styles = {drifting.IN_SYNC: "green", drifting.DRIFTED: "bold red", drifting.MISSING: "bold red", drifting.UNEXPECTED: "yellow"}
+        table = Table(title=f"drift of cluster {report.cluster}", title_justify="left")
+        for column in ("host", "item", "status", "desired", "live / detail"):
+            table.add_column(column, overflow="fold")
+        for host in report.hosts:
+            items = [i for i in report.items if i.host == host]
+            shown = items if verbose else [i for i in items if i.status != drifting.IN_SYNC]
+            for n, i in enumerate(shown):
+                desired, live = i.desired or "", i.live or ""
+                if i.kind in ("file", "map"):  # sha256s: the first 12 hex digits say enough here (--json has them whole)
+                    desired, live = (f"sha256 {x[:12]}" if len(x) == 64 else x for x in (desired, live))
+                live = " / ".join(x for x in (live, i.detail) if x)
+                table.add_row(host if n == 0 else "", i.label, f"[{styles[i.status]}]{i.status}[/{styles[i.status]}]",
+                              desired, live)
+            in_sync = [i for i in items if i.status == drifting.IN_SYNC]
+            if not verbose and in_sync:
+                kinds: dict[str, int] = {}
+                for i in in_sync:
+                    kinds[i.kind] = kinds.get(i.kind, 0) + 1
+                table.add_row(host if not shown else "", f"{len(in_sync)} {'other ' if shown else ''}items", "[green]in sync[/green]", "",
+                              ", ".join(f"{k} {n}" for k, n in kinds.items()))
+            table.add_section()
+        out.print(table)
+        for i in report.drifted:
+            if i.diff:
+                out.print(f"[bold]{i.host}[/bold] {i.label}")
+                out.print(i.diff, markup=False, end="")
+        bad = report.drifted
+        summary = (f"all {_count(len(report.items), 'item')} on {_count(len(report.hosts), 'host')} in sync" if not bad else
+                   f"{len(bad)} of {len(report.items)} items on {len({i.host for i in bad})} of {_count(len(report.hosts), 'host')} not in sync")
+        out.print(f"{summary} ({report.seconds:.1f} s; firewall compared in {report.firewall_method} canonical form)")
+    if report.drifted:
+        raise typer.Exit(EXIT_PROBLEM)
+
+
 lab_app = typer.Typer(help="A local lab: one container per inventory host, plus clients and a DNS server.", no_args_is_help=True)
 app.add_typer(lab_app, name="lab")
 
@@ -404,6 +464,61 @@ def lab_status(inventory: Path = InventoryArg, as_json: bool = typer.Option(Fals
         out.print(table)
     if any(row["state"] != "running" for row in rows):
         raise typer.Exit(EXIT_PROBLEM)
+
+
+dns_app = typer.Typer(help="The DNS a cluster needs: check it live, or print the records to publish.", no_args_is_help=True)
+app.add_typer(dns_app, name="dns")
+
+
+@dns_app.command("check")
+@reports_errors
+def dns_check(
+    inventory: Path = InventoryArg,
+    nameserver: list[str] = typer.Option(None, "--nameserver", help="Ask this server (HOST[:PORT], repeatable) instead of the ones in /etc/resolv.conf."),
+    timeout: float = typer.Option(2.0, "--timeout", min=0.05, help="Seconds to wait for each answer (each question is tried twice per server)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON on stdout."),
+):
+    """Check the live DNS against the topology: MX, MX addresses, no core in MX, SPF, FCrDNS, the DNS lists. Exit 1 if any check fails."""
+    from . import dns as dnscheck
+
+    inv = _load(inventory)
+    servers = [dnscheck.parse_nameserver(s) for s in nameserver] if nameserver else dnscheck.system_nameservers()
+    querier = dnscheck.Querier(servers, timeout=timeout)
+    try:
+        checks = dnscheck.run_checks(inv.topology, querier)
+    except dnscheck.DnsError as exc:
+        if as_json:
+            print(json.dumps({"ok": False, "nameservers": querier.servers_text(), "error": str(exc), "checks": []}, indent=2))
+        raise
+    ok = all(c.ok for c in checks)
+    if as_json:
+        print(json.dumps({"ok": ok, "nameservers": querier.servers_text(), "checks": [c.as_dict() for c in checks]}, indent=2))
+    else:
+        styles = {dnscheck.OK: "green", dnscheck.FAIL: "bold red", dnscheck.TIMEOUT: "bold yellow", dnscheck.SERVFAIL: "bold yellow"}
+        table = Table(title=f"DNS of cluster {inv.topology.cluster}, asked {querier.servers_text()}", title_justify="left")
+        for column in ("domain / host / zone", "check", "status", "evidence"):
+            table.add_column(column, overflow="fold", no_wrap=column == "status")
+        for c in checks:
+            style = styles.get(c.status, "bold red")
+            table.add_row(c.subject, c.check, f"[{style}]{c.status}[/{style}]", c.evidence)
+        out.print(table)
+        bad = sum(not c.ok for c in checks)
+        out.print(f"{len(checks) - bad} of {len(checks)} checks passed" + (f"; [bold red]{bad} failed[/bold red]" if bad else ""))
+    if not ok:
+        raise typer.Exit(EXIT_PROBLEM)
+
+
+@dns_app.command("zone")
+@reports_errors
+def dns_zone(
+    inventory: Path = InventoryArg,
+    ttl: int = typer.Option(3600, "--ttl", min=1, max=2147483647, help="TTL of every record, in seconds."),
+):
+    """Print the records the topology needs, in zone-file syntax: MX, SPF, A/AAAA, and the PTRs for the reverse zones."""
+    from . import dns as dnscheck
+
+    inv = _load(inventory)
+    print(dnscheck.zone_text(inv.topology, ttl=ttl), end="")
 
 
 @app.command()

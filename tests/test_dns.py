@@ -1,0 +1,584 @@
+"""`mailforge dns zone` and `mailforge dns check`, against a real authoritative server.
+
+Each zone set is served by its own NSD (Debian's package, installed by scripts/setup) on
+127.0.0.1 at a free port, with its config and zone files under tmp; started with bounded
+waits and stopped afterwards. The right set is the `dns zone` output itself (plus SOA/NS, and
+test DNS lists that list 127.0.0.2 and not 127.0.0.1): it passes. Every wrong set breaks one
+thing, and the check names it. A closed port, a socket that never answers and a zone that does
+not load (SERVFAIL) are reported as what they are, never as a missing record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import INVENTORIES, MAILFORGE, REPO
+
+GOLDEN = Path(__file__).parent / "golden-dns"  # beside golden/, which holds one directory per inventory
+EXAMPLE = INVENTORIES["example"]
+
+
+def mailforge(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(MAILFORGE), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+        return port
+    raise AssertionError("no free port")
+
+
+# --- zone sets --------------------------------------------------------------------------------
+
+
+def zone_sections(text: str) -> dict[str, list[str]]:
+    """The records of `mailforge dns zone` output, by the zone each section names."""
+    zones: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        header = re.match(r"; ---- (?:reverse )?zone (\S+)", line)
+        if header:
+            current = zones.setdefault(header.group(1), [])
+        elif line and not line.startswith(";"):
+            assert current is not None, f"a record before any zone header: {line!r}"
+            current.append(line)
+    return zones
+
+
+def dnsbl_sections(inventory_dir: Path) -> dict[str, list[str]]:
+    from mailforge import dns
+    from mailforge.topology import load_inventory
+
+    topology = load_inventory(inventory_dir).topology
+    records = dns.dnsbl_records(topology)
+    return {zone: [line for line in dns.zone_file(zone, records, "ns.test").splitlines() if line.split()[0].endswith(zone + ".")]
+            for zone in dict.fromkeys(r.zone for r in records)}
+
+
+@pytest.fixture(scope="session")
+def zone_output():
+    cache: dict[str, str] = {}
+
+    def get(name: str) -> str:
+        if name not in cache:
+            result = mailforge("dns", "zone", str(INVENTORIES[name]))
+            assert result.returncode == 0, result.stderr
+            cache[name] = result.stdout
+        return cache[name]
+
+    return get
+
+
+def right_set(zone_output, name: str) -> dict[str, list[str]]:
+    return {**zone_sections(zone_output(name)), **dnsbl_sections(INVENTORIES[name])}
+
+
+# --- a real NSD --------------------------------------------------------------------------------
+
+
+class Nsd:
+    """NSD serving `zones` ({zone: record lines}) on 127.0.0.1:port from its own directory; stop() ends it."""
+
+    def __init__(self, root: Path, zones: dict[str, list[str]], broken: set[str] = frozenset()):
+        from mailforge import dns
+
+        binary = shutil.which("nsd") or ("/usr/sbin/nsd" if Path("/usr/sbin/nsd").exists() else None)
+        assert binary, "NSD is not installed: run scripts/setup"
+        root.mkdir(parents=True, exist_ok=True)
+        self.root, self.port = root, free_port()
+        for zone, lines in zones.items():
+            head = [f"$ORIGIN {zone}.", "$TTL 300", "@ IN SOA ns.test. hostmaster.test. 1 3600 600 86400 60", "@ IN NS ns.test."]
+            body = "this is not a zone file\n" if zone in broken else "\n".join(head + lines) + "\n"
+            (root / dns.zone_file_name(zone)).write_text(body, encoding="utf-8")
+        (root / "nsd.conf").write_text(dns.nsd_conf(sorted(zones), str(root), [f"127.0.0.1@{self.port}"]), encoding="utf-8")
+        self.log = (root / "stderr.log").open("wb")
+        self.process = subprocess.Popen([binary, "-d", "-c", str(root / "nsd.conf")], stdout=self.log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while True:
+            log = (root / "nsd.log").read_text(errors="replace") if (root / "nsd.log").exists() else ""
+            assert self.process.poll() is None, f"nsd exited: {log}{(root / 'stderr.log').read_text(errors='replace')}"
+            if "nsd started" in log:
+                break
+            assert time.monotonic() < deadline, f"nsd did not start within 15 s: {log}"
+            time.sleep(0.05)
+        if not broken:
+            assert "error" not in log, log
+        self.nameserver = f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture
+def serve(tmp_path):
+    started: list[Nsd] = []
+
+    def start(zones: dict[str, list[str]], broken: set[str] = frozenset()) -> str:
+        server = Nsd(tmp_path / f"nsd{len(started)}", zones, broken)
+        started.append(server)
+        return server.nameserver
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def check(inventory: Path, nameserver: str, *extra: str) -> tuple[int, dict]:
+    """`mailforge dns check --json` in this process (the installed script is run by the tests of the table and exit 2)."""
+    from typer.testing import CliRunner
+
+    from mailforge.cli import app
+
+    result = CliRunner().invoke(app, ["dns", "check", str(inventory), "--nameserver", nameserver, "--json", "--timeout", "0.5", *extra])
+    assert result.stdout, result.output
+    return result.exit_code, json.loads(result.stdout)
+
+
+def row(report: dict, subject: str, name: str) -> dict:
+    found = [c for c in report["checks"] if c["subject"] == subject and c["check"] == name]
+    assert len(found) == 1, f"no single {name!r} row for {subject}: {report['checks']}"
+    return found[0]
+
+
+def failures(report: dict) -> list[dict]:
+    return [c for c in report["checks"] if c["status"] != "ok"]
+
+
+def without(lines: list[str], pattern: str) -> list[str]:
+    kept = [line for line in lines if not re.search(pattern, line)]
+    assert len(kept) < len(lines), f"{pattern!r} matched nothing"
+    return kept
+
+
+def replaced(lines: list[str], pattern: str, new: str) -> list[str]:
+    out = [re.sub(pattern, new, line) for line in lines]
+    assert out != lines, f"{pattern!r} matched nothing"
+    return out
+
+
+# --- dns zone ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(INVENTORIES))
+def test_zone_output_matches_golden(name, zone_output):
+    golden = GOLDEN / f"{name}.zone"
+    if os.environ.get("MAILFORGE_UPDATE_GOLDEN"):
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(zone_output(name), encoding="utf-8")
+    assert golden.exists(), f"no golden zone output for {name}; run with MAILFORGE_UPDATE_GOLDEN=1"
+    assert zone_output(name) == golden.read_text(encoding="utf-8")
+
+
+def test_zone_output_is_deterministic_and_takes_a_ttl(zone_output):
+    assert mailforge("dns", "zone", str(EXAMPLE)).stdout == zone_output("example")
+    short = mailforge("dns", "zone", str(EXAMPLE), "--ttl", "300").stdout
+    records = [line for line in short.splitlines() if line and not line.startswith(";")]
+    assert records and all(line.split()[1] == "300" for line in records)
+
+
+def test_zone_output_says_what_the_design_needs(zone_output):
+    zones = zone_sections(zone_output("example"))
+    assert sorted(zones) == ["0.232.10.in-addr.arpa", "example.com", "example.org"]
+    for domain in ("example.com", "example.org"):
+        mx = [line.split() for line in zones[domain] if " MX " in line]
+        assert [(m[0], m[4], m[5]) for m in mx] == [(f"{domain}.", "10", "mx.example.com.")]  # the balancer only, no backup
+        assert any(f'{domain}.' in line and '"v=spf1 ip4:10.232.0.30 -all"' in line for line in zones[domain])  # the core sends
+    assert not any("core" in line for domain in ("example.com", "example.org") for line in zones[domain] if " MX " in line)
+    ptrs = {line.split()[0]: line.split()[4] for line in zones["0.232.10.in-addr.arpa"]}
+    assert ptrs == {"21.0.232.10.in-addr.arpa.": "relay1.example.com.", "22.0.232.10.in-addr.arpa.": "relay2.example.com.",
+                    "30.0.232.10.in-addr.arpa.": "core.internal.example.com."}
+    assert "ask whoever owns 10.232.0.0/24" in zone_output("example")
+    # the MX proxy sends through its outbound instance: SPF names it, not the filter behind it
+    proxy = zone_sections(zone_output("mx-proxy"))
+    assert any('"v=spf1 ip4:10.231.1.25 -all"' in line for line in proxy["example.org"])
+    # no balancer name: the relays are the MX, all at one preference
+    elb = zone_sections(zone_output("elb-relays"))
+    assert sorted(line.split()[5] for line in elb["mail.example.io"] if " MX " in line) == \
+        ["ingest1.example.io.", "ingest2.example.io.", "ingest3.example.io."]
+
+
+def bad_inventory(tmp_path: Path) -> Path:
+    shutil.copy(EXAMPLE / "users.txt", tmp_path / "users.txt")
+    text = (EXAMPLE / "topology.yml").read_text().replace("address: 10.232.0.21", "address: 10.232.0.321")
+    (tmp_path / "topology.yml").write_text(text)
+    return tmp_path
+
+
+def test_zone_of_a_bad_inventory_exits_2(tmp_path):
+    result = mailforge("dns", "zone", str(bad_inventory(tmp_path)))
+    assert result.returncode == 2 and "'10.232.0.321' is not an IPv4 or IPv6 address" in result.stderr and not result.stdout
+
+
+# --- dns check: the right zone set passes --------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(INVENTORIES))
+def test_the_right_zone_set_passes(name, zone_output, serve):
+    code, report = check(INVENTORIES[name], serve(right_set(zone_output, name)))
+    assert code == 0 and report["ok"], failures(report)
+    kinds = {c["check"] for c in report["checks"]}
+    assert {"MX", "no core in MX", "SPF", "MX host addresses", "FCrDNS (relay)"} <= kinds
+    assert ("DNSBL (IP list)" in kinds) == (name != "elb-relays")  # the ELB inventory names no DNS list
+
+
+def test_the_table_shows_every_check(zone_output, serve):
+    nameserver = serve(right_set(zone_output, "example"))
+    result = mailforge("dns", "check", str(EXAMPLE), "--nameserver", nameserver)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "DNS of cluster example" in result.stdout and f"asked {nameserver}" in result.stdout
+    assert re.search(r"(\d+) of \1 checks passed", result.stdout)
+    for text in ("example.com", "no core in MX", "FCrDNS (relay)", "relay1.example.com", "zen.spamhaus.org", "dbl.spamhaus.org"):
+        assert text in result.stdout
+
+
+def test_spf_mechanisms_are_evaluated(zone_output, serve):
+    zones = right_set(zone_output, "example")
+    spf = r'"v=spf1 [^"]*"'
+    # a: and include: reach the core as well as ip4: does; ~all also refuses others
+    zones["example.com"] = replaced(zones["example.com"], spf, '"v=spf1 mx a:core.internal.example.com ~all"')
+    zones["example.org"] = replaced(zones["example.org"], spf, '"v=spf1 include:_spf.example.com -all"')
+    zones["example.com"] += ['_spf.example.com. 300 IN TXT "v=spf1 ip4:10.232.0.0/27 -all"']
+    code, report = check(EXAMPLE, serve(zones))
+    assert code == 0, failures(report)
+    assert "others get softfail" in row(report, "example.com", "SPF")["evidence"]
+    # redirect= hands the whole decision to another record
+    zones["example.com"] = replaced(zones["example.com"], '"v=spf1 mx a:core.internal.example.com ~all"',
+                                    '"v=spf1 ip6:2001:db8::/32 redirect=_spf.example.com"')
+    code, report = check(EXAMPLE, serve(zones))
+    assert code == 0, failures(report)
+    # +all authorises everyone; a record naming only the MX forgets the core, which sends
+    zones["example.com"] = replaced(zones["example.com"], '"v=spf1 ip6:[^"]*"', '"v=spf1 mx +all"')
+    zones["example.org"] = replaced(zones["example.org"], spf, '"v=spf1 mx -all"')
+    code, report = check(EXAMPLE, serve(zones))
+    assert code == 1
+    assert "authorises any host: 192.0.2.1 gets pass" in row(report, "example.com", "SPF")["evidence"]
+    assert "does not authorise core core (10.232.0.30): fail" in row(report, "example.org", "SPF")["evidence"]
+
+
+# --- dns check: each wrong set is caught with the right message -----------------------------------
+
+
+def test_backup_mx_at_a_higher_preference(zone_output, serve):
+    zones = right_set(zone_output, "example")
+    zones["example.com"] += ["example.com. 300 IN MX 20 backup.example.com.", "backup.example.com. 300 IN A 192.0.2.50"]
+    code, report = check(EXAMPLE, serve(zones))
+    assert code == 1
+    mx = row(report, "example.com", "MX")
+    assert mx["status"] == "fail"
+    assert "backup MX backup.example.com at preference 20, not 10 like the others" in mx["evidence"]
+    assert "MX 20 backup.example.com is outside the topology" in mx["evidence"]
+    target = row(report, "backup.example.com", "MX host addresses")
+    assert target["status"] == "fail" and "192.0.2.50, not a balancer or relay of the topology" in target["evidence"]
+    assert {(c["subject"], c["check"]) for c in failures(report)} == {("example.com", "MX"), ("backup.example.com", "MX host addresses")}
+
+
+def test_a_topology_host_as_backup_mx(zone_output, serve):
+    zones = right_set(zone_output, "elb-relays")
+    zones["mail.example.io"] = replaced(zones["mail.example.io"], r"MX\s+10 ingest3", "MX 30 ingest3")
+    code, report = check(INVENTORIES["elb-relays"], serve(zones))
+    assert code == 1
+    assert "backup MX ingest3.example.io at preference 30, not 10 like the others" in row(report, "mail.example.io", "MX")["evidence"]
+
+
+def test_a_core_in_an_mx(zone_output, serve):
+    zones = right_set(zone_output, "example")
+    zones["example.org"] += ["example.org. 300 IN MX 10 core.internal.example.com."]
+    code, report = check(EXAMPLE, serve(zones))
+    assert code == 1
+    core = row(report, "example.org", "no core in MX")
+    assert core["status"] == "fail"
+    assert "core core.internal.example.com is an MX" in core["evidence"]
+    assert "resolves to core core.internal.example.com's address 10.232.0.30" in core["evidence"]
+    assert "MX 10 core core.internal.example.com is outside the topology" in row(report, "example.org", "MX")["evidence"]
+    assert row(report, "example.com", "no core in MX")["status"] == "ok"
+
+
+def test_an_mx_name_resolving_to_a_core_address(zone_output, serve):
+    zones = right_set(zone_output, "example")
+    zones["example.com"] = replaced(zones["example.com"], r"^mx\.example\.com\.(\s+\d+ IN A\s+)10\.232\.0\.10", r"mx.example.com.\g<1>10.232.0.30")
+    code, report = check(EXAMPLE, serve(zones))
+    assert code == 1
+    assert "MX mx.example.com resolves to core core.internal.example.com's address 10.232.0.30" in \
+        row(report, "example.com", "no core in MX")["evidence"]
+    target = row(report, "mx.example.com", "MX host addresses")["evidence"]
+    assert "10.232.0.30, not a balancer or relay" in target and "does not resolve to its address 10.232.0.10" in target
+
+
+def test_a_missing_ptr(zone_output, serve):
+    zones = right_set(zone_output, "example")
+    zones["0.232.10.in-addr.arpa"] = without(zones["0.232.10.in-addr.arpa"], r"^22\.0\.232\.10")
+    code, report = check(EXAMPLE, serve(zones))
+    assert code == 1
+    fcrdns = row(report, "relay2.example.com", "FCrDNS (relay)")
+    assert fcrdns["status"] == "fail" and "no PTR for 10.232.0.22" in fcrdns["evidence"] and "NXDOMAIN" in fcrdns["evidence"]
+    assert [c["subject"] for c in failures(report)] == ["relay2.example.com"]
+
+
+def test_a_ptr_not_matching_the_fqdn(zone_output, serve):
+    zones = right_set(zone_output, "example")
+    zones["0.232.10.in-addr.arpa"] = replaced(zones["0.232.10.in-addr.arpa"], r"relay1\.example\.com\.", "host-21.provider.example.")
+    code, report = check(EXAMPLE, serve(zones))
+    assert code == 1
+    evidence = row(report, "relay1.example.com", "FCrDNS (relay)")["evidence"]
+    assert "PTR of 10.232.0.21 is host-21.provider.example, not relay1.example.com" in evidence
+
+
+def test_a_ptr_whose_name_does_not_resolve_back(zone_output, serve):
+    zones = right_set(zone_output, "example")
+    zones["example.com"] = replaced(zones["example.com"], r"^(relay2\.example\.com\.\s+\d+ IN A\s+)10\.232\.0\.22", r"\g<1>10.232.0.99")
+    code, report = check(EXAMPLE, serve(zones))
+    assert code == 1
+    evidence = row(report, "relay2.example.com", "FCrDNS (relay)")["evidence"]
+    assert "relay2.example.com does not resolve back to 10.232.0.22 (10.232.0.99)" in evidence
+
+
+def test_no_spf(zone_output, serve):
+    zones = right_set(zone_output, "example")
+    zones["example.org"] = without(zones["example.org"], r"v=spf1")
+    code, report = check(EXAMPLE, serve(zones))
+    assert code == 1
+    spf = row(report, "example.org", "SPF")
+    assert spf["status"] == "fail" and spf["evidence"].startswith("no SPF record")
+    assert row(report, "example.com", "SPF")["status"] == "ok"
+
+
+def test_two_spf_records(zone_output, serve):
+    zones = right_set(zone_output, "example")
+    zones["example.org"] += ['example.org. 300 IN TXT "v=spf1 -all"']
+    code, report = check(EXAMPLE, serve(zones))
+    assert code == 1 and "2 SPF records, which is a permerror" in row(report, "example.org", "SPF")["evidence"]
+
+
+def test_a_dead_rbl(zone_output, serve):
+    zones = right_set(zone_output, "example")
+    zones["zen.spamhaus.org"] = without(zones["zen.spamhaus.org"], r"^2\.0\.0\.127\.")
+    code, report = check(EXAMPLE, serve(zones))
+    assert code == 1
+    rbl = row(report, "zen.spamhaus.org", "DNSBL (IP list)")
+    assert rbl["status"] == "fail"
+    assert "lists nothing: dead or blocking your resolver" in rbl["evidence"] and "2.0.0.127.zen.spamhaus.org" in rbl["evidence"]
+
+
+def test_an_rbl_that_lists_everything(zone_output, serve):
+    zones = right_set(zone_output, "example")
+    zones["zen.spamhaus.org"] += ["*.0.0.127.zen.spamhaus.org. 300 IN A 127.0.0.2"]  # what a wildcarded list answers
+    zones["dbl.spamhaus.org"] += ["invalid.dbl.spamhaus.org. 300 IN A 127.0.1.2"]
+    code, report = check(EXAMPLE, serve(zones))
+    assert code == 1
+    rbl = row(report, "zen.spamhaus.org", "DNSBL (IP list)")
+    assert rbl["status"] == "fail" and "lists everything: 1.0.0.127.zen.spamhaus.org must not be listed but is" in rbl["evidence"]
+    assert "lists everything: invalid.dbl.spamhaus.org" in row(report, "dbl.spamhaus.org", "RHSBL (domain list)")["evidence"]
+
+
+def test_an_rbl_blocking_the_resolver(zone_output, serve):
+    zones = right_set(zone_output, "example")
+    zones["zen.spamhaus.org"] = replaced(zones["zen.spamhaus.org"], r"A\s+127\.0\.0\.2\b", "A 127.255.255.254")
+    code, report = check(EXAMPLE, serve(zones))
+    assert code == 1
+    assert "blocking your resolver" in row(report, "zen.spamhaus.org", "DNSBL (IP list)")["evidence"]
+
+
+def test_servfail_is_reported_as_servfail(zone_output, serve):
+    zones = right_set(zone_output, "example")
+    code, report = check(EXAMPLE, serve(zones, broken={"example.org", "zen.spamhaus.org"}))
+    assert code == 1
+    for subject, name in (("example.org", "MX"), ("example.org", "SPF"), ("zen.spamhaus.org", "DNSBL (IP list)")):
+        found = row(report, subject, name)
+        assert found["status"] == "servfail" and "SERVFAIL" in found["evidence"], found
+    assert row(report, "example.com", "MX")["status"] == "ok"
+
+
+def test_a_closed_port_is_a_timeout_and_exit_2():
+    port = free_port()  # nothing listens there
+    result = mailforge("dns", "check", str(EXAMPLE), "--nameserver", f"127.0.0.1:{port}", "--timeout", "0.3")
+    assert result.returncode == 2
+    assert f"no nameserver answered: 127.0.0.1:{port}: timeout" in result.stderr
+    assert "missing" not in result.stderr and "no MX" not in result.stderr
+
+
+def test_a_socket_that_never_answers_is_a_timeout_and_exit_2():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        port = silent.getsockname()[1]
+        code, report = check(EXAMPLE, f"127.0.0.1:{port}")
+    assert code == 2 and not report["ok"] and report["checks"] == []
+    assert report["error"].startswith(f"no nameserver answered: 127.0.0.1:{port}: timeout")
+
+
+class DroppingProxy:
+    """Forwards UDP queries to a real server, except those for names under `drop`, which never get an answer."""
+
+    def __init__(self, upstream: str, drop: bytes):
+        host, port = upstream.split(":")
+        self.upstream, self.drop = (host, int(port)), drop
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.settimeout(0.2)
+        self.nameserver = f"127.0.0.1:{self.socket.getsockname()[1]}"
+        self.running = True
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def loop(self) -> None:
+        deadline = time.monotonic() + 120  # bounded, whatever happens to the test
+        while self.running and time.monotonic() < deadline:
+            try:
+                query, client = self.socket.recvfrom(4096)
+            except OSError:
+                continue
+            if self.drop in query.lower():
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as up:
+                up.settimeout(2)
+                up.sendto(query, self.upstream)
+                try:
+                    self.socket.sendto(up.recvfrom(65535)[0], client)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self.running = False
+        self.thread.join(timeout=5)
+        self.socket.close()
+
+
+def test_a_zone_that_times_out_is_a_timeout_not_missing(zone_output, serve):
+    proxy = DroppingProxy(serve(right_set(zone_output, "example")), drop=b"\x03zen\x08spamhaus")
+    try:
+        code, report = check(EXAMPLE, proxy.nameserver)
+    finally:
+        proxy.stop()
+    assert code == 1
+    rbl = row(report, "zen.spamhaus.org", "DNSBL (IP list)")
+    assert rbl["status"] == "timeout" and "did not answer within 0.5 s" in rbl["evidence"]
+    assert [c["subject"] for c in failures(report)] == ["zen.spamhaus.org"]
+
+
+def test_bad_inventory_and_bad_nameserver_exit_2(tmp_path):
+    assert mailforge("dns", "check", str(bad_inventory(tmp_path)), "--nameserver", "127.0.0.1").returncode == 2
+    result = mailforge("dns", "check", str(EXAMPLE), "--nameserver", "127.0.0.1:99999")
+    assert result.returncode == 2 and "is not a port" in result.stderr
+
+
+# --- the planning functions ----------------------------------------------------------------------
+
+
+def test_rbl_test_entries():
+    from mailforge import dns
+
+    assert dns.rhsbl_test_name("dbl.spamhaus.org") == "dbltest.com"
+    assert dns.rhsbl_test_name("rhsbl.example.net") == "test"
+    assert dns.parse_nameserver("10.232.0.53") == ("10.232.0.53", 53)
+    assert dns.parse_nameserver("127.0.0.1:5353") == ("127.0.0.1", 5353)
+    assert dns.parse_nameserver("[::1]:5353") == ("::1", 5353)
+    assert dns.parse_nameserver("2001:db8::53") == ("2001:db8::53", 53)
+    assert dns.reverse_zone("2001:db8::25") == ("0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa", "2001:db8::/64")
+    assert dns.reverse_network("0.232.10.in-addr.arpa") == "10.232.0.0/24"
+
+
+# --- the lab's DNS is what `dns zone` says, plus the lab's own names -----------------------------
+
+
+def reverse(address: str) -> str:
+    return ".".join(reversed(address.split(".")))
+
+
+def test_lab_dns_files_are_the_zone_output_plus_the_lab(zone_output, tmp_path):
+    from mailforge import lab
+    from mailforge.topology import load_inventory
+
+    inventory = load_inventory(EXAMPLE)
+    plan = lab.plan(inventory)
+    files = lab.dns_files(inventory, plan)
+    assert files == lab.dns_files(inventory, plan)  # pure and deterministic
+    assert "ip-address: 10.232.0.53@53" in files["nsd.conf"] and 'zonesdir: "/etc/mailforge-dns"' in files["nsd.conf"]
+    assert sorted(files) == ["nsd.conf", "zones/0.232.10.in-addr.arpa.zone", "zones/dbl.spamhaus.org.zone", "zones/example.com.zone",
+                             "zones/example.org.zone", "zones/lab-sender.test.zone", "zones/zen.spamhaus.org.zone"]
+    # every record `dns zone` prints is in the lab's zone of the same name
+    for zone, lines in zone_sections(zone_output("example")).items():
+        served = {" ".join(line.split(";")[0].split()) for line in files[f"zones/{zone}.zone"].splitlines()}
+        for line in lines:
+            assert " ".join(line.split(";")[0].split()) in served, (zone, line)
+    reverse = files["zones/0.232.10.in-addr.arpa.zone"]
+    for address, name in (("201", "spammer.lab-sender.test."), ("200", "client.lab-sender.test."), ("53", "dns.lab-sender.test."),
+                          ("10", "mx.example.com.")):
+        assert re.search(rf"^{address}\.0\.232\.10\.in-addr\.arpa\.\s+\d+ IN PTR\s+{re.escape(name)}", reverse, re.M)
+    zen = files["zones/zen.spamhaus.org.zone"]
+    assert "2.0.0.127.zen.spamhaus.org." in zen and "201.0.232.10.zen.spamhaus.org." in zen and "1.0.0.127" not in zen
+    assert "dbltest.com.dbl.spamhaus.org." in files["zones/dbl.spamhaus.org.zone"]
+    assert re.search(r"^lab-sender\.test\.\s+\d+ IN MX\s+10 mail\.lab-sender\.test\.", files["zones/lab-sender.test.zone"], re.M)
+
+
+@pytest.mark.parametrize("name", sorted(INVENTORIES))
+def test_lab_dns_files_load_in_nsd_and_pass_the_check(name, tmp_path):
+    """The lab's own files, served by a real NSD here: `dns check` passes, and the lab-only names answer."""
+    import dns.message
+    import dns.query
+
+    from mailforge import lab
+    from mailforge.dns import zone_file_name
+    from mailforge.topology import load_inventory
+
+    inventory = load_inventory(INVENTORIES[name])
+    plan = lab.plan(inventory)
+    root = tmp_path / "labdns"
+    port = free_port()
+    files = lab.dns_files(inventory, plan, directory=str(root), listen=[f"127.0.0.1@{port}"])
+    for relative, text in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(text, encoding="utf-8")
+    conf = files["nsd.conf"]
+    assert all((root / "zones" / zone_file_name(z)).exists() for z in re.findall(r'name: "([^"]+)"', conf))
+    process = subprocess.Popen(["nsd", "-d", "-c", str(root / "nsd.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while "nsd started" not in ((root / "nsd.log").read_text() if (root / "nsd.log").exists() else ""):
+            assert process.poll() is None and time.monotonic() < deadline, "nsd did not start"
+            time.sleep(0.05)
+        log = (root / "nsd.log").read_text()
+        assert "error" not in log and "warning" not in log, log
+        code, report = check(INVENTORIES[name], f"127.0.0.1:{port}")
+        assert code == 0, failures(report)
+
+        def ask(name: str, rtype: str) -> list[str]:
+            response = dns.query.udp(dns.message.make_query(name, rtype), "127.0.0.1", port=port, timeout=2)
+            return sorted(rd.to_text() for rrset in response.answer for rd in rrset)
+
+        spammer, client = plan.by_host("spammer").address, plan.by_host("client").address
+        for zone in inventory.topology.policy.rbl_clients:
+            assert ask(f"{reverse(spammer)}.{zone}", "A") == ["127.0.0.2"]  # the spammer is listed
+            assert ask(f"{reverse(client)}.{zone}", "A") == []  # the client is not
+        assert ask("lab-sender.test", "MX") == ["10 mail.lab-sender.test."]
+        assert ask("mail.lab-sender.test", "A") == [client]
+        for container in plan.containers:  # every container has a forward-confirmed name
+            assert ask(f"{reverse(container.address)}.in-addr.arpa", "PTR") == [f"{container.hostname}."]
+            assert ask(container.hostname, "A") == [container.address]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
