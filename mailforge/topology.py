@@ -440,6 +440,11 @@ def _partial(model: type[BaseModel], data: dict) -> BaseModel:
                 values[name] = TypeAdapter(annotation).validate_python(raw)
             except ValidationError:
                 pass
+    # A required field that is missing or failed: an empty list or None, so the cross checks can
+    # still run over the rest (its own problem is already reported by the schema).
+    for name, info in model.model_fields.items():
+        if name not in values and info.is_required():
+            values[name] = [] if typing.get_origin(info.annotation) is list else None
     return model.model_construct(**values)
 
 
