@@ -417,6 +417,16 @@ def _main_cf_of(d: Desired, directory: str) -> str:
     return next(p for p, f in d.files.items() if f.get("config_directory") == directory and p.endswith("/main.cf"))
 
 
+def _compare_values(host: str, kind: str, directory: str, desired: dict, live: dict) -> list[Item]:
+    """One item per parameter or service named on either side: main.cf and master.cf alike."""
+    items = []
+    for key in sorted(set(desired) | set(live)):
+        want, have = desired.get(key), live.get(key)
+        status = IN_SYNC if want == have else UNEXPECTED if want is None else MISSING if have is None else DRIFTED
+        items.append(Item(host, kind, key, status, instance=directory, desired=want, live=have))
+    return items
+
+
 def compare_host(d: Desired, sections: dict[str, tuple[str, int]]) -> tuple[list[Item], list[str]]:
     """The items of one host, and the paths of files whose bytes differ (read back for a diff)."""
     items: list[Item] = []
@@ -485,21 +495,13 @@ def compare_host(d: Desired, sections: dict[str, tuple[str, int]]) -> tuple[list
         if rc != 0:
             items.append(Item(host, "main.cf", "(all parameters)", MISSING, instance=directory, detail=f"postconf -c {directory} -n failed"))
         else:
-            live_main = _parse_postconf(text)
-            for key in sorted(set(desired_main) | set(live_main)):
-                want, have = desired_main.get(key), live_main.get(key)
-                status = IN_SYNC if want == have else UNEXPECTED if want is None else MISSING if have is None else DRIFTED
-                items.append(Item(host, "main.cf", key, status, instance=directory, desired=want, live=have))
+            items += _compare_values(host, "main.cf", directory, desired_main, _parse_postconf(text))
         desired_master = _services("\n".join(_local_master(d.local(_main_cf_of(d, directory)).parent)))
         text, rc = sections.get(f"postconf-M {directory}", ("", 1))
         if rc != 0:
             items.append(Item(host, "master.cf", "(all services)", MISSING, instance=directory, detail=f"postconf -c {directory} -M failed"))
         else:
-            live_master = _services(text)
-            for key in sorted(set(desired_master) | set(live_master)):
-                want, have = desired_master.get(key), live_master.get(key)
-                status = IN_SYNC if want == have else UNEXPECTED if want is None else MISSING if have is None else DRIFTED
-                items.append(Item(host, "master.cf", key, status, instance=directory, desired=want, live=have))
+            items += _compare_values(host, "master.cf", directory, desired_master, _services(text))
 
     # Every rendered file on disk: maps (content and database), and the others (content, mode, owner).
     text, _ = sections.get("files", ("", 1))

@@ -100,6 +100,12 @@ def _entries(text: bytes | str) -> set[bytes]:
     return lines
 
 
+def _examples(lines: set[bytes]) -> list[str]:
+    """The first few lines in order; from a huge difference, the first few of a sample of 10,000."""
+    pool = lines if len(lines) <= 10_000 else list(lines)[:10_000]
+    return [x.decode(errors="replace") for x in sorted(pool)[:EXAMPLES]]
+
+
 def _survey_script(tables: dict[str, RenderedFile]) -> str:
     """Prints `SHA256|- DB_CURRENT(0|1) PATH` per map: one round trip per host."""
     lines = []
@@ -172,13 +178,11 @@ def survey(shells: dict[str, HostShell], tables: dict[str, dict[str, RenderedFil
         new = _entries(first.data)
         old = _entries(live_text(first)) if first.live_sha256 is not None else set()
         added, removed = new - old, old - new
+        added_examples, removed_examples = _examples(added), _examples(removed)
         for change in group:
             change.entries, change.live_entries = len(new), (len(old) if change.live_sha256 is not None else None)
             change.added, change.removed = len(added), len(removed)
-            change.added_examples = sorted(added)[:EXAMPLES] if len(added) <= 10_000 else sorted(list(added)[:10_000])[:EXAMPLES]
-            change.removed_examples = sorted(removed)[:EXAMPLES] if len(removed) <= 10_000 else sorted(list(removed)[:10_000])[:EXAMPLES]
-            change.added_examples = [x.decode(errors="replace") for x in change.added_examples]
-            change.removed_examples = [x.decode(errors="replace") for x in change.removed_examples]
+            change.added_examples, change.removed_examples = added_examples, removed_examples
 
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(pending) or 1))) as pool:
         list(pool.map(compare, pending.values()))
