@@ -1,8 +1,8 @@
 """The container lab: one container per inventory host at the inventory's own addresses.
 
 `lab up` starts them on a dedicated network with a client, a listed "spammer"
-client and a DNS server (dnsmasq from Debian's packages) serving the hosted
-domains, the test sender domain and a test DNSBL, then deploys through exactly
+client and a DNS server (NSD from Debian's packages) serving `mailforge dns zone`
+output for the hosted domains plus the test sender domain and test DNS lists, then deploys through exactly
 the path `mailforge deploy` uses.  Containers talk to the Docker API through the
 docker CLI, so a Docker engine or Podman's Docker-compatible service both work.
 """
@@ -17,6 +17,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import dns
 from .errors import MailforgeError
 from .topology import Inventory
 
@@ -92,36 +93,70 @@ def plan(inventory: Inventory) -> LabPlan:
 # --- the DNS the lab's hosts resolve through ----------------------------------
 
 
-def dnsmasq_conf(inventory: Inventory, lab: LabPlan) -> str:
-    """dnsmasq configuration: authoritative for everything the cluster and the probes need."""
+DNS_DIRECTORY = "/etc/mailforge-dns"  # in the DNS container: nsd.conf, the zone files, NSD's state and log
+
+
+def lab_records(inventory: Inventory, lab: LabPlan) -> list[dns.Record]:
+    """What the lab adds to the published records, and only what `dns zone` has no business printing:
+    the probes' own sender domain, names and PTRs for containers the topology does not name, and the
+    test DNS lists (listing their RFC 5782 test entry and the lab's "spammer" client)."""
     t = inventory.topology
-    dns = lab.by_host("dns")
-    spammer = lab.by_host("spammer")
-    lines = [
-        "# mailforge lab DNS: answers only for the lab's own names, never forwards outside.",
-        "no-resolv", "no-hosts", "no-poll", "bind-interfaces", f"listen-address={dns.address}", "log-queries",
+    published = dns.zone_records(t)
+    covered = {(r.name, r.rtype) for r in published}
+    zones = [*t.domains, SENDER_DOMAIN, *dict.fromkeys(r.zone for r in published)]
+    client = lab.by_host("client")
+    records = [
+        dns.Record(SENDER_DOMAIN, SENDER_DOMAIN, "MX", f"{dns.MX_PREFERENCE} mail.{SENDER_DOMAIN}.", "the lab's outside sender domain"),
+        dns.Record(SENDER_DOMAIN, f"mail.{SENDER_DOMAIN}", "A", client.address, "the lab's client"),
     ]
-    mx_targets = [lb.fqdn for lb in t.managed_balancers if lb.fqdn] or [r.fqdn for r in t.relays]
-    for domain in sorted({*t.domains, SENDER_DOMAIN}):
-        lines.append(f"local=/{domain}/")
-    for domain in sorted(t.domains):
-        for target in mx_targets:
-            lines.append(f"mx-host={domain},{target},10")
-        senders = " ".join(f"ip4:{c.address}" for c in t.cores)
-        lines.append(f'txt-record={domain},"v=spf1 {senders} -all"')
-    lines.append(f"mx-host={SENDER_DOMAIN},mail.{SENDER_DOMAIN},10")
-    lines.append(f"host-record=mail.{SENDER_DOMAIN},{lab.by_host('client').address}")
-    for container in lab.containers:
-        lines.append(f"host-record={container.hostname},{container.address}")
-    for zone in t.policy.rbl_clients:
-        lines.append(f"local=/{zone}/")
-        for listed in ("127.0.0.2", spammer.address):
-            reversed_ip = ".".join(reversed(listed.split(".")))
-            lines.append(f"address=/{reversed_ip}.{zone}/127.0.0.2")
-    for zone in t.policy.rhsbl_senders:
-        lines.append(f"local=/{zone}/")
-        lines.append(f"address=/dbltest.com.{zone}/127.0.1.2")
-    return "\n".join(lines) + "\n"
+    for c in lab.containers:
+        if (c.hostname, "A") not in covered:
+            records.append(dns.Record(dns.zone_of(c.hostname, zones), c.hostname, "A", c.address, f"lab {c.role} {c.host}"))
+        if (dns.reverse_name(c.address), "PTR") not in covered:
+            records.append(dns.Record(dns.reverse_zone(c.address)[0], dns.reverse_name(c.address), "PTR", f"{c.hostname}.", f"lab {c.role} {c.host}"))
+    return records + dns.dnsbl_records(t, listed=[lab.by_host("spammer").address])
+
+
+def dns_files(inventory: Inventory, lab: LabPlan) -> dict[str, str]:
+    """{path in the DNS container: text}: NSD's configuration and one zone file per zone.
+
+    Each zone file is the SOA and NS, then that zone's section of `mailforge dns zone` output pasted
+    as it is, then the lab's own records (`lab_records`): the lab's DNS is what the tool says the
+    world's should be, so `verify` and `dns check` against the lab test the published records.
+    """
+    t = inventory.topology
+    server = lab.by_host("dns")
+    published = dns.zone_sections(dns.zone_text(t))
+    extra = lab_records(inventory, lab)
+    zones = list(dict.fromkeys([*published, *(r.zone for r in extra)]))
+    files = {f"{DNS_DIRECTORY}/nsd.conf": dns.nsd_conf(zones, DNS_DIRECTORY, [server.address])}
+    for zone in zones:
+        files[f"{DNS_DIRECTORY}/{dns.zone_file_name(zone)}"] = dns.zone_file(zone, extra, server.hostname, pasted=published.get(zone, []))
+    return files
+
+
+def start_dns(env: dict[str, str], lab: LabPlan, files: dict[str, str]) -> None:
+    """Install NSD in the DNS container if needed, stage `files` and check them with NSD's own tools, then
+    replace the running NSD's files and restart it: a set NSD refuses never replaces the one it serves."""
+    name = lab.by_host("dns").name
+    # policy-rc.d keeps the package from starting NSD on its own default configuration.
+    _exec(env, name, "command -v nsd >/dev/null || { printf '#!/bin/sh\\nexit 101\\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d"
+                     " && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nsd >/dev/null; }")
+    staged = f"{DNS_DIRECTORY}.new"
+    _exec(env, name, f"rm -rf {staged} && mkdir -p {staged}")
+    for path, text in files.items():
+        docker(env, "exec", "-i", name, "sh", "-c", f"cat > {shlex.quote(staged + path[len(DNS_DIRECTORY):])}", stdin=text)
+    checks = [f"nsd-checkconf {staged}/nsd.conf"] + [
+        f"nsd-checkzone {shlex.quote(Path(path).name[:-len('.zone')])} {shlex.quote(staged + path[len(DNS_DIRECTORY):])} >/dev/null"
+        for path in files if path.endswith(".zone")]
+    result = docker(env, "exec", name, "sh", "-c", " && ".join(checks), check=False)
+    if result.returncode != 0:
+        raise LabError(f"NSD refuses the lab's zones: {(result.stderr or result.stdout).strip()}")
+    running = f"nsd -c {DNS_DIRECTORY}/nsd.conf"  # NSD renames its processes ("nsd: main"); the command line stays
+    _exec(env, name, f"pkill -f '^{running}'; for i in $(seq 100); do pgrep -f '^{running}' >/dev/null || break; sleep 0.1; done; "
+                     f"rm -rf {DNS_DIRECTORY} && mv {staged} {DNS_DIRECTORY} && {running} && "
+                     f"for i in $(seq 150); do grep -q 'nsd started' {DNS_DIRECTORY}/nsd.log 2>/dev/null && exit 0; sleep 0.1; done; "
+                     f"echo 'NSD did not start:' >&2; cat {DNS_DIRECTORY}/nsd.log >&2; exit 1")
 
 
 # --- the engine -----------------------------------------------------------------
@@ -222,7 +257,7 @@ def up(inventory: Inventory, env: dict[str, str], say=lambda message: None) -> L
     if docker(env, "network", "inspect", lab.network, check=False).returncode != 0:
         say(f"network {lab.network} ({lab.subnet})")
         docker(env, "network", "create", "--subnet", lab.subnet, "--label", f"mailforge.cluster={lab.cluster}", lab.network)
-    dns = lab.by_host("dns")
+    server = lab.by_host("dns")
     sources = docker(env, "run", "--rm", "--entrypoint", "sh", IMAGE, "-c", "cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null", check=False).stdout
     mirrors = mirror_hosts(sources)
     for c in lab.containers:
@@ -238,17 +273,14 @@ def up(inventory: Inventory, env: dict[str, str], say=lambda message: None) -> L
             say(f"container {c.name} at {c.address}")
             # --init reaps the processes daemons leave behind; SYS_PTRACE lets init scripts see daemons run as other users.
             docker(env, "run", "-d", "--init", "--name", c.name, "--hostname", c.hostname, "--network", lab.network, "--ip", c.address,
-                   "--dns", dns.address, "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW", "--cap-add", "SYS_PTRACE",
+                   "--dns", server.address, "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW", "--cap-add", "SYS_PTRACE",
                    "--label", f"mailforge.cluster={lab.cluster}", "--label", f"mailforge.host={c.host}", IMAGE, "sleep", "infinity")
         # The package mirrors, resolved on this machine (the lab DNS never forwards), and rsyslog for
         # /var/log/mail.log, as on a real host (no systemd in a container).
         hosts_lines = "".join(f"grep -q ' {name}$' /etc/hosts || echo '{address} {name}' >>/etc/hosts; " for name, address in mirrors.items())
         _exec(env, c.name, hosts_lines + "pgrep rsyslogd >/dev/null || rsyslogd")
-    say("lab DNS (dnsmasq)")
-    conf = dnsmasq_conf(inventory, lab)
-    _exec(env, dns.name, "command -v dnsmasq >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsmasq-base >/dev/null)")
-    docker(env, "exec", "-i", dns.name, "sh", "-c", "cat > /etc/mailforge-dnsmasq.conf", stdin=conf)
-    _exec(env, dns.name, "pkill dnsmasq; sleep 0.2; dnsmasq --conf-file=/etc/mailforge-dnsmasq.conf --log-facility=/var/log/dnsmasq.log")
+    say("lab DNS (NSD, serving `mailforge dns zone` output)")
+    start_dns(env, lab, dns_files(inventory, lab))
     return lab
 
 

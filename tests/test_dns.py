@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import INVENTORIES, MAILFORGE, REPO
+from mailforge.dns import zone_sections  # the reader of `dns zone` output the lab uses too
 
 GOLDEN = Path(__file__).parent / "golden-dns"  # beside golden/, which holds one directory per inventory
 EXAMPLE = INVENTORIES["example"]
@@ -48,20 +49,6 @@ def free_port() -> int:
 
 
 # --- zone sets --------------------------------------------------------------------------------
-
-
-def zone_sections(text: str) -> dict[str, list[str]]:
-    """The records of `mailforge dns zone` output, by the zone each section names."""
-    zones: dict[str, list[str]] = {}
-    current = None
-    for line in text.splitlines():
-        header = re.match(r"; ---- (?:reverse )?zone (\S+)", line)
-        if header:
-            current = zones.setdefault(header.group(1), [])
-        elif line and not line.startswith(";"):
-            assert current is not None, f"a record before any zone header: {line!r}"
-            current.append(line)
-    return zones
 
 
 def dnsbl_sections(inventory_dir: Path) -> dict[str, list[str]]:
@@ -98,7 +85,8 @@ def right_set(zone_output, name: str) -> dict[str, list[str]]:
 class Nsd:
     """NSD serving `zones` ({zone: record lines}) on 127.0.0.1:port from its own directory; stop() ends it."""
 
-    def __init__(self, root: Path, zones: dict[str, list[str]], broken: set[str] = frozenset()):
+    def __init__(self, root: Path, zones: dict[str, list[str]], broken: set[str] = frozenset(), zone_files: dict[str, str] | None = None):
+        """`zones` are record lines under a test SOA/NS; `zone_files` ({zone: text}) are served exactly as given."""
         from mailforge import dns
 
         binary = shutil.which("nsd") or ("/usr/sbin/nsd" if Path("/usr/sbin/nsd").exists() else None)
@@ -109,7 +97,10 @@ class Nsd:
             head = [f"$ORIGIN {zone}.", "$TTL 300", "@ IN SOA ns.test. hostmaster.test. 1 3600 600 86400 60", "@ IN NS ns.test."]
             body = "this is not a zone file\n" if zone in broken else "\n".join(head + lines) + "\n"
             (root / dns.zone_file_name(zone)).write_text(body, encoding="utf-8")
-        (root / "nsd.conf").write_text(dns.nsd_conf(sorted(zones), str(root), [f"127.0.0.1@{self.port}"]), encoding="utf-8")
+        for zone, text in (zone_files or {}).items():
+            (root / dns.zone_file_name(zone)).write_text(text, encoding="utf-8")
+        served = sorted({*zones, *(zone_files or {})})
+        (root / "nsd.conf").write_text(dns.nsd_conf(served, str(root), [f"127.0.0.1@{self.port}"]), encoding="utf-8")
         self.log = (root / "stderr.log").open("wb")
         self.process = subprocess.Popen([binary, "-d", "-c", str(root / "nsd.conf")], stdout=self.log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL)
@@ -139,8 +130,8 @@ class Nsd:
 def serve(tmp_path):
     started: list[Nsd] = []
 
-    def start(zones: dict[str, list[str]], broken: set[str] = frozenset()) -> str:
-        server = Nsd(tmp_path / f"nsd{len(started)}", zones, broken)
+    def start(zones: dict[str, list[str]], broken: set[str] = frozenset(), zone_files: dict[str, str] | None = None) -> str:
+        server = Nsd(tmp_path / f"nsd{len(started)}", zones, broken, zone_files)
         started.append(server)
         return server.nameserver
 
@@ -500,3 +491,54 @@ def test_rbl_test_entries():
     assert dns.parse_nameserver("2001:db8::53") == ("2001:db8::53", 53)
     assert dns.reverse_zone("2001:db8::25") == ("0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa", "2001:db8::/64")
     assert dns.reverse_network("0.232.10.in-addr.arpa") == "10.232.0.0/24"
+
+
+# --- the lab's DNS: `dns zone` output, served -------------------------------------------------------
+
+
+def lab_zone_files(name: str) -> dict[str, str]:
+    from mailforge import dns, lab
+    from mailforge.topology import load_inventory
+
+    inventory = load_inventory(INVENTORIES[name])
+    files = lab.dns_files(inventory, lab.plan(inventory))
+    assert f"{lab.DNS_DIRECTORY}/nsd.conf" in files
+    return {Path(path).name[:-len(".zone")]: text for path, text in files.items() if path.endswith(".zone")}
+
+
+def test_lab_dns_files_are_the_zone_output_plus_the_lab(zone_output):
+    """Every zone section of `mailforge dns zone` is pasted, whole and in order, right under its zone's SOA and NS;
+    what follows is only the lab's own: its sender domain, names and PTRs of containers the topology does not
+    name, and the test DNS lists."""
+    from mailforge import dns, lab
+    from mailforge.topology import load_inventory
+
+    inventory = load_inventory(EXAMPLE)
+    plan = lab.plan(inventory)
+    published = zone_sections(zone_output("example"))
+    files = lab_zone_files("example")
+    assert set(published) <= set(files)
+    lab_names = {c.hostname + "." for c in plan.containers} | {dns.reverse_name(c.address) + "." for c in plan.containers}
+    for zone, text in files.items():
+        lines = text.splitlines()
+        assert lines[3].startswith("@ IN SOA ") and lines[4].startswith("@ IN NS "), text
+        body = lines[5:]
+        pasted = published.get(zone, [])
+        assert body[:len(pasted)] == pasted, f"zone {zone}: the `dns zone` section is not pasted as printed"
+        for line in body[len(pasted):]:
+            owner = line.split()[0]
+            lab_only = (zone == lab.SENDER_DOMAIN or zone in inventory.topology.policy.rbl_clients
+                        or zone in inventory.topology.policy.rhsbl_senders or owner in lab_names)
+            assert lab_only, f"zone {zone}: {line!r} is neither `dns zone` output nor the lab's own"
+            assert owner not in {p.split()[0] for p in pasted if p.split()[3] == line.split()[3]}, f"{line!r} repeats a published record"
+    # The lab lists its "spammer" client in every IP list, besides the RFC 5782 test entry.
+    spammer = ".".join(reversed(plan.by_host("spammer").address.split(".")))
+    for zone in inventory.topology.policy.rbl_clients:
+        assert re.search(rf"^{re.escape(spammer)}\.{re.escape(zone)}\.\s+\d+ IN A\s+127\.0\.0\.2", files[zone], re.M), files[zone]
+
+
+def test_the_lab_zones_pass_dns_check_on_a_real_nsd(serve):
+    """The lab's zone files, verbatim, on a real NSD: NSD loads them, and `dns check` finds nothing wrong."""
+    code, report = check(EXAMPLE, serve({}, zone_files=lab_zone_files("example")))
+    assert code == 0 and report["ok"], failures(report)
+    assert len(report["checks"]) >= 10

@@ -42,6 +42,23 @@ def test_a_second_deploy_changes_nothing(lab):
     assert summary and all(line.split("│")[3].strip() == "0" for line in summary), result.stdout
 
 
+def test_the_lab_dns_serves_what_dns_zone_says(lab):
+    """The DNS container's NSD loads exactly `lab.dns_files` (the `dns zone` output plus the lab's own), and
+    `mailforge dns check` run from this machine against it finds the records the topology needs."""
+    from mailforge import lab as lab_module
+    from mailforge.topology import load_inventory
+
+    inventory = load_inventory(EXAMPLE)
+    plan = lab_module.plan(inventory)
+    for path, text in lab_module.dns_files(inventory, plan).items():
+        assert in_container("dns", f"cat {path}") == text, path
+    assert "nsd" in in_container("dns", "pgrep -af '^nsd -c'")
+    result = mailforge("dns", "check", str(EXAMPLE), "--nameserver", plan.by_host("dns").address, "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] and {"MX", "SPF", "FCrDNS (relay)", "DNSBL (IP list)"} <= {c["check"] for c in report["checks"]}
+
+
 def test_stopping_the_core_fails_delivery(lab):
     in_container("core", "postfix stop")
     failed = failed_checks()
