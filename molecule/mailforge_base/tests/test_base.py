@@ -1,12 +1,8 @@
 """mailforge_base: every package of mailforge_base_packages is installed, the staging directory exists."""
 
-import os
-from pathlib import Path
+from host_checks import role_defaults
 
-import yaml
-
-ROLE = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "roles" / "mailforge_base"
-DEFAULTS = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+DEFAULTS = role_defaults("mailforge_base")
 
 
 def test_packages_installed(host):

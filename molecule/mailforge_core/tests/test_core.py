@@ -5,59 +5,15 @@ loopback, which the core's firewall accepts and its mynetworks trusts) hands a m
 listed recipient, and the message appears in that recipient's Maildir.
 """
 
-import json
-import os
 import time
 import uuid
-from pathlib import Path
 
-import yaml
+from host_checks import listens_on, role_defaults, smtp, topology
 
 HOST = "core"  # mailforge_host in molecule.yml
-PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
-INVENTORY = yaml.safe_load((PROJECT / "molecule/shared/inventory/topology.yml").read_text())
-CORE = next(c for c in INVENTORY["cores"] if c["name"] == HOST)
-DEFAULTS = yaml.safe_load((PROJECT / "roles/mailforge_core/defaults/main.yml").read_text())
+CORE = next(c for c in topology()["cores"] if c["name"] == HOST)
+DEFAULTS = role_defaults("mailforge_core")
 BASE = DEFAULTS["mailforge_core_mailbox_base"]
-
-SESSION = r'''
-import json, socket, sys
-address, commands = sys.argv[1], sys.argv[2:]
-s = socket.create_connection((address, 25), timeout=30)
-f = s.makefile("rb")
-def reply():
-    lines = []
-    while True:
-        line = f.readline().decode()
-        if not line:
-            lines.append("<closed>")
-            return lines
-        lines.append(line.rstrip("\r\n"))
-        if line[3:4] != "-":
-            return lines
-replies = [reply()]
-for command in commands:
-    s.sendall(command.encode().replace(b"\\n", b"\r\n") + b"\r\n")
-    replies.append(reply())
-print(json.dumps(replies))
-'''
-
-
-def smtp(host, address, *commands):
-    quoted = " ".join("'%s'" % c for c in commands)
-    result = host.run(f"python3 - {address} {quoted} <<'EOF'\n{SESSION}\nEOF")
-    assert result.rc == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def listens_on(host, address, port):
-    """A TCP socket accepts connections on address:port (bound to it or to every IPv4 address).
-
-    Not host.socket(...).is_listening: testinfra 10.2 does not count a 0.0.0.0 socket for a
-    given address.
-    """
-    local = {line.split()[3] for line in host.check_output("ss -Hltn").splitlines()}
-    return bool({f"{address}:{port}", f"0.0.0.0:{port}", f"*:{port}"} & local)
 
 
 def test_postfix_running(host):
@@ -84,7 +40,7 @@ def test_maildir_base(host):
 
 def test_unlisted_recipient_is_refused(host):
     _banner, _ehlo, _mail, rcpt, _quit = smtp(
-        host, "127.0.0.1", "EHLO client.roles.example.com", "MAIL FROM:<sender@example.net>", "RCPT TO:<nobody@roles.example.com>", "QUIT")
+        host, "127.0.0.1", 25, "EHLO client.roles.example.com", "MAIL FROM:<sender@example.net>", "RCPT TO:<nobody@roles.example.com>", "QUIT")
     assert rcpt[-1].startswith("550"), rcpt
 
 
@@ -92,7 +48,7 @@ def test_message_is_delivered_to_the_maildir(host):
     token = uuid.uuid4().hex
     message = f"From: sender@example.net\\nTo: alice@roles.example.org\\nSubject: mailforge molecule {token}\\n\\nhello {token}\\n."
     banner, ehlo, mail, rcpt, data, sent, quit_ = smtp(
-        host, "127.0.0.1",
+        host, "127.0.0.1", 25,
         "EHLO client.roles.example.com", "MAIL FROM:<sender@example.net>", "RCPT TO:<alice@roles.example.org>", "DATA", message, "QUIT")
     assert banner[-1].startswith("220 " + CORE["fqdn"]), banner
     assert rcpt[-1].startswith("250"), rcpt

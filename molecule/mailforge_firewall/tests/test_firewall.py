@@ -1,24 +1,14 @@
 """mailforge_firewall: the rules rendered for this host are on disk, byte for byte, and loaded live."""
 
-import hashlib
-import os
-from pathlib import Path
-
 import pytest
-import yaml
+from host_checks import RENDER, assert_live_file_is_rendered, role_defaults
 
 HOST = "relay"  # mailforge_host in molecule.yml
-RENDER = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "render"
-DEFAULTS = yaml.safe_load((Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "roles/mailforge_firewall/defaults/main.yml").read_text())
+DEFAULTS = role_defaults("mailforge_firewall")
 
 FAMILIES = [("/etc/iptables/rules.v4", "iptables")]
 if DEFAULTS["mailforge_firewall_ipv6"]:
     FAMILIES.append(("/etc/iptables/rules.v6", "ip6tables"))
-
-
-def manifest():
-    import json
-    return json.loads((RENDER / "manifest.json").read_text())["hosts"][HOST]["files"]
 
 
 def rule_lines(text):
@@ -41,13 +31,7 @@ def rule_lines(text):
 
 @pytest.mark.parametrize("path,command", FAMILIES)
 def test_rules_file_on_disk_is_the_rendered_one(host, path, command):
-    meta = manifest()[path]
-    rendered = (RENDER / HOST / path.lstrip("/")).read_bytes()
-    assert hashlib.sha256(rendered).hexdigest() == meta["sha256"]
-    live = host.file(path)
-    assert live.is_file and not live.is_symlink
-    assert live.content == rendered
-    assert (live.user, live.group, live.mode) == (meta["owner"], meta["group"], int(meta["mode"], 8))
+    assert_live_file_is_rendered(host, HOST, path)
 
 
 @pytest.mark.parametrize("path,command", FAMILIES)

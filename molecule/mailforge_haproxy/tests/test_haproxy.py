@@ -1,29 +1,10 @@
 """mailforge_haproxy: HAProxy runs the rendered haproxy.cfg and listens on the balancer's frontend."""
 
-import hashlib
-import json
-import os
-from pathlib import Path
-
-import yaml
+from host_checks import assert_live_file_is_rendered, listens_on, role_defaults, topology
 
 HOST = "lb"  # mailforge_host in molecule.yml
-PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
-RENDER = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "render"
-FILES = json.loads((RENDER / "manifest.json").read_text())["hosts"][HOST]["files"]
-INVENTORY = yaml.safe_load((PROJECT / "molecule/shared/inventory/topology.yml").read_text())
-LB = next(b for b in INVENTORY["load_balancers"] if b["name"] == HOST)
-CONFIG = yaml.safe_load((PROJECT / "roles/mailforge_haproxy/defaults/main.yml").read_text())["mailforge_haproxy_config"]
-
-
-def listens_on(host, address, port):
-    """A TCP socket accepts connections on address:port (bound to it or to every IPv4 address).
-
-    Not host.socket(...).is_listening: testinfra 10.2 does not count a 0.0.0.0 socket for a
-    given address.
-    """
-    local = {line.split()[3] for line in host.check_output("ss -Hltn").splitlines()}
-    return bool({f"{address}:{port}", f"0.0.0.0:{port}", f"*:{port}"} & local)
+LB = next(b for b in topology()["load_balancers"] if b["name"] == HOST)
+CONFIG = role_defaults("mailforge_haproxy")["mailforge_haproxy_config"]
 
 
 def test_haproxy_installed(host):
@@ -31,13 +12,7 @@ def test_haproxy_installed(host):
 
 
 def test_config_is_the_rendered_one(host):
-    meta = FILES[CONFIG]
-    rendered = (RENDER / HOST / CONFIG.lstrip("/")).read_bytes()
-    assert hashlib.sha256(rendered).hexdigest() == meta["sha256"]
-    live = host.file(CONFIG)
-    assert live.is_file and not live.is_symlink
-    assert live.content == rendered
-    assert (live.user, live.group, live.mode) == (meta["owner"], meta["group"], int(meta["mode"], 8))
+    assert_live_file_is_rendered(host, HOST, CONFIG)
 
 
 def test_config_check_passes(host):

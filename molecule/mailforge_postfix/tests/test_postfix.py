@@ -1,17 +1,12 @@
 """mailforge_postfix (core host): the rendered Postfix files are live, compiled, checked and running."""
 
 import base64
-import hashlib
-import json
-import os
-from pathlib import Path
 
 import pytest
+from host_checks import RENDER, assert_live_file_is_rendered, rendered_files
 
 HOST = "core"  # mailforge_host in molecule.yml
-RENDER = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "render"
-FILES = json.loads((RENDER / "manifest.json").read_text())["hosts"][HOST]["files"]
-POSTFIX_FILES = {path: meta for path, meta in FILES.items() if "config_directory" in meta}
+POSTFIX_FILES = {path: meta for path, meta in rendered_files(HOST).items() if "config_directory" in meta}
 MAPS = sorted(path for path, meta in POSTFIX_FILES.items() if meta["action"] == "postmap")
 
 
@@ -30,13 +25,7 @@ def test_postfix_running(host):
 
 @pytest.mark.parametrize("path", sorted(POSTFIX_FILES))
 def test_live_file_is_the_rendered_one(host, path):
-    meta = POSTFIX_FILES[path]
-    rendered = (RENDER / HOST / path.lstrip("/")).read_bytes()
-    assert hashlib.sha256(rendered).hexdigest() == meta["sha256"]
-    live = host.file(path)
-    assert live.is_file and not live.is_symlink
-    assert live.content == rendered
-    assert (live.user, live.group, live.mode) == (meta["owner"], meta["group"], int(meta["mode"], 8))
+    assert_live_file_is_rendered(host, HOST, path)
 
 
 def test_effective_settings_are_the_rendered_ones(host):

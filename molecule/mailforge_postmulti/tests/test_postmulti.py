@@ -5,30 +5,18 @@ public mail on port 25 of the relay's address; postfix-outbound takes mail from 
 networks on the submission port.
 """
 
-import hashlib
-import json
-import os
-from pathlib import Path
-
 import pytest
-import yaml
+from host_checks import PROJECT, assert_live_file_is_rendered, listening, rendered_files, topology
 
 HOST = "mxproxy"  # mailforge_host in molecule.yml
-PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
-RENDER = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "render"
-FILES = json.loads((RENDER / "manifest.json").read_text())["hosts"][HOST]["files"]
-INVENTORY = yaml.safe_load((PROJECT / "inventories/mx-proxy/topology.yml").read_text())
+FILES = rendered_files(HOST)
+INVENTORY = topology(PROJECT / "inventories/mx-proxy/topology.yml")
 RELAY = next(r for r in INVENTORY["relays"] if r["name"] == HOST)
 ADDRESS = RELAY["address"]
 INBOUND_PORT = (RELAY["instances"].get("inbound") or {}).get("port", 25)
 OUTBOUND_PORT = (RELAY["instances"].get("outbound") or {}).get("port", 587)
 INSTANCES = {"postfix-inbound": "/etc/postfix-inbound", "postfix-outbound": "/etc/postfix-outbound"}
 CONFIG_DIRECTORIES = ["/etc/postfix", *INSTANCES.values()]
-
-
-def listening(host):
-    """Local address:port of every listening TCP socket."""
-    return {line.split()[3] for line in host.check_output("ss -Hltn").splitlines()}
 
 
 def test_postmulti_lists_the_instances_enabled(host):
@@ -58,12 +46,7 @@ def test_instance_check_passes(host, directory):
 
 @pytest.mark.parametrize("path", sorted(p for p, m in FILES.items() if "config_directory" in m))
 def test_live_file_is_the_rendered_one(host, path):
-    meta = FILES[path]
-    rendered = (RENDER / HOST / path.lstrip("/")).read_bytes()
-    assert hashlib.sha256(rendered).hexdigest() == meta["sha256"]
-    live = host.file(path)
-    assert live.content == rendered
-    assert (live.user, live.group, live.mode) == (meta["owner"], meta["group"], int(meta["mode"], 8))
+    assert_live_file_is_rendered(host, HOST, path)
 
 
 def test_inbound_listens_on_port_25_of_the_relay_address(host):

@@ -4,66 +4,22 @@ The SMTP sessions run inside the container against the relay's own address (over
 its firewall accepts), starting with the PROXY header the balancer would send.
 """
 
-import json
-import os
-from pathlib import Path
-
 import pytest
-import yaml
+from host_checks import code, listens_on, smtp, topology
 
 HOST = "relay"  # mailforge_host in molecule.yml
-INVENTORY = yaml.safe_load((Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "molecule/shared/inventory/topology.yml").read_text())
+INVENTORY = topology()
 RELAY = next(r for r in INVENTORY["relays"] if r["name"] == HOST)
 LB = INVENTORY["load_balancers"][0]
 CORE = INVENTORY["cores"][0]
 ADDRESS, PORT = RELAY["address"], LB["backend_port"]
 LISTED = "alice@roles.example.com"       # users.txt x domains
 UNLISTED = "nobody@roles.example.com"
-
-# Runs on the relay: one SMTP session, PROXY v1 header first; prints every reply as JSON.
-SESSION = r'''
-import json, socket, sys
-address, port, helo, commands = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
-s = socket.create_connection((address, port), timeout=30)
-f = s.makefile("rb")
-def reply():
-    lines = []
-    while True:
-        line = f.readline().decode()
-        if not line:
-            lines.append("<closed>")
-            return lines
-        lines.append(line.rstrip("\r\n"))
-        if line[3:4] != "-":
-            return lines
-s.sendall(("PROXY TCP4 192.0.2.7 %s 5555 %d\r\n" % (address, port)).encode())
-replies = [reply()]
-for command in ["EHLO " + helo] + commands + ["QUIT"]:
-    s.sendall(command.encode() + b"\r\n")
-    replies.append(reply())
-print(json.dumps(replies))
-'''
+CLIENT = "192.0.2.7"  # the client address the PROXY header carries
 
 
-def smtp(host, helo, *commands):
-    quoted = " ".join("'%s'" % c for c in commands)
-    result = host.run(f"python3 - {ADDRESS} {PORT} '{helo}' {quoted} <<'EOF'\n{SESSION}\nEOF")
-    assert result.rc == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def listens_on(host, address, port):
-    """A TCP socket accepts connections on address:port (bound to it or to every IPv4 address).
-
-    Not host.socket(...).is_listening: testinfra 10.2 does not count a 0.0.0.0 socket for a
-    given address.
-    """
-    local = {line.split()[3] for line in host.check_output("ss -Hltn").splitlines()}
-    return bool({f"{address}:{port}", f"0.0.0.0:{port}", f"*:{port}"} & local)
-
-
-def code(reply):
-    return reply[-1][:3]
+def session(host, helo, *commands):
+    return smtp(host, ADDRESS, PORT, f"EHLO {helo}", *commands, "QUIT", proxy_from=CLIENT)
 
 
 def test_postfix_running(host):
@@ -99,7 +55,7 @@ def test_domains_go_to_the_core(host, domain):
 
 
 def test_smtp_session_through_proxy_header(host):
-    banner, ehlo, mail, unlisted, listed, foreign, quit_ = smtp(
+    banner, ehlo, mail, unlisted, listed, foreign, quit_ = session(
         host, "client.example.net",
         "MAIL FROM:<>", f"RCPT TO:<{UNLISTED}>", f"RCPT TO:<{LISTED}>", "RCPT TO:<someone@elsewhere.example>")
     assert code(banner) == "220" and RELAY["fqdn"] in banner[-1], banner
@@ -112,7 +68,7 @@ def test_smtp_session_through_proxy_header(host):
 
 
 def test_forged_helo_is_refused(host):
-    *_, rcpt, _quit = smtp(host, RELAY["fqdn"], "MAIL FROM:<>", f"RCPT TO:<{LISTED}>")
+    *_, rcpt, _quit = session(host, RELAY["fqdn"], "MAIL FROM:<>", f"RCPT TO:<{LISTED}>")
     assert code(rcpt) == "554" and "forged HELO" in rcpt[-1], rcpt
 
 
