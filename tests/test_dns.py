@@ -542,3 +542,37 @@ def test_the_lab_zones_pass_dns_check_on_a_real_nsd(serve):
     code, report = check(EXAMPLE, serve({}, zone_files=lab_zone_files("example")))
     assert code == 0 and report["ok"], failures(report)
     assert len(report["checks"]) >= 10
+
+
+# --- IPv6 hosts ---------------------------------------------------------------------------------
+
+
+def ipv6_inventory(tmp_path: Path) -> Path:
+    """The example with relay1 and the core on IPv6 addresses (the balancer and relay2 stay on IPv4)."""
+    shutil.copy(EXAMPLE / "users.txt", tmp_path / "users.txt")
+    text = (EXAMPLE / "topology.yml").read_text()
+    text = text.replace("address: 10.232.0.21", "address: 2001:db8:232::21").replace("address: 10.232.0.30", "address: 2001:db8:232::30")
+    (tmp_path / "topology.yml").write_text(text)
+    return tmp_path
+
+
+def test_ipv6_hosts_get_aaaa_ip6_ptrs_and_ip6_spf(tmp_path, serve):
+    inventory = ipv6_inventory(tmp_path)
+    result = mailforge("dns", "zone", str(inventory))
+    assert result.returncode == 0, result.stderr
+    zones = zone_sections(result.stdout)
+    reverse6 = "0.0.0.0.2.3.2.0.8.b.d.0.1.0.0.2.ip6.arpa"
+    assert "2001:db8:232::/64" in result.stdout
+    assert [line.split()[3:5] for line in zones["example.com"] if line.startswith("relay1.")] == [["AAAA", "2001:db8:232::21"]]
+    assert any('"v=spf1 ip6:2001:db8:232::30 -all"' in line for line in zones["example.org"])
+    ptrs = {line.split()[0]: line.split()[4] for line in zones[reverse6]}
+    assert ptrs == {"1.2." + "0." * 14 + reverse6 + ".": "relay1.example.com.",
+                    "0.3." + "0." * 14 + reverse6 + ".": "core.internal.example.com."}
+    right = {**zones, **dnsbl_sections(inventory)}
+    code, report = check(inventory, serve(right))
+    assert code == 0 and report["ok"], failures(report)
+    assert "2001:db8:232::21" in row(report, "relay1.example.com", "FCrDNS (relay)")["evidence"]
+    # the relay's ip6.arpa PTR missing: FCrDNS fails for that relay only
+    code, report = check(inventory, serve({**right, reverse6: without(right[reverse6], "relay1")}))
+    assert code == 1
+    assert [(c["subject"], c["check"]) for c in failures(report)] == [("relay1.example.com", "FCrDNS (relay)")]
