@@ -60,16 +60,13 @@ class Nsd:
     def __init__(self, topology, root: Path):
         binary = shutil.which("nsd") or "/usr/sbin/nsd"
         root.mkdir(parents=True)
-        sections = mfdns.zone_sections(mfdns.zone_text(topology))
-        lists = mfdns.dnsbl_records(topology)
-        zones = list(dict.fromkeys([*sections, *(r.zone for r in lists)]))
-        for zone in zones:
-            text = mfdns.zone_file(zone, lists, "ns.test", pasted=sections.get(zone, []))
+        zones = mfdns.served_zones(topology, mfdns.dnsbl_records(topology), "ns.test")
+        for zone, text in zones.items():
             (root / mfdns.zone_file_name(zone)).write_text(text)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        (root / "nsd.conf").write_text(mfdns.nsd_conf(zones, str(root), [f"127.0.0.1@{self.port}"]))
+        (root / "nsd.conf").write_text(mfdns.nsd_conf(list(zones), str(root), [f"127.0.0.1@{self.port}"]))
         self.process = subprocess.Popen([binary, "-d", "-c", str(root / "nsd.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
         while "nsd started" not in ((root / "nsd.log").read_text() if (root / "nsd.log").exists() else ""):

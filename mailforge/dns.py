@@ -275,7 +275,9 @@ def zone_sections(text: str) -> dict[str, list[str]]:
         header = re.match(r"; ---- (?:reverse )?zone (\S+)", line)
         if header:
             current = zones.setdefault(header.group(1), [])
-        elif line and not line.startswith(";") and current is not None:
+        elif line and not line.startswith(";"):
+            if current is None:
+                raise ValueError(f"a record before any zone header: {line!r}")
             current.append(line)
     return zones
 
@@ -295,6 +297,14 @@ def zone_file(zone: str, records: list[Record], primary: str, ttl: int = DEFAULT
         f"@ IN NS {primary}.",
     ]
     return "\n".join(head + list(pasted) + _record_lines([r for r in records if r.zone == zone], ttl)) + "\n"
+
+
+def served_zones(topology, extra: list[Record], primary: str, ttl: int = DEFAULT_TTL) -> dict[str, str]:
+    """{zone: zone file} for an authoritative server to serve what `dns zone` says: each zone's section
+    of `zone_text` as printed, then the `extra` records of that zone, under a SOA and NS naming `primary`."""
+    published = zone_sections(zone_text(topology, ttl))
+    zones = dict.fromkeys([*published, *(r.zone for r in extra)])
+    return {zone: zone_file(zone, extra, primary, ttl, pasted=published.get(zone, [])) for zone in zones}
 
 
 def dnsbl_records(topology, listed: list[str] = (), listed_names: list[str] = ()) -> list[Record]:

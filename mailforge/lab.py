@@ -124,14 +124,10 @@ def dns_files(inventory: Inventory, lab: LabPlan) -> dict[str, str]:
     as it is, then the lab's own records (`lab_records`): the lab's DNS is what the tool says the
     world's should be, so `verify` and `dns check` against the lab test the published records.
     """
-    t = inventory.topology
     server = lab.by_host("dns")
-    published = dns.zone_sections(dns.zone_text(t))
-    extra = lab_records(inventory, lab)
-    zones = list(dict.fromkeys([*published, *(r.zone for r in extra)]))
-    files = {f"{DNS_DIRECTORY}/nsd.conf": dns.nsd_conf(zones, DNS_DIRECTORY, [server.address])}
-    for zone in zones:
-        files[f"{DNS_DIRECTORY}/{dns.zone_file_name(zone)}"] = dns.zone_file(zone, extra, server.hostname, pasted=published.get(zone, []))
+    zones = dns.served_zones(inventory.topology, lab_records(inventory, lab), server.hostname)
+    files = {f"{DNS_DIRECTORY}/nsd.conf": dns.nsd_conf(list(zones), DNS_DIRECTORY, [server.address])}
+    files.update({f"{DNS_DIRECTORY}/{dns.zone_file_name(zone)}": text for zone, text in zones.items()})
     return files
 
 
@@ -143,11 +139,12 @@ def start_dns(env: dict[str, str], lab: LabPlan, files: dict[str, str]) -> None:
     _exec(env, name, "command -v nsd >/dev/null || { printf '#!/bin/sh\\nexit 101\\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d"
                      " && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nsd >/dev/null; }")
     staged = f"{DNS_DIRECTORY}.new"
+    staged_paths = {path: staged + path[len(DNS_DIRECTORY):] for path in files}
     _exec(env, name, f"rm -rf {staged} && mkdir -p {staged}")
     for path, text in files.items():
-        docker(env, "exec", "-i", name, "sh", "-c", f"cat > {shlex.quote(staged + path[len(DNS_DIRECTORY):])}", stdin=text)
+        docker(env, "exec", "-i", name, "sh", "-c", f"cat > {shlex.quote(staged_paths[path])}", stdin=text)
     checks = [f"nsd-checkconf {staged}/nsd.conf"] + [
-        f"nsd-checkzone {shlex.quote(Path(path).name[:-len('.zone')])} {shlex.quote(staged + path[len(DNS_DIRECTORY):])} >/dev/null"
+        f"nsd-checkzone {shlex.quote(Path(path).name.removesuffix('.zone'))} {shlex.quote(staged_paths[path])} >/dev/null"
         for path in files if path.endswith(".zone")]
     result = docker(env, "exec", name, "sh", "-c", " && ".join(checks), check=False)
     if result.returncode != 0:
