@@ -372,7 +372,7 @@ def parse_nameserver(text: str) -> tuple[str, int]:
         pass
     try:
         return socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0][4][0], port
-    except OSError as exc:
+    except (OSError, UnicodeError) as exc:  # UnicodeError: a name no resolver could take (empty or over-long label)
         raise DnsError(f"--nameserver {text!r}: cannot resolve {host!r}: {exc}") from None
 
 

@@ -475,6 +475,9 @@ def test_bad_inventory_and_bad_nameserver_exit_2(tmp_path):
     assert mailforge("dns", "check", str(bad_inventory(tmp_path)), "--nameserver", "127.0.0.1").returncode == 2
     result = mailforge("dns", "check", str(EXAMPLE), "--nameserver", "127.0.0.1:99999")
     assert result.returncode == 2 and "is not a port" in result.stderr
+    result = mailforge("dns", "check", str(EXAMPLE), "--nameserver", "ns..example.com")
+    assert result.returncode == 2 and "--nameserver 'ns..example.com': cannot resolve" in result.stderr, result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
 
 
 # --- the planning functions ----------------------------------------------------------------------
