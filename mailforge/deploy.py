@@ -106,6 +106,58 @@ def unified_diffs(diff) -> list[str]:
 Progress = Callable[[str, str, int, int], None]  # host, task, tasks done on that host, tasks seen
 
 
+class EventTally:
+    """Per-host results built from ansible-runner's events as they arrive (for the progress bar), then
+    its final stats: results come from structured events, never from parsing Ansible's output."""
+
+    def __init__(self, hosts: list[str], progress: Progress | None = None, clock: Callable[[], float] = time.monotonic):
+        self.hosts = {name: HostResult() for name in hosts}
+        self.done = {name: 0 for name in hosts}
+        self.seen = {name: 0 for name in hosts}
+        self.progress = progress
+        self.clock = clock
+        self.started = clock()
+
+    def __call__(self, event: dict) -> bool:
+        data = event.get("event_data", {})
+        host = data.get("host")
+        kind = event.get("event")
+        if host not in self.hosts:
+            return True
+        result = self.hosts[host]
+        now = round(self.clock() - self.started, 3)
+        if kind == "runner_on_start":
+            self.seen[host] += 1
+            if result.started is None:
+                result.started = now
+            if self.progress:
+                self.progress(host, data.get("task", ""), self.done[host], self.seen[host])
+        if kind in ("runner_on_ok", "runner_item_on_ok") and (data.get("res") or {}).get("changed"):
+            result.diffs.extend(unified_diffs(data["res"].get("diff")))
+        if kind in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable", "runner_on_skipped"):
+            self.done[host] += 1
+            result.finished = now
+            res = data.get("res", {})
+            if kind == "runner_on_failed" and not data.get("ignore_errors"):
+                message = res.get("msg") or res.get("stderr") or json.dumps(res)[:300]
+                result.messages.append(f"{data.get('task')}: {message}")
+            elif kind == "runner_on_unreachable":
+                result.messages.append(f"unreachable: {res.get('msg', '')}")
+            if self.progress:
+                self.progress(host, data.get("task", ""), self.done[host], self.seen[host])
+        return True
+
+    def results(self, stats: dict, limited: bool = False) -> dict[str, HostResult]:
+        """The per-host counts of the play recap; with --limit, only the hosts the run touched."""
+        for key, attribute in (("ok", "ok"), ("changed", "changed"), ("failures", "failed"), ("dark", "unreachable"), ("skipped", "skipped")):
+            for host, count in (stats.get(key) or {}).items():
+                if host in self.hosts:
+                    setattr(self.hosts[host], attribute, count)
+        if limited:
+            return {h: r for h, r in self.hosts.items() if self.seen[h] or r.ok or r.failed or r.unreachable}
+        return dict(self.hosts)
+
+
 def run_playbook(inventory: Inventory, render_dir: Path, manifest: dict, *, check: bool = False, diff: bool = False,
                  limit: str | None = None, lab_hosts: dict[str, dict] | None = None, batch: int = 1,
                  progress: Progress | None = None, environment: dict[str, str] | None = None) -> DeployResult:
@@ -117,38 +169,7 @@ def run_playbook(inventory: Inventory, render_dir: Path, manifest: dict, *, chec
     if not PLAYBOOK.is_file():
         raise DeployError(f"the playbooks are missing ({PLAYBOOK}); mailforge must run from its source tree")
 
-    hosts = {name: HostResult() for name in inventory.hosts}
-    done: dict[str, int] = {name: 0 for name in hosts}
-    seen: dict[str, int] = {name: 0 for name in hosts}
-
-    clock = time.monotonic()
-
-    def on_event(event: dict) -> bool:
-        data = event.get("event_data", {})
-        host = data.get("host")
-        kind = event.get("event")
-        if host in hosts:
-            now = round(time.monotonic() - clock, 3)
-            if kind == "runner_on_start":
-                seen[host] += 1
-                if hosts[host].started is None:
-                    hosts[host].started = now
-                if progress:
-                    progress(host, data.get("task", ""), done[host], seen[host])
-            if kind in ("runner_on_ok", "runner_item_on_ok") and (data.get("res") or {}).get("changed"):
-                hosts[host].diffs.extend(unified_diffs(data["res"].get("diff")))
-            if kind in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable", "runner_on_skipped"):
-                done[host] += 1
-                hosts[host].finished = now
-                result = data.get("res", {})
-                if kind == "runner_on_failed" and not data.get("ignore_errors"):
-                    message = result.get("msg") or result.get("stderr") or json.dumps(result)[:300]
-                    hosts[host].messages.append(f"{data.get('task')}: {message}")
-                elif kind == "runner_on_unreachable":
-                    hosts[host].messages.append(f"unreachable: {result.get('msg', '')}")
-                if progress:
-                    progress(host, data.get("task", ""), done[host], seen[host])
-        return True
+    tally = EventTally(inventory.hosts, progress)
 
     with tempfile.TemporaryDirectory(prefix="mailforge-ansible-") as private:
         private_dir = Path(private)
@@ -182,17 +203,11 @@ def run_playbook(inventory: Inventory, render_dir: Path, manifest: dict, *, chec
                 "ANSIBLE_PIPELINING": "True",
                 **(environment or {}),
             },
-            event_handler=on_event,
+            event_handler=tally,
             quiet=True,
         )
-        if runner.rc != 0 and not any(seen.values()):
+        if runner.rc != 0 and not any(tally.seen.values()):
             tail = runner.stdout.read()[-2000:] if runner.stdout else ""
             raise DeployError(f"ansible-playbook failed before reaching any host (status {runner.status}):\n{tail.strip()}")
-        stats = runner.stats or {}
-        for key, attribute in (("ok", "ok"), ("changed", "changed"), ("failures", "failed"), ("dark", "unreachable"), ("skipped", "skipped")):
-            for host, count in (stats.get(key) or {}).items():
-                if host in hosts:
-                    setattr(hosts[host], attribute, count)
-        if limit is not None:
-            hosts = {h: r for h, r in hosts.items() if seen[h] or r.ok or r.failed or r.unreachable}
+        hosts = tally.results(runner.stats or {}, limited=limit is not None)
         return DeployResult(hosts, runner.status, runner.rc)

@@ -1,0 +1,121 @@
+"""Pins of what the live-host half computes before it reaches a host: the Ansible inventory of every
+shipped inventory, the shell transport per host, the rollout order, the lab's plan, and a recorded
+ansible-runner event stream turned into per-host results.
+
+They were written before the host half was restructured and hold the values it computed then; a
+change to one of them is a change of behaviour. `MAILFORGE_UPDATE_PINS=1` rewrites them on purpose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import INVENTORIES, REPO
+
+PINS = REPO / "tests" / "pins"
+CONNECTIONS = REPO / "tests" / "fixtures" / "connections"
+EVENTS = REPO / "tests" / "fixtures" / "ansible-events" / "example-run.json"
+RENDER_DIR = Path("/srv/mailforge/render")
+ALL = {**INVENTORIES, "mx-proxy-shipped": REPO / "inventories" / "mx-proxy", "connections": CONNECTIONS}
+
+
+def pinned(name: str, value) -> None:
+    path = PINS / f"{name}.json"
+    text = json.dumps(value, indent=1, sort_keys=True) + "\n"
+    if os.environ.get("MAILFORGE_UPDATE_PINS"):
+        PINS.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert path.is_file(), f"{path} is missing: run with MAILFORGE_UPDATE_PINS=1 to write it"
+    assert json.loads(text) == json.loads(path.read_text()), f"{name} differs from {path}"
+
+
+# --- adapters: the only part that follows the code's names ----------------------------------------
+
+
+def load(path: Path):
+    from mailforge.topology import load_inventory
+
+    return load_inventory(path)
+
+
+def ansible_inventory(inventory, lab: bool = False) -> dict:
+    from mailforge.deploy import ansible_inventory
+    from mailforge.lab import lab_connection
+    from mailforge.render import render
+    from mailforge.write import manifest
+
+    manifest_ = manifest(render(inventory), inventory.topology.cluster)
+    return ansible_inventory(inventory, RENDER_DIR, manifest_, lab_connection(inventory) if lab else None)
+
+
+def shells(inventory) -> dict:
+    from mailforge.remote import ssh_shells
+
+    return {name: {"argv": s.argv, "become": s.become, "remote_command_is_string": s.remote_command_is_string}
+            for name, s in ssh_shells(inventory).items()}
+
+
+def rollout(inventory, batch: int) -> list[list[str]]:
+    from mailforge.maps import rollout_order
+
+    return rollout_order(inventory, batch)
+
+
+def lab_plan(inventory) -> dict:
+    from mailforge.errors import MailforgeError
+    from mailforge.lab import plan
+
+    try:
+        return dataclasses.asdict(plan(inventory))
+    except MailforgeError as exc:
+        return {"refused": str(exc)}
+
+
+def tally(recorded: dict, hosts: list[str], limited: bool) -> dict:
+    from mailforge.deploy import EventTally
+
+    counter = iter(range(1000))
+    t = EventTally(hosts, clock=lambda: float(next(counter)))
+    for event in recorded["events"]:
+        t(event)
+    return {host: dataclasses.asdict(r) for host, r in t.results(recorded["stats"], limited=limited).items()}
+
+
+# --- the pins -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_ansible_inventory(name):
+    pinned(f"ansible-inventory-{name}", ansible_inventory(load(ALL[name])))
+
+
+def test_ansible_inventory_of_the_lab():
+    pinned("ansible-inventory-example-lab", ansible_inventory(load(INVENTORIES["example"]), lab=True))
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_shell_transport(name):
+    pinned(f"shells-{name}", shells(load(ALL[name])))
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_rollout_order(name):
+    inventory = load(ALL[name])
+    pinned(f"rollout-{name}", {"batch 1": rollout(inventory, 1), "batch 2": rollout(inventory, 2)})
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_lab_plan(name):
+    pinned(f"lab-plan-{name}", lab_plan(load(ALL[name])))
+
+
+def test_event_stream_to_host_results():
+    recorded = json.loads(EVENTS.read_text())
+    hosts = ["lb", "relay1", "relay2", "core"]
+    pinned("events-example-run", {"all": tally(recorded, hosts, limited=False),
+                                  "limited": tally(recorded, [*hosts, "relay3"], limited=True)})
