@@ -33,7 +33,7 @@ import dns.message
 import dns.query
 
 from mailforge import dns as mfdns
-from mailforge.topology import load_inventory
+from mailforge.inventory import load_inventory
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "inventories" / "example"

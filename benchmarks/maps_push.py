@@ -83,7 +83,7 @@ def variant(root: Path, name: str, local_parts: int, extra_address: str | None =
 def source_to_map(inventory: Path, scratch: Path, repeat: int) -> tuple[float, float]:
     """(median seconds of load + render + write of relay_recipients, median seconds of the floor)."""
     from mailforge.render import render
-    from mailforge.topology import load_inventory
+    from mailforge.inventory import load_inventory
     from mailforge.write import write_file
 
     ours, floor = [], []

@@ -34,11 +34,11 @@ import time
 from pathlib import Path
 
 import mailforge
-from mailforge.recipients import RecipientSet
+from mailforge.inventory.recipients import RecipientSet
 from mailforge.render.files import POSTMAP, RenderedFile
 from mailforge.render.maps import relay_recipients
 from mailforge.write import write_file
-from mailforge.topology import Topology, load_inventory
+from mailforge.inventory import Topology, load_inventory
 
 GOAL = 3.0  # the project's goal: render + write within this factor of the floor
 

@@ -17,47 +17,34 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import MailforgeError
-from .topology import Inventory
-
-PROJECT = Path(__file__).resolve().parent.parent
-ROLES = PROJECT / "roles"
-PLAYBOOK = PROJECT / "playbooks" / "site.yml"
-# A standard Ansible inventory beside topology.yml adds or overrides connection settings.
-EXTRA_INVENTORIES = ("ansible_inventory.yml", "ansible_inventory.yaml", "hosts.yml")
+from .hosts import Reach
+from .inventory import GROUPS, Inventory
+from .resources import ROLES, SITE_PLAYBOOK
 
 
 class DeployError(MailforgeError):
     """Ansible could not be run at all (not: a host failed)."""
 
 
-def _connection_vars(settings: dict) -> dict:
-    names = {"plugin": "ansible_connection", "host": "ansible_host", "user": "ansible_user", "port": "ansible_port",
-             "private_key_file": "ansible_ssh_private_key_file", "become": "ansible_become"}
-    return {names[k]: v for k, v in settings.items()}
-
-
-def ansible_inventory(inventory: Inventory, render_dir: Path, manifest: dict, lab_hosts: dict[str, dict] | None = None) -> dict:
-    """The Ansible inventory for a topology: groups balancers, relays, mxproxies, cores."""
-    t = inventory.topology
-    groups: dict[str, dict] = {"balancers": {}, "relays": {}, "mxproxies": {}, "cores": {}}
-    members = [("balancers", lb) for lb in t.managed_balancers]
-    members += [("mxproxies" if r.instances else "relays", r) for r in t.relays]
-    members += [("cores", c) for c in t.cores]
-    for group, host in members:
+def ansible_inventory(inventory: Inventory, render_dir: Path, manifest: dict, reaches: dict[str, Reach],
+                      hosts: list[str] | None = None) -> dict:
+    """The Ansible inventory for a topology: groups balancers, relays, mxproxies, cores, each host
+    with how it is reached (`hosts.reach_all`) and where its rendered files are."""
+    groups: dict[str, dict] = {group: {} for group in GROUPS}
+    for host in inventory.hosts:
+        if hosts is not None and host.name not in hosts:
+            continue
         files = [{"path": path, **meta} for path, meta in sorted(manifest["hosts"][host.name]["files"].items())]
         hostvars = {
-            "ansible_host": host.address,
             "mailforge_render_dir": str((render_dir / host.name).resolve()),
             "mailforge_files": files,
+            **reaches[host.name].ansible_vars(),
         }
-        hostvars.update(_connection_vars(t.connection_settings(host)))
-        if lab_hosts is not None:
-            hostvars.update(lab_hosts[host.name])
-        groups[group][host.name] = hostvars
+        groups[host.group][host.name] = hostvars
     return {
         "all": {
             "vars": {"ansible_python_interpreter": "/usr/bin/python3"},
-            "children": {name: {"hosts": hosts} for name, hosts in groups.items()},
+            "children": {name: {"hosts": members} for name, members in groups.items()},
         }
     }
 
@@ -158,27 +145,27 @@ class EventTally:
         return dict(self.hosts)
 
 
-def run_playbook(inventory: Inventory, render_dir: Path, manifest: dict, *, check: bool = False, diff: bool = False,
-                 limit: str | None = None, lab_hosts: dict[str, dict] | None = None, batch: int = 1,
+def run_playbook(inventory: Inventory, render_dir: Path, manifest: dict, reaches: dict[str, Reach], *,
+                 hosts: list[str] | None = None, check: bool = False, diff: bool = False, batch: int = 1,
                  progress: Progress | None = None, environment: dict[str, str] | None = None) -> DeployResult:
-    """Run playbooks/site.yml through ansible-runner against the topology's hosts."""
+    """Run playbooks/site.yml through ansible-runner against the topology's hosts (or `hosts`, which
+    `hosts.select` chose from --limit), reached as `reaches` says."""
     try:
         import ansible_runner
     except ImportError as exc:  # pragma: no cover - a broken install
         raise DeployError(f"ansible-runner is not installed ({exc}); run scripts/setup") from None
-    if not PLAYBOOK.is_file():
-        raise DeployError(f"the playbooks are missing ({PLAYBOOK}); mailforge must run from its source tree")
+    if not SITE_PLAYBOOK.is_file():
+        raise DeployError(f"the playbooks are missing ({SITE_PLAYBOOK}); mailforge must run from its source tree")
 
-    tally = EventTally(inventory.hosts, progress)
+    names = hosts if hosts is not None else inventory.names
+    tally = EventTally(names, progress)
 
     with tempfile.TemporaryDirectory(prefix="mailforge-ansible-") as private:
         private_dir = Path(private)
         (private_dir / "inventory").mkdir()
-        (private_dir / "inventory" / "mailforge.json").write_text(json.dumps(ansible_inventory(inventory, render_dir, manifest, lab_hosts)))
-        for name in EXTRA_INVENTORIES:
-            extra = inventory.directory / name
-            if extra.is_file():
-                (private_dir / "inventory" / f"zz-{name}").write_text(extra.read_text())
+        # One inventory file with every host's merged connection (hosts.yml beside the topology
+        # included, by hosts.reach_all): Ansible reaches exactly the hosts the other commands reach.
+        (private_dir / "inventory" / "mailforge.json").write_text(json.dumps(ansible_inventory(inventory, render_dir, manifest, reaches, names)))
         cmdline = []
         if check:
             cmdline.append("--check")
@@ -190,9 +177,8 @@ def run_playbook(inventory: Inventory, render_dir: Path, manifest: dict, *, chec
             os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
         runner = ansible_runner.run(
             private_data_dir=str(private_dir),
-            playbook=str(PLAYBOOK),
+            playbook=str(SITE_PLAYBOOK),
             inventory=str(private_dir / "inventory"),
-            limit=limit,
             cmdline=" ".join(cmdline) or None,
             extravars={"mailforge_relay_batch": batch},
             envvars={
@@ -209,5 +195,5 @@ def run_playbook(inventory: Inventory, render_dir: Path, manifest: dict, *, chec
         if runner.rc != 0 and not any(tally.seen.values()):
             tail = runner.stdout.read()[-2000:] if runner.stdout else ""
             raise DeployError(f"ansible-playbook failed before reaching any host (status {runner.status}):\n{tail.strip()}")
-        hosts = tally.results(runner.stats or {}, limited=limit is not None)
-        return DeployResult(hosts, runner.status, runner.rc)
+        results = tally.results(runner.stats or {}, limited=hosts is not None)
+        return DeployResult(results, runner.status, runner.rc)

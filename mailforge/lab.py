@@ -19,9 +19,9 @@ from pathlib import Path
 
 from . import dns
 from .errors import MailforgeError
-from .topology import Inventory
-
-PROJECT = Path(__file__).resolve().parent.parent
+from .hosts import Reach
+from .inventory import Inventory
+from .resources import script
 IMAGE = "mailforge-lab/bookworm:latest"
 SENDER_DOMAIN = "lab-sender.test"  # an outside domain the probes send from; it resolves in the lab only
 OUTSIDE_DOMAIN = "elsewhere.test"  # a domain nobody hosts: relaying to it must be refused
@@ -65,9 +65,7 @@ def plan(inventory: Inventory) -> LabPlan:
     """Which containers the lab runs, where: a pure function of the topology."""
     t = inventory.topology
     prefix = f"mf-{t.cluster}"
-    hosts = [(lb, "balancer") for lb in t.managed_balancers] + [(r, "mxproxy" if r.instances else "relay") for r in t.relays]
-    hosts += [(c, "core") for c in t.cores]
-    addresses = [h.address for h, _ in hosts]
+    addresses = [h.address for h in inventory.hosts if h.address]
     if any(ipaddress.ip_address(a).version != 4 for a in addresses):
         raise LabError("the lab supports IPv4 addresses only")
     subnet = _subnet(addresses)
@@ -82,7 +80,8 @@ def plan(inventory: Inventory) -> LabPlan:
                 return str(candidate)
         raise LabError(f"no free address left in {subnet} for the lab's own containers")
 
-    containers = [LabContainer(f"{prefix}-{h.name}", h.name, h.address, getattr(h, "fqdn", None) or f"{h.name}.lab", role) for h, role in hosts]
+    containers = [LabContainer(f"{prefix}-{h.name}", h.name, str(h.address), h.fqdn or f"{h.name}.lab", h.role.value)
+                  for h in inventory.hosts]
     top = subnet.num_addresses - 2
     containers.append(LabContainer(f"{prefix}-dns", "dns", free([53, *range(top, 2, -1)]), f"dns.{SENDER_DOMAIN}", "dns"))
     containers.append(LabContainer(f"{prefix}-client", "client", free([200, *range(top - 1, 2, -1)]), f"client.{SENDER_DOMAIN}", "client"))
@@ -161,8 +160,7 @@ def start_dns(env: dict[str, str], lab: LabPlan, files: dict[str, str]) -> None:
 
 def engine_environment() -> dict[str, str]:
     """The environment in which the docker CLI reaches an engine: scripts/container-engine finds or starts one."""
-    script = PROJECT / "scripts" / "container-engine"
-    result = subprocess.run([str(script)], capture_output=True, text=True, timeout=900)
+    result = subprocess.run([str(script("container-engine"))], capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
         raise LabError(f"no container engine: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'scripts/container-engine failed'}")
     env = dict(os.environ)
@@ -181,8 +179,7 @@ def docker(env: dict[str, str], *args: str, check: bool = True, timeout: int = 6
 
 
 def build_image(env: dict[str, str]) -> None:
-    script = PROJECT / "scripts" / "lab-image"
-    result = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=1800)
+    result = subprocess.run([str(script("lab-image"))], env=env, capture_output=True, text=True, timeout=1800)
     if result.returncode != 0:
         raise LabError(f"the lab image could not be built: {result.stderr.strip()[-500:]}")
 
@@ -192,11 +189,19 @@ def ansible_environment(env: dict[str, str]) -> dict[str, str] | None:
     return {"DOCKER_HOST": env["DOCKER_HOST"]} if env.get("DOCKER_HOST") else None
 
 
-def lab_connection(inventory: Inventory) -> dict[str, dict]:
-    """Ansible connection variables that reach each host's lab container."""
+def reaches(inventory: Inventory, env: dict[str, str] | None = None) -> dict[str, Reach]:
+    """How `--lab` reaches each host: `docker exec` into its container as root, replacing every
+    connection setting of the topology and of hosts.yml (see `hosts`)."""
     lab = plan(inventory)
-    return {c.host: {"ansible_connection": "community.docker.docker", "ansible_host": c.name, "ansible_docker_timeout": 60}
-            for c in lab.containers if c.role not in ("client", "dns")}
+    return {c.host: Reach(c.host, c.address, {"plugin": "community.docker.docker", "host": c.name}, {"ansible_docker_timeout": 60},
+                          env=env) for c in lab.containers if c.role not in ("client", "dns")}
+
+
+def probes(inventory: Inventory, env: dict[str, str] | None = None) -> dict[str, Reach]:
+    """The lab's client and listed "spammer" containers, which `verify --lab` sends its probes from."""
+    lab = plan(inventory)
+    return {c.host: Reach(c.host, c.address, {"plugin": "community.docker.docker", "host": c.name}, env=env)
+            for c in lab.containers if c.host in ("client", "spammer")}
 
 
 def status(inventory: Inventory, env: dict[str, str]) -> list[dict]:

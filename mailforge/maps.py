@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .errors import MailforgeError
+from .inventory import Inventory, rollout_order
 from .remote import HostShell
 from .render import Tree
 from .render.files import POSTFIX_RELOAD, POSTMAP, RenderedFile
@@ -344,11 +345,44 @@ def push(shells: dict[str, HostShell], changes: list[MapChange], order: list[lis
     return list(results.values())
 
 
-def rollout_order(inventory, batch: int = 1) -> list[list[str]]:
-    """Cores first (they must know a new mailbox before a relay accepts mail for it), then the
-    relays and MX proxies `batch` at a time."""
-    t = inventory.topology
-    order = [[c.name for c in t.cores]] if t.cores else []
-    relays = [r.name for r in t.relays]
-    order += [relays[i:i + batch] for i in range(0, len(relays), batch)]
-    return order
+@dataclass
+class MapsRun:
+    """What one `mailforge maps` run found and did."""
+
+    changes: list[MapChange]
+    refusals: list[Refusal]
+    results: list[PushResult]
+    seconds: float
+    checked_only: bool
+    hosts: list[str]
+
+    @property
+    def changed(self) -> list[MapChange]:
+        return [c for c in self.changes if c.changed]
+
+    @property
+    def failed(self) -> list[PushResult]:
+        return [r for r in self.results if r.error]
+
+
+def run(inventory: Inventory, shells: dict[str, HostShell], *, hosts: list[str] | None = None, check: bool = False,
+        force: bool = False, max_shrink: float = 0.10, batch: int = 1, cache: Path | None = None) -> MapsRun:
+    """The maps workflow: render the maps from the sources, compare them with every host's (or `hosts`'),
+    refuse a shrink beyond `max_shrink` (a share) unless `force`, push what changed (never with
+    `check`), cores first and relays `batch` at a time, and remember what is live now in `cache`."""
+    import time
+
+    from .render import render
+
+    started = time.monotonic()
+    tables = map_files(render(inventory))
+    if hosts is not None:
+        tables = {h: files for h, files in tables.items() if h in hosts}
+    changes = survey(shells, tables, cache=cache)
+    refusals = [] if force else guard(changes, max_shrink)
+    results: list[PushResult] = []
+    if any(c.changed for c in changes) and not check and not refusals:
+        results = push(shells, changes, rollout_order(inventory.hosts, batch))
+    if not check and cache is not None:
+        remember(cache, changes, results, prune=hosts is None)
+    return MapsRun(changes, refusals, results, time.monotonic() - started, check, sorted(tables))

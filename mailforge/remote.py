@@ -13,7 +13,6 @@ import subprocess
 from dataclasses import dataclass
 
 from .errors import MailforgeError
-from .topology import Inventory
 
 
 class HostUnreachable(MailforgeError):
@@ -53,46 +52,3 @@ class HostShell:
         stderr = result.stderr.decode(errors="replace").lower()
         return result.returncode in (125, 126, 127) and ("no such container" in stderr or "is not running" in stderr
                                                          or "error" in stderr and "container" in stderr)
-
-
-def lab_shells(inventory: Inventory, engine: dict[str, str]) -> dict[str, HostShell]:
-    """The lab's containers of this inventory, by inventory host name."""
-    from .lab import plan
-
-    return {c.host: HostShell(c.host, ["docker", "exec", "-i", c.name], env=engine)
-            for c in plan(inventory).containers if c.role not in ("client", "dns")}
-
-
-def ssh_shells(inventory: Inventory, connect_timeout: int = 10) -> dict[str, HostShell]:
-    """Real hosts with the topology's connection settings: SSH in batch mode (a key or an agent,
-    never a password prompt), or the docker and local connection plugins where the topology says so."""
-    t = inventory.topology
-    shells = {}
-    for host in [*t.managed_balancers, *t.relays, *t.cores]:
-        settings = t.connection_settings(host)
-        plugin = str(settings.get("plugin") or "ssh").rsplit(".", 1)[-1]
-        target = str(settings.get("host", host.address))
-        become = bool(settings.get("become"))
-        if plugin == "docker":
-            shells[host.name] = HostShell(host.name, ["docker", "exec", "-i", target], become=become)
-            continue
-        if plugin == "local":
-            shells[host.name] = HostShell(host.name, ["env"], become=become)
-            continue
-        argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}"]
-        if settings.get("port"):
-            argv += ["-p", str(settings["port"])]
-        if settings.get("private_key_file"):
-            argv += ["-i", str(settings["private_key_file"])]
-        argv.append(f"{settings['user']}@{target}" if settings.get("user") else target)
-        shells[host.name] = HostShell(host.name, argv, remote_command_is_string=True, become=become)
-    return shells
-
-
-def shells_for(inventory: Inventory, lab: bool) -> dict[str, HostShell]:
-    """The way `--lab` or the topology's connection settings say to reach every host."""
-    if lab:
-        from .lab import engine_environment
-
-        return lab_shells(inventory, engine_environment())
-    return ssh_shells(inventory)

@@ -29,7 +29,7 @@ def inventory_name(request) -> str:
 def rendered(tmp_path_factory):
     """Render each inventory once per session into tmp: name -> output directory."""
     from mailforge.render import render
-    from mailforge.topology import load_inventory
+    from mailforge.inventory import load_inventory
     from mailforge.write import write_tree
 
     cache: dict[str, Path] = {}

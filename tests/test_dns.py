@@ -53,7 +53,7 @@ def free_port() -> int:
 
 def dnsbl_sections(inventory_dir: Path) -> dict[str, list[str]]:
     from mailforge import dns
-    from mailforge.topology import load_inventory
+    from mailforge.inventory import load_inventory
 
     topology = load_inventory(inventory_dir).topology
     records = dns.dnsbl_records(topology)
@@ -501,7 +501,7 @@ def test_rbl_test_entries():
 
 def lab_zone_files(name: str) -> dict[str, str]:
     from mailforge import dns, lab
-    from mailforge.topology import load_inventory
+    from mailforge.inventory import load_inventory
 
     inventory = load_inventory(INVENTORIES[name])
     files = lab.dns_files(inventory, lab.plan(inventory))
@@ -514,7 +514,7 @@ def test_lab_dns_files_are_the_zone_output_plus_the_lab(zone_output):
     what follows is only the lab's own: its sender domain, names and PTRs of containers the topology does not
     name, and the test DNS lists."""
     from mailforge import dns, lab
-    from mailforge.topology import load_inventory
+    from mailforge.inventory import load_inventory
 
     inventory = load_inventory(EXAMPLE)
     plan = lab.plan(inventory)

@@ -19,7 +19,7 @@ import pytest
 from conftest import INVENTORIES, mailforge
 from mailforge import drift
 from mailforge.render import render
-from mailforge.topology import load_inventory
+from mailforge.inventory import load_inventory
 from mailforge.write import write_tree
 
 pytestmark = pytest.mark.tools

@@ -29,7 +29,7 @@ INVENTORY = Path(OWN) if OWN else EXAMPLE
 
 
 def _topology():
-    from mailforge.topology import load_inventory
+    from mailforge.inventory import load_inventory
 
     return load_inventory(INVENTORY).topology
 

@@ -40,7 +40,7 @@ def test_golden_covers_every_inventory():
 @pytest.mark.parametrize("name", sorted(INVENTORIES))
 def test_render_is_deterministic(name, tmp_path):
     from mailforge.render import render
-    from mailforge.topology import load_inventory
+    from mailforge.inventory import load_inventory
     from mailforge.write import write_tree
 
     for attempt in ("first", "second"):

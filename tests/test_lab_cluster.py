@@ -46,7 +46,7 @@ def test_the_lab_dns_serves_what_dns_zone_says(lab):
     """The DNS container's NSD loads exactly `lab.dns_files` (the `dns zone` output plus the lab's own), and
     `mailforge dns check` run from this machine against it finds the records the topology needs."""
     from mailforge import lab as lab_module
-    from mailforge.topology import load_inventory
+    from mailforge.inventory import load_inventory
 
     inventory = load_inventory(EXAMPLE)
     plan = lab_module.plan(inventory)

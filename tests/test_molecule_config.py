@@ -10,7 +10,7 @@ import yaml
 
 from conftest import REPO
 from mailforge import lab
-from mailforge.topology import load_inventory
+from mailforge.inventory import load_inventory
 
 SCENARIOS = REPO / "molecule"
 

@@ -38,7 +38,7 @@ def pinned(name: str, value) -> None:
 
 
 def load(path: Path):
-    from mailforge.topology import load_inventory
+    from mailforge.inventory import load_inventory
 
     return load_inventory(path)
 

@@ -270,7 +270,7 @@ def test_lmdb_maps_compile_and_answer(tmp_path):
     """policy.map_type: lmdb names lmdb tables in main.cf; postconf takes it, postmap builds and answers."""
     from conftest import INVENTORIES
     from mailforge.render import render
-    from mailforge.topology import load_inventory
+    from mailforge.inventory import load_inventory
     from mailforge.write import write_tree
 
     inventory_dir = tmp_path / "inv"

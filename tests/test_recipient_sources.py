@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from mailforge.errors import InventoryError
-from mailforge.topology import load_inventory
+from mailforge.inventory import load_inventory
 
 MAILFORGE = Path(sys.executable).parent / "mailforge"
 ENV = {k: v for k, v in os.environ.items() if k not in ("MAILFORGE_DEBUG", "FORCE_COLOR")}

@@ -167,7 +167,7 @@ firewall:
 
 def test_valid_edge_cases_are_accepted_and_normalised(tmp_path):
     """IDN, upper case and a trailing dot are fine: they are folded to the one form Postfix looks up."""
-    from mailforge.topology import load_inventory
+    from mailforge.inventory import load_inventory
 
     inventory = tmp_path / "idn"
     inventory.mkdir()

@@ -6,7 +6,7 @@ puts that on disk.  Same inventory in, byte-identical files out.
 
 from __future__ import annotations
 
-from ..topology import Inventory
+from ..inventory import Inventory
 from . import balancer, firewall, postfix
 from .files import RenderedFile, Tree
 

@@ -7,7 +7,7 @@ otherwise see a bare SMTP conversation and fail every check.
 
 from __future__ import annotations
 
-from ..topology import LoadBalancer, Topology
+from ..inventory import LoadBalancer, Topology
 from .files import HAPROXY_RELOAD, RenderedFile, header, template
 
 SEND_PROXY = {"v1": "send-proxy", "v2": "send-proxy-v2", "none": ""}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from ..topology import Topology
+from ..inventory import Topology
 from .files import IP6TABLES_RESTORE, IPTABLES_RESTORE, RenderedFile, header, template
 
 ANYWHERE = ("0.0.0.0/0", "::/0")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from ..recipients import RecipientSet
-from ..topology import Core, Topology
+from ..inventory import RecipientSet
+from ..inventory import Core, Topology
 from .files import Pieces, header
 
 def relay_domains(t: Topology) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from ..topology import Core, Relay, Topology
+from ..inventory import Core, Relay, Topology
 from . import maps
 from .files import POSTFIX_RELOAD, POSTMAP, RenderedFile, header, template
 

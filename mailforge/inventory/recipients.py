@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import Problem
-from .mailnames import NameError_, check_local_part, normalize_domain
+from ..errors import Problem
+from .names import NameError_, check_local_part, normalize_domain
 
 if TYPE_CHECKING:
-    from .topology import CsvSource, LdapSource, Recipients
-    from .yamlsource import Located
+    from .model import CsvSource, LdapSource, Recipients
+    from .positions import Located
 
 
 @dataclass
@@ -218,7 +218,7 @@ def _ldap_password(spec: LdapSource, directory: Path, source: Located, problems:
 
 def _read_ldap(spec: LdapSource, directory: Path, source: Located, add, problems: list[Problem]) -> None:
     """Each value of `spec.attributes` in the entries the search finds, handed to `add`."""
-    from .ldapsource import LdapSourceError, search
+    from .ldap import LdapSourceError, search
 
     path = ("recipients", "ldap")
     usable, password = _ldap_password(spec, directory, source, problems)

@@ -6,7 +6,7 @@ The list is `postconf -d` of Postfix 3.7 (Debian bookworm), shipped as data.
 from importlib.resources import files
 
 POSTFIX_PARAMETERS: frozenset[str] = frozenset(
-    files(__package__).joinpath("data/postfix_parameters.txt").read_text().split()
+    files("mailforge").joinpath("data/postfix_parameters.txt").read_text().split()
 )
 
 # Parameters the inventory may not override: they decide who may relay and whom postscreen trusts.

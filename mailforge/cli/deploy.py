@@ -1,0 +1,86 @@
+"""`mailforge deploy`: render, then apply with Ansible, with a progress bar per host."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ..results import Result, Run
+from ..lab import ansible_environment
+from .app import app
+from .common import BatchOption, InventoryArg, JsonOption, LabOption, LimitOption, RenderDirOption, command, err, finish, out, reach, render_for_hosts
+
+
+@app.command()
+@command("deploy")
+def deploy(
+    inventory: Path = InventoryArg,
+    check: bool = typer.Option(False, "--check", help="Change nothing on any host; report what would change."),
+    diff: bool = typer.Option(False, "--diff", help="Show the changes to files."),
+    limit: str = LimitOption,
+    lab: bool = LabOption,
+    batch: int = BatchOption,
+    render_dir: Path = RenderDirOption,
+    as_json: bool = JsonOption,
+):
+    """Render, then apply the result with Ansible: checked before it goes live, reloaded not restarted."""
+    inv, directory, manifest = render_for_hosts(inventory, render_dir)
+    selected, reaches, env = reach(inv, lab, limit)
+    run_deploy(inv, directory, manifest, reaches, hosts=selected if limit else None, as_json=as_json, check=check, diff=diff,
+               batch=batch, environment=ansible_environment(env) if env is not None else None)
+
+
+def run_deploy(inv, directory, manifest, reaches, *, hosts: list[str] | None = None, as_json: bool = False, **options) -> Run:
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from ..deploy import run_playbook
+
+    with Progress(TextColumn("{task.description:<12}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.fields[current]}"), console=err if as_json else out, transient=False) as bar:
+        tasks = {host: bar.add_task(host, total=None, current="waiting") for host in (hosts or inv.names)}
+
+        def progress(host: str, task: str, done: int, seen: int) -> None:
+            bar.update(tasks[host], completed=done, total=max(seen, done), current=task[:60])
+
+        result = run_playbook(inv, directory, manifest, reaches, hosts=hosts, progress=progress, **options)
+    run = deploy_run(inv, result)
+    if not as_json:
+        _summary(result)
+    finish(run, as_json)
+    return run
+
+
+def deploy_run(inv, result) -> Run:
+    results = []
+    for host, r in result.hosts.items():
+        status = "unreachable" if r.unreachable else "failed" if r.failed else "changed" if r.changed else "ok"
+        results.append(Result(host, "deploy", status, not (r.failed or r.unreachable), bool(r.changed), "; ".join(r.messages), asdict(r)))
+    totals = {key: sum(getattr(r, key) for r in result.hosts.values()) for key in ("ok", "changed", "failed", "unreachable")}
+    run = Run("deploy", inv.topology.cluster, results, warnings=inv.warnings, hosts=list(result.hosts),
+              summary={"ansible_status": result.status, "rc": result.rc, "totals": totals})
+    if any(r.unreachable for r in result.hosts.values()):
+        run.error = "unreachable: " + ", ".join(h for h, r in result.hosts.items() if r.unreachable)
+    elif result.failed and not run.failed:
+        run.results.append(Result("all", "deploy", "failed", False, detail=f"ansible-playbook ended with status {result.status} (rc {result.rc})"))
+    return run
+
+
+def _summary(result) -> None:
+    table = Table(title="Deploy summary", title_justify="left")
+    for column in ("host", "ok", "changed", "failed", "unreachable"):
+        table.add_column(column, justify="left" if column == "host" else "right")
+    for host, r in result.hosts.items():
+        style = "red" if r.failed or r.unreachable else ("yellow" if r.changed else "green")
+        table.add_row(f"[{style}]{host}[/{style}]", str(r.ok), str(r.changed), str(r.failed), str(r.unreachable))
+    for host, r in result.hosts.items():
+        for text in r.diffs:
+            out.print(f"[bold]{host}[/bold]")
+            out.print(text, markup=False, end="")
+    out.print(table)
+    for host, r in result.hosts.items():
+        for message in r.messages:
+            err.print(f"[red]{host}:[/red] ", end="")
+            err.print(message, markup=False)

@@ -1,0 +1,64 @@
+"""`mailforge dns check` and `mailforge dns zone`: the DNS a cluster needs, checked live or printed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ..results import Result, Run
+from .app import dns_app
+from .common import InventoryArg, JsonOption, command, emit, finish, load, out
+
+
+@dns_app.command("check")
+@command("dns check")
+def dns_check(
+    inventory: Path = InventoryArg,
+    nameserver: list[str] = typer.Option(None, "--nameserver", help="Ask this server (HOST[:PORT], repeatable) instead of the ones in /etc/resolv.conf."),
+    timeout: float = typer.Option(2.0, "--timeout", min=0.05, help="Seconds to wait for each answer (each question is tried twice per server)."),
+    as_json: bool = JsonOption,
+):
+    """Check the live DNS against the topology: MX, MX addresses, no core in MX, SPF, FCrDNS, the DNS lists. Exit 1 if any check fails."""
+    from .. import dns as dnscheck
+
+    inv = load(inventory, recipients=False, quiet=as_json)
+    servers = [dnscheck.parse_nameserver(s) for s in nameserver] if nameserver else dnscheck.system_nameservers()
+    querier = dnscheck.Querier(servers, timeout=timeout)
+    checks = dnscheck.run_checks(inv.topology, querier)
+    run = Run("dns check", inv.topology.cluster, [Result(c.subject, c.check, c.status, c.ok, detail=c.evidence) for c in checks],
+              warnings=inv.warnings, summary={"nameservers": querier.servers_text()})
+    if not as_json:
+        styles = {dnscheck.OK: "green", dnscheck.FAIL: "bold red", dnscheck.TIMEOUT: "bold yellow", dnscheck.SERVFAIL: "bold yellow"}
+        table = Table(title=f"DNS of cluster {inv.topology.cluster}, asked {querier.servers_text()}", title_justify="left")
+        for column in ("domain / host / zone", "check", "status", "evidence"):
+            table.add_column(column, overflow="fold", no_wrap=column == "status")
+        for c in checks:
+            style = styles.get(c.status, "bold red")
+            table.add_row(c.subject, c.check, f"[{style}]{c.status}[/{style}]", c.evidence)
+        out.print(table)
+        bad = sum(not c.ok for c in checks)
+        out.print(f"{len(checks) - bad} of {len(checks)} checks passed" + (f"; [bold red]{bad} failed[/bold red]" if bad else ""))
+    finish(run, as_json)
+
+
+@dns_app.command("zone")
+@command("dns zone")
+def dns_zone(
+    inventory: Path = InventoryArg,
+    ttl: int = typer.Option(3600, "--ttl", min=1, max=2147483647, help="TTL of every record, in seconds."),
+    as_json: bool = JsonOption,
+):
+    """Print the records the topology needs, in zone-file syntax: MX, SPF, A/AAAA, and the PTRs for the reverse zones."""
+    from .. import dns as dnscheck
+
+    inv = load(inventory, recipients=False, quiet=as_json)
+    text = dnscheck.zone_text(inv.topology, ttl=ttl)
+    if as_json:
+        records = dnscheck.zone_records(inv.topology)
+        emit(Run("dns zone", inv.topology.cluster, [Result(r.zone, f"{r.name} {r.rtype}", "needed", True, detail=r.value,
+                                                          data={"name": r.name, "type": r.rtype, "value": r.value, "ttl": ttl, "comment": r.comment})
+                                                   for r in records], warnings=inv.warnings, summary={"zone_text": text}))
+        return
+    print(text, end="")

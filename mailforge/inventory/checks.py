@@ -1,0 +1,205 @@
+"""The checks across keys of a topology, each a named function: what the schema alone cannot see.
+
+They run over a possibly partial topology (see `partial.py`), so every problem is found at once.
+Each check yields problems; a `Finding` marks the ones that are only warnings. `run` keeps them in
+the order they are listed here, which is the order the CLI prints within a line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from ..errors import Problem
+from . import header_checks as header_check_syntax
+from .model import LdapSource, Recipients, Topology
+from .partial import identified, present
+from .positions import Located, format_path
+from .postfix_parameters import GUARDED_PARAMETERS, POSTFIX_PARAMETERS
+
+
+@dataclass(frozen=True)
+class Finding:
+    problem: Problem
+    warning: bool = False
+
+
+Check = Callable[[Topology, Located], Iterator[Finding]]
+
+
+def _error(source: Located, path: tuple, message: str, expected: str) -> Finding:
+    return Finding(source.problem(path, message, expected))
+
+
+def _warning(source: Located, path: tuple, message: str, expected: str) -> Finding:
+    return Finding(source.problem(path, message, expected), warning=True)
+
+
+def names_are_unique(t: Topology, source: Located) -> Iterator[Finding]:
+    """Host names, addresses, fqdns and hosted domains: each used once."""
+
+    def seen_once(items, label):
+        first: dict[str, tuple] = {}
+        for path, value in items:
+            if value in first:
+                yield _error(source, path, f"duplicate {label} {value!r}, already used at {format_path(first[value])}", f"a unique {label}")
+            else:
+                first[value] = path
+
+    hosts = (
+        [(("load_balancers", i), lb) for i, lb in identified(t.load_balancers)]
+        + [(("relays", i), r) for i, r in identified(t.relays)]
+        + [(("cores", i), c) for i, c in identified(t.cores)]
+    )
+    yield from seen_once([(p + ("name",), h.name) for p, h in hosts if h.name], "host name")
+    yield from seen_once([(p + ("address",), h.address) for p, h in hosts if getattr(h, "address", None)], "address")
+    yield from seen_once([(p + ("fqdn",), h.fqdn) for p, h in hosts if getattr(h, "fqdn", None)], "fqdn")
+    yield from seen_once([(("domains", i), d) for i, d in present(t.domains)], "domain")
+
+
+def relays_have_a_core(t: Topology, source: Located) -> Iterator[Finding]:
+    if not t.cores and "cores" not in source.keys.get((), ()) and t.relays:
+        yield _error(source, ("relays",), "relays have no core to forward mail to", "at least one entry under 'cores'")
+
+
+def balancers_are_usable(t: Topology, source: Located) -> Iterator[Finding]:
+    """A PROXY-speaking balancer names the relays' port; a managed one has an address; an external one
+    says where its connections come from; all balancers agree; and hiding the client is a warning."""
+    balancers = present(t.load_balancers)
+    for i, lb in balancers:
+        path = ("load_balancers", i)
+        if lb.proxy_protocol != "none" and lb.backend_port is None:
+            yield _error(source, path + ("proxy_protocol",), f"balancer {lb.name!r} speaks PROXY {lb.proxy_protocol} but names no relay port for it",
+                         "backend_port: the port the relays' postscreen listens on for this balancer, e.g. 10024")
+        if not lb.external and lb.address is None:
+            yield _error(source, path, f"managed balancer {lb.name!r} has no address", "address: the balancer's IP address")
+        if lb.external and not (lb.address or lb.source_networks):
+            yield _error(source, path, f"external balancer {lb.name!r} gives no address or source_networks, so the relays could not tell it from anyone else",
+                         "source_networks: the networks its connections come from")
+        if lb.proxy_protocol == "none":
+            yield _warning(source, path + ("proxy_protocol",), f"balancer {lb.name!r} hides the client's address: RBL checks and logs on the relays only see the balancer",
+                           "proxy_protocol: v1 or v2")
+        first = balancers[0][1]
+        if lb is not first and (lb.proxy_protocol, lb.backend_port) != (first.proxy_protocol, first.backend_port):
+            yield _error(source, path, f"balancer {lb.name!r} differs from {first.name!r} in proxy_protocol or backend_port",
+                         "every balancer to use the same proxy_protocol and backend_port")
+
+
+def recipients_name_a_source(t: Topology, source: Located) -> Iterator[Finding]:
+    spec = getattr(t, "recipients", None)
+    if isinstance(spec, Recipients) and not (spec.local_parts_file or spec.addresses_file or spec.addresses or spec.csv or spec.ldap) \
+            and not any((source.data.get("recipients") or {}).get(key) is not None for key in ("csv", "ldap")):  # given but invalid: reported already
+        yield _error(source, ("recipients",), "names no source, so the relays would refuse every recipient",
+                     "local_parts_file, addresses_file, addresses, csv or ldap; or leave recipients out to accept any local part")
+
+
+def ldap_settings_agree(t: Topology, source: Located) -> Iterator[Finding]:
+    """One password source, a bind DN with a password and a password with a bind DN, StartTLS only on ldap://."""
+    spec = getattr(t, "recipients", None)
+    ldap = spec.ldap if isinstance(spec, Recipients) else None
+    if not isinstance(ldap, LdapSource):
+        return
+    path = ("recipients", "ldap")
+    if ldap.password_env and ldap.password_file:
+        yield _error(source, path + ("password_file",), "both password_env and password_file are given", "one of them")
+    if getattr(ldap, "bind_dn", None) and not any(path + (key,) in source.keys for key in ("password_env", "password_file", "password")):
+        yield _error(source, path + ("bind_dn",), f"binding as {ldap.bind_dn!r} needs a password, and none is named",
+                     "password_env: a variable holding it, or password_file: a file holding it")
+    if not getattr(ldap, "bind_dn", None) and (ldap.password_env or ldap.password_file) and ("recipients", "ldap", "bind_dn") not in source.keys:
+        yield _error(source, path + ("password_env" if ldap.password_env else "password_file",), "a password is named but no bind_dn to use it with",
+                     "bind_dn: the DN to bind as; or no password for an anonymous search")
+    if ldap.start_tls and str(getattr(ldap, "uri", "")).lower().startswith("ldaps:"):
+        yield _error(source, path + ("start_tls",), "start_tls on an ldaps:// URI, which is already TLS", "start_tls: false, or an ldap:// URI")
+
+
+def instances_are_usable(t: Topology, source: Located) -> Iterator[Finding]:
+    """postmulti instances on distinct ports, at least one of them, and never behind a balancer."""
+    for i, relay in present(t.relays):
+        instances = relay.instances
+        if instances and instances.inbound and instances.outbound and instances.inbound.port == instances.outbound.port:
+            yield _error(source, ("relays", i, "instances", "outbound", "port"), f"port {instances.outbound.port} is already the inbound instance's",
+                         "a different port for each instance, e.g. 25 and 587")
+        if relay.instances and t.load_balancers:
+            yield _error(source, ("relays", i, "instances"), f"relay {relay.name!r} runs postmulti instances behind a load balancer, which mailforge does not support",
+                         "either instances or load_balancers, not both")
+        if relay.instances and not relay.instances.inbound and not relay.instances.outbound:
+            yield _error(source, ("relays", i, "instances"), "no instance is defined", "inbound, outbound or both")
+
+
+def no_open_relay_networks(t: Topology, source: Located) -> Iterator[Finding]:
+    """A network allowed to relay that covers a large part of the Internet makes an open relay."""
+
+    def guard_open(path, network, what):
+        net = ipaddress.ip_network(network)
+        if net.prefixlen < (8 if net.version == 4 else 16):
+            yield _error(source, path, f"{what} {network} covers a large part of the Internet and would make this host an open relay",
+                         "the networks of your own users only")
+
+    for i, core in present(t.cores):
+        for j, net in enumerate(core.user_networks):
+            yield from guard_open(("cores", i, "user_networks", j), net, "user network")
+    for i, relay in present(t.relays):
+        if relay.instances and relay.instances.outbound:
+            for j, net in enumerate(relay.instances.outbound.trusted_networks):
+                yield from guard_open(("relays", i, "instances", "outbound", "trusted_networks", j), net, "trusted network")
+
+
+def header_checks_are_sound(t: Topology, source: Located) -> Iterator[Finding]:
+    """Each pattern is a Postfix regexp, matches its own example, and has a Postfix action."""
+    for i, check in present(t.policy.header_checks):
+        path = ("policy", "header_checks", i)
+        error = header_check_syntax.pattern_error(check.match)
+        if error:
+            yield _error(source, path + ("match",), error, "a Postfix regexp pattern such as /^Subject: =\\?big5\\?/")
+        if error is None and check.example and not header_check_syntax.matches(check.match, check.example):
+            yield _error(source, path + ("example",), f"the pattern {check.match} does not match its example {check.example!r}",
+                         "an example header line the pattern matches")
+        error = header_check_syntax.action_error(check.action)
+        if error:
+            yield _error(source, path + ("action",), error, "an action such as 'REJECT reason', 'WARN', 'DISCARD' or 'HOLD'")
+
+
+def main_cf_parameters_exist(t: Topology, source: Located) -> Iterator[Finding]:
+    """Extra main.cf parameters: Postfix knows them, and none decides who may relay."""
+    for name, value in t.policy.main_cf.items():
+        path = ("policy", "main_cf", name)
+        if name in GUARDED_PARAMETERS:
+            yield _error(source, path, f"{name!r} is set by mailforge from the topology and may not be overridden (it decides who may relay)",
+                         "the topology keys: domains, recipients, load_balancers, cores, instances")
+        elif name not in POSTFIX_PARAMETERS:
+            hint = difflib.get_close_matches(name, POSTFIX_PARAMETERS, n=1)
+            yield _error(source, path, f"{name!r} is not a Postfix parameter" + (f"; did you mean {hint[0]!r}?" if hint else ""),
+                         "a parameter name that postconf knows")
+        if any(c in str(value) for c in "\r\n"):
+            yield _error(source, path, "value spans lines", "a single-line value")
+
+
+def ssh_is_not_open_to_all(t: Topology, source: Located) -> Iterator[Finding]:
+    if not t.firewall.admin_networks:
+        yield _warning(source, ("firewall",), "SSH stays open to any address", "firewall.admin_networks: the networks you administer from")
+
+
+CHECKS: list[Check] = [
+    names_are_unique,
+    relays_have_a_core,
+    balancers_are_usable,
+    recipients_name_a_source,
+    ldap_settings_agree,
+    instances_are_usable,
+    no_open_relay_networks,
+    header_checks_are_sound,
+    main_cf_parameters_exist,
+    ssh_is_not_open_to_all,
+]
+
+
+def run(t: Topology, source: Located) -> tuple[list[Problem], list[Problem]]:
+    """(problems, warnings) of every check, in the order of CHECKS."""
+    problems: list[Problem] = []
+    warnings: list[Problem] = []
+    for check in CHECKS:
+        for finding in check(t, source):
+            (warnings if finding.warning else problems).append(finding.problem)
+    return problems, warnings

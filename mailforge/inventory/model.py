@@ -1,0 +1,199 @@
+"""The topology inventory's schema: what each key of topology.yml is, in pydantic models.
+
+`extra="forbid"` everywhere, so a misspelt key is an error; the value types and their messages are
+in `fields.py`, the checks across keys in `checks.py`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from .fields import (
+    Address,
+    ConfigText,
+    CsvDelimiter,
+    Domain,
+    EnvName,
+    FilePath,
+    HostName,
+    LdapAttribute,
+    LdapFilter,
+    LdapUri,
+    MainCfValue,
+    Network,
+    Port,
+)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+
+class CsvSource(Strict):
+    """A CSV export (spreadsheet, HR system): one address per row, in the column named by its header."""
+
+    file: ConfigText = Field(description="The CSV file, relative to the inventory directory; UTF-8, with or without a byte order mark.")
+    column: ConfigText = Field(description="Header of the column holding the addresses, e.g. mail or E-Mail.")
+    delimiter: CsvDelimiter = Field(",", description="Field separator: one character, e.g. ',' ';' or a tab.")
+
+
+class LdapSource(Strict):
+    """An LDAP directory searched with paged results; every value of `attributes` is an address."""
+
+    uri: LdapUri = Field(description="ldap://host[:port] or ldaps://host[:port].")
+    bind_dn: ConfigText | None = Field(None, description="DN to bind as; without it the search is anonymous.")
+    password_env: EnvName | None = Field(None, description="Environment variable holding the bind password.")
+    password_file: ConfigText | None = Field(None, description="File holding the bind password (its first line), relative to the inventory directory.")
+    base: ConfigText = Field(description="Search base DN, e.g. ou=people,dc=example,dc=com.")
+    filter: LdapFilter = Field("(objectClass=*)", description="Search filter; entries without any of `attributes` are skipped.")
+    attributes: list[LdapAttribute] = Field(default_factory=lambda: ["mail"], min_length=1, description="Attributes whose values are addresses.")
+    page_size: Annotated[StrictInt, Field(ge=1, le=100000)] = Field(500, description="Entries per page of the simple paged results control.")
+    start_tls: bool = Field(False, description="Upgrade an ldap:// connection with StartTLS (the certificate is verified).")
+    ca_file: ConfigText | None = Field(None, description="CA certificates to verify the server with (ldaps:// or start_tls); default: the system's.")
+    timeout: Annotated[float, Field(gt=0, le=3600)] = Field(10, description="Seconds to wait to connect and for each answer.")
+
+
+class Recipients(Strict):
+    """Where the relays' list of valid recipients comes from; sources combine."""
+
+    local_parts_file: ConfigText | None = Field(None, description="File of local parts, one per line, crossed with every hosted domain.")
+    addresses_file: ConfigText | None = Field(None, description="File of full addresses, one per line.")
+    addresses: list[str] = Field(default_factory=list, description="Full addresses given inline.")
+    csv: CsvSource | None = Field(None, description="A CSV export with a header line; the addresses are in one column.")
+    ldap: LdapSource | None = Field(None, description="An LDAP directory; the password is never in the inventory (password_env or password_file).")
+
+
+class Connection(Strict):
+    """How Ansible reaches a host; a host's own settings override the topology's."""
+
+    plugin: ConfigText | None = Field(None, description="Ansible connection plugin: ssh (default), local, community.docker.docker, ...")
+    host: ConfigText | None = Field(None, description="Address or name to connect to, when not the host's address.")
+    user: ConfigText | None = None
+    port: Port | None = None
+    private_key_file: ConfigText | None = None
+    become: bool | None = Field(None, description="Use sudo (or the plugin's equivalent) to become root.")
+
+
+class LoadBalancer(Strict):
+    """A TCP balancer in front of the relays; managed (HAProxy) unless external."""
+
+    name: HostName
+    address: Address | None = Field(None, description="Address the balancer connects to the relays from (and listens on, when managed).")
+    fqdn: Domain | None = None
+    external: bool = Field(False, description="True for a cloud balancer (e.g. AWS ELB): nothing is deployed to it.")
+    source_networks: list[Network] = Field(default_factory=list, description="Networks the balancer's connections come from.")
+    proxy_protocol: Literal["v1", "v2", "none"] = "v1"
+    backend_port: Port | None = Field(None, description="Port the relays listen on for the balancer.")
+    frontend_port: Port = 25
+    connection: Connection | None = None
+
+
+class InboundInstance(Strict):
+    """postfix-inbound: public mail on port 25 with the relay checks."""
+
+    port: Port = 25
+
+
+class OutboundInstance(Strict):
+    """postfix-outbound: mail from trusted hosts on the submission port, sent to the Internet."""
+
+    port: Port = 587
+    trusted_networks: list[Network] = Field(min_length=1)
+
+
+class Instances(Strict):
+    inbound: InboundInstance | None = None
+    outbound: OutboundInstance | None = None
+
+
+class Relay(Strict):
+    name: HostName
+    fqdn: Domain
+    address: Address
+    instances: Instances | None = Field(None, description="Run several Postfix instances with postmulti on this host.")
+    connection: Connection | None = None
+
+
+class Core(Strict):
+    name: HostName
+    fqdn: Domain
+    address: Address
+    user_networks: list[Network] = Field(default_factory=list, description="Networks allowed to send outbound mail through this core.")
+    connection: Connection | None = None
+
+
+class HeaderCheck(Strict):
+    match: ConfigText = Field(description="A Postfix regexp pattern, /.../ with optional flags.")
+    action: ConfigText = Field(description="What to do on a match, e.g. 'REJECT reason' or 'WARN'.")
+    example: ConfigText | None = Field(None, description="A header line the pattern must match; `verify` sends it and expects a rejection.")
+
+
+class Policy(Strict):
+    """The cheap checks the relays apply before forwarding to the cores."""
+
+    rbl_clients: list[Domain] = Field(default_factory=list)
+    rhsbl_senders: list[Domain] = Field(default_factory=list)
+    header_checks: list[HeaderCheck] = Field(default_factory=list)
+    reject_forged_helo: bool = False
+    reject_forged_senders: bool = False
+    message_size_limit: Annotated[StrictInt, Field(gt=0)] = 20480000
+    main_cf: dict[str, MainCfValue] = Field(default_factory=dict, description="Extra main.cf parameters for the relays; names are checked against Postfix's.")
+    map_type: Literal["hash", "lmdb"] = Field(
+        "hash", description="Indexed table type of the maps postmap compiles (recipients, domains, transport, access maps, "
+                            "the cores' mailboxes): hash (Berkeley DB) or lmdb (Debian's postfix-lmdb; builds big maps faster).")
+
+
+class Firewall(Strict):
+    admin_networks: list[Network] = Field(default_factory=list, description="Networks SSH is open to; empty means any address.")
+    ssh_port: Port = 22
+
+
+class Tls(Strict):
+    """The certificate the relays and cores offer with STARTTLS (Debian's snakeoil pair by default)."""
+
+    cert_file: FilePath = "/etc/ssl/certs/ssl-cert-snakeoil.pem"
+    key_file: FilePath = "/etc/ssl/private/ssl-cert-snakeoil.key"
+
+
+class Topology(Strict):
+    cluster: HostName
+    domains: list[Domain] = Field(min_length=1)
+    recipients: Recipients | None = None
+    load_balancers: list[LoadBalancer] = Field(default_factory=list)
+    relays: list[Relay] = Field(min_length=1)
+    cores: list[Core] = Field(default_factory=list)
+    policy: Policy = Field(default_factory=Policy)
+    firewall: Firewall = Field(default_factory=Firewall)
+    tls: Tls = Field(default_factory=Tls)
+    connection: Connection | None = Field(None, description="How Ansible reaches every host, unless a host says otherwise.")
+
+    @property
+    def managed_balancers(self) -> list[LoadBalancer]:
+        return [lb for lb in self.load_balancers if not lb.external]
+
+    @property
+    def proxy_protocol(self) -> str:
+        """The PROXY protocol version the relays expect ("none" without a balancer)."""
+        return self.load_balancers[0].proxy_protocol if self.load_balancers else "none"
+
+    @property
+    def backend_port(self) -> int:
+        """Port the relays take public mail on: the balancer's backend port, else 25."""
+        if self.load_balancers and self.load_balancers[0].backend_port:
+            return self.load_balancers[0].backend_port
+        return 25
+
+    @property
+    def balancer_sources(self) -> list[str]:
+        """Every network a balancer's connection to a relay can come from."""
+        sources: list[str] = []
+        for lb in self.load_balancers:
+            if lb.address:
+                sources.append(str(ipaddress.ip_network(lb.address)))
+            sources.extend(lb.source_networks)
+        return list(dict.fromkeys(sources))
+

@@ -1,0 +1,108 @@
+"""What each host of a topology is, asked in one place: its role, addresses, Postfix instances, ports
+and place in a rollout. Every command that needs "which hosts exist and what is each" asks here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from .model import Core, LoadBalancer, Relay, Topology
+
+
+class Role(str, Enum):
+    """A host's job in the cluster, named as the Ansible group its hosts are in."""
+
+    BALANCER = "balancer"
+    RELAY = "relay"
+    MX_PROXY = "mxproxy"  # a relay running several Postfix instances with postmulti
+    CORE = "core"
+
+    @property
+    def group(self) -> str:
+        return {"balancer": "balancers", "relay": "relays", "mxproxy": "mxproxies", "core": "cores"}[self.value]
+
+    @property
+    def runs_postfix(self) -> bool:
+        return self is not Role.BALANCER
+
+
+# Rollout stages: cores first (they must know a new mailbox before a relay accepts mail for it), then
+# the relays and MX proxies a batch at a time, then the balancers once the relays behind them answer.
+STAGES = {Role.CORE: 0, Role.MX_PROXY: 1, Role.RELAY: 1, Role.BALANCER: 2}
+GROUPS = tuple(role.group for role in Role)
+
+
+@dataclass(frozen=True)
+class Host:
+    """One host mailforge deploys to, and the questions every command asks of it."""
+
+    name: str
+    role: Role
+    entry: LoadBalancer | Relay | Core  # the host's own entry in topology.yml
+    topology: Topology
+
+    @property
+    def address(self) -> str | None:
+        return self.entry.address
+
+    @property
+    def addresses(self) -> list[str]:
+        return [self.entry.address] if self.entry.address else []
+
+    @property
+    def fqdn(self) -> str | None:
+        return self.entry.fqdn
+
+    @property
+    def group(self) -> str:
+        return self.role.group
+
+    @property
+    def stage(self) -> int:
+        return STAGES[self.role]
+
+    @property
+    def instances(self) -> list[str]:
+        """The config directories of the Postfix instances the host runs (none on a balancer)."""
+        if self.role is Role.MX_PROXY:
+            relay = self.entry
+            assert isinstance(relay, Relay) and relay.instances is not None
+            return ["/etc/postfix"] + (["/etc/postfix-inbound"] if relay.instances.inbound else []) \
+                + (["/etc/postfix-outbound"] if relay.instances.outbound else [])
+        return ["/etc/postfix"] if self.role.runs_postfix else []
+
+    @property
+    def ports(self) -> list[int]:
+        """The TCP ports the host takes mail on."""
+        t = self.topology
+        if isinstance(self.entry, LoadBalancer):
+            return [self.entry.frontend_port]
+        if self.role is Role.MX_PROXY:
+            instances = self.entry.instances if isinstance(self.entry, Relay) else None
+            assert instances is not None
+            return [i.port for i in (instances.inbound, instances.outbound) if i is not None]
+        if self.role is Role.RELAY:
+            return [t.backend_port if t.load_balancers else 25]
+        return [25]
+
+
+def hosts_of(topology: Topology) -> list[Host]:
+    """The hosts mailforge deploys to, in the inventory's order: managed balancers, relays, cores.
+    An external balancer (a cloud's) is not a host: nothing is deployed to it."""
+    hosts = [Host(lb.name, Role.BALANCER, lb, topology) for lb in topology.managed_balancers]
+    hosts += [Host(r.name, Role.MX_PROXY if r.instances else Role.RELAY, r, topology) for r in topology.relays]
+    hosts += [Host(c.name, Role.CORE, c, topology) for c in topology.cores]
+    return hosts
+
+
+def rollout_order(hosts: list[Host], batch: int = 1) -> list[list[str]]:
+    """Host names in the batches a Postfix change goes live in: all cores, then the relays and MX
+    proxies `batch` at a time, as playbooks/site.yml orders a deploy (whose last play, the balancers,
+    holds no Postfix and so no batch here)."""
+    order: list[list[str]] = []
+    cores = [h.name for h in hosts if h.role is Role.CORE]
+    if cores:
+        order.append(cores)
+    relays = [h.name for h in hosts if h.stage == 1]
+    order += [relays[i:i + batch] for i in range(0, len(relays), batch)]
+    return order
