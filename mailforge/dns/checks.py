@@ -1,0 +1,259 @@
+"""The checks of `mailforge dns check`: the plan of `records` against what a nameserver answers,
+one row (subject, check, status, evidence) each, so that a person sees why a check passed or failed
+and a timeout or SERVFAIL is not reported as a missing record.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from .queries import Answer, Querier
+from .records import (
+    DOMAIN_TEST_UNLISTED,
+    IP_TEST_LISTED,
+    IP_TEST_UNLISTED,
+    MX_PREFERENCE,
+    mx_target_addresses,
+    mx_targets,
+    outbound_senders,
+    reverse_name,
+    rhsbl_test_name,
+    spf_record,
+)
+from .spf import Spf, spf_records
+
+if TYPE_CHECKING:
+    from ..topology import Topology
+
+# Spamhaus answers these instead of a listing when it refuses the resolver that asked.
+BLOCKED_RESOLVER_CODES = {
+    "127.255.255.252": "typing error in the zone name",
+    "127.255.255.254": "query through a public or open resolver",
+    "127.255.255.255": "too many queries from this resolver",
+}
+OUTSIDER_V4, OUTSIDER_V6 = "192.0.2.1", "2001:db8::1"  # documentation addresses (RFC 5737, RFC 3849): never a sender
+
+OK, FAIL, TIMEOUT, SERVFAIL, ERROR = "ok", "fail", "timeout", "servfail", "error"
+
+
+@dataclass
+class Check:
+    subject: str  # a hosted domain, a host name, or a DNS list zone
+    check: str
+    status: str  # ok, fail, timeout, servfail, error
+    evidence: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+
+def _failure(answer: Answer) -> str:
+    return {"timeout": TIMEOUT, "servfail": SERVFAIL}.get(answer.status, ERROR)
+
+
+@dataclass
+class _Context:
+    q: Querier
+    targets: list[str]
+    target_addresses: dict[str, list[str]]
+    allowed: dict[str, str]  # address -> what it is (balancer or relay)
+    cores: dict[str, str]  # core fqdn -> address
+    external_targets: set[str] = field(default_factory=set)
+
+
+def run_checks(topology: Topology, querier: Querier) -> list[Check]:
+    """Every check of `mailforge dns check`, in a stable order. Raises DnsError if no nameserver answers at all."""
+    t = topology
+    querier.probe(sorted(t.domains)[0])
+    allowed = {}
+    for lb in t.load_balancers:
+        if lb.address:
+            allowed[lb.address] = f"balancer {lb.name}"
+    for r in t.relays:
+        allowed[r.address] = f"relay {r.name}"
+    ctx = _Context(querier, list(dict.fromkeys(mx_targets(t))), mx_target_addresses(t), allowed, {c.fqdn: c.address for c in t.cores},
+                   {lb.fqdn for lb in t.load_balancers if lb.fqdn and lb.external and not lb.address})
+    checks: list[Check] = []
+    seen_targets: list[str] = []
+    querier.prefetch([(domain, rtype) for domain in sorted(t.domains) for rtype in ("MX", "TXT")])
+    for domain in sorted(t.domains):
+        answer = querier.lookup(domain, "MX")
+        checks.append(_check_mx(domain, answer, ctx))
+        found = [host for _, host in answer.values] if answer.status == "ok" else []
+        seen_targets.extend(host for host in found if host not in seen_targets)
+        checks.append(_check_no_core(domain, found, ctx))
+        checks.append(_check_spf(domain, t, querier))
+    for target in [*ctx.targets, *(h for h in seen_targets if h not in ctx.targets)]:
+        checks.append(_check_target(target, ctx))
+    for relay in t.relays:
+        checks.append(_check_fcrdns(relay.fqdn, relay.address, "relay", querier))
+    relay_names = {r.fqdn for r in t.relays}
+    for sender in outbound_senders(t):
+        if sender.fqdn not in relay_names:
+            checks.append(_check_fcrdns(sender.fqdn, sender.address, "outbound sender", querier))
+    for zone in t.policy.rbl_clients:
+        checks.append(_check_list(zone, "DNSBL (IP list)", _ip_query(IP_TEST_LISTED, zone), _ip_query(IP_TEST_UNLISTED, zone), querier))
+    for zone in t.policy.rhsbl_senders:
+        checks.append(_check_list(zone, "RHSBL (domain list)", f"{rhsbl_test_name(zone)}.{zone}", f"{DOMAIN_TEST_UNLISTED}.{zone}", querier))
+    return checks
+
+
+def _ip_query(address: str, zone: str) -> str:
+    return ".".join(reversed(address.split("."))) + "." + zone
+
+
+def _check_mx(domain: str, answer: Answer, ctx: _Context) -> Check:
+    name = "MX"
+    if answer.failed:
+        return Check(domain, name, _failure(answer), answer.describe())
+    if answer.status != "ok":
+        return Check(domain, name, FAIL, f"no MX records: {answer.describe()}; expected " + ", ".join(f"MX {MX_PREFERENCE} {x}" for x in ctx.targets))
+    found = sorted(answer.values)
+    shown = ", ".join(f"{p} {h}" for p, h in found)
+    problems = []
+    outside = [(p, h) for p, h in found if h not in ctx.targets]
+    for p, h in outside:
+        what = f"core {h}" if h in ctx.cores else h
+        problems.append(f"MX {p} {what} is outside the topology (expected only {', '.join(ctx.targets)})")
+    ours = [(p, h) for p, h in found if h in ctx.targets]
+    preferences = sorted({p for p, _ in found})
+    if len(preferences) > 1:
+        main = min(p for p, _ in (ours or found))
+        backups = [(p, h) for p, h in found if p != main]
+        problems.append("backup MX " + ", ".join(f"{h} at preference {p}" for p, h in backups)
+                        + f", not {main} like the others: give every MX the same preference (spammers aim at backup MXs)")
+    missing = [x for x in ctx.targets if x not in {h for _, h in found}]
+    if missing:
+        problems.append("not an MX: " + ", ".join(missing))
+    if problems:
+        return Check(domain, name, FAIL, "; ".join(problems) + f" [MX {shown}]")
+    return Check(domain, name, OK, f"MX {shown}: only {', '.join(ctx.targets)}, equal preference")
+
+
+def _check_no_core(domain: str, hosts: list[str], ctx: _Context) -> Check:
+    name = "no core in MX"
+    found = []
+    for host in hosts:
+        if host in ctx.cores:
+            found.append(f"core {host} is an MX")
+        for rtype in ("A", "AAAA"):
+            answer = ctx.q.lookup(host, rtype)
+            for address in answer.values if answer.status == "ok" else ():
+                for fqdn, core_address in ctx.cores.items():
+                    if address == core_address:
+                        found.append(f"MX {host} resolves to core {fqdn}'s address {address}")
+    if found:
+        return Check(domain, name, FAIL, "; ".join(dict.fromkeys(found)) + ": cores must never receive mail from the Internet")
+    if not ctx.cores:
+        return Check(domain, name, OK, "no cores in the topology")
+    return Check(domain, name, OK, "no MX is or resolves to " + ", ".join(f"core {f} ({a})" for f, a in ctx.cores.items()))
+
+
+def _check_target(target: str, ctx: _Context) -> Check:
+    name = "MX host addresses"
+    answers = [ctx.q.lookup(target, rtype) for rtype in ("A", "AAAA")]
+    failed = [a for a in answers if a.failed]
+    if failed:
+        return Check(target, name, _failure(failed[0]), "; ".join(a.describe() for a in failed))
+    addresses = [address for a in answers if a.status == "ok" for address in a.values]
+    if not addresses:
+        return Check(target, name, FAIL, f"does not resolve: {answers[0].describe()}; {answers[1].describe()}")
+    if target in ctx.external_targets:
+        return Check(target, name, OK, f"resolves to {', '.join(addresses)} (an external balancer: its addresses are the provider's, not compared)")
+    problems = []
+    foreign = [a for a in addresses if a not in ctx.allowed]
+    if foreign:
+        problems.append(f"resolves to {', '.join(foreign)}, not a balancer or relay of the topology")
+    expected = ctx.target_addresses.get(target, [])
+    missing = [a for a in expected if a not in addresses]
+    if missing:
+        problems.append(f"does not resolve to its address {', '.join(missing)}")
+    if problems:
+        return Check(target, name, FAIL, "; ".join(problems) + f" [{target} -> {', '.join(addresses)}]")
+    return Check(target, name, OK, f"{target} -> " + ", ".join(f"{a} ({ctx.allowed[a]})" for a in addresses))
+
+
+def _check_fcrdns(fqdn: str, address: str, role: str, q: Querier) -> Check:
+    name = f"FCrDNS ({role})"
+    ptr = q.lookup(reverse_name(address), "PTR")
+    if ptr.failed:
+        return Check(fqdn, name, _failure(ptr), f"PTR of {address}: " + ptr.describe())
+    if ptr.status != "ok":
+        return Check(fqdn, name, FAIL, f"no PTR for {address}: {ptr.describe()}")
+    names = list(ptr.values)
+    if fqdn not in names:
+        return Check(fqdn, name, FAIL, f"PTR of {address} is {', '.join(names)}, not {fqdn}")
+    forward = q.lookup(fqdn, "A" if ipaddress.ip_address(address).version == 4 else "AAAA")
+    if forward.failed:
+        return Check(fqdn, name, _failure(forward), f"{address} -> PTR {fqdn}, but " + forward.describe())
+    if forward.status != "ok" or address not in forward.values:
+        got = ", ".join(forward.values) if forward.status == "ok" else forward.describe()
+        return Check(fqdn, name, FAIL, f"{address} -> PTR {fqdn}, but {fqdn} does not resolve back to {address} ({got})")
+    extra = f" (the PTR also names {', '.join(n for n in names if n != fqdn)})" if len(names) > 1 else ""
+    return Check(fqdn, name, OK, f"{address} -> PTR {fqdn} -> {address}{extra}")
+
+
+def _check_spf(domain: str, topology: Topology, q: Querier) -> Check:
+    name = "SPF"
+    answer = q.lookup(domain, "TXT")
+    if answer.failed:
+        return Check(domain, name, _failure(answer), answer.describe())
+    records = spf_records(answer) if answer.status == "ok" else []
+    if not records:
+        return Check(domain, name, FAIL, f"no SPF record (TXT \"v=spf1 ...\"); expected e.g. \"{spf_record(topology)}\"")
+    if len(records) > 1:
+        return Check(domain, name, FAIL, f"{len(records)} SPF records, which is a permerror for every receiver: " + " | ".join(records))
+    spf = Spf(q)
+    problems, passed = [], []
+    senders = outbound_senders(topology)
+    for sender in senders:
+        result, reason = spf.check(sender.address, domain)
+        if result == "temperror" and spf.failure is not None:
+            return Check(domain, name, _failure(spf.failure), f"evaluating for {sender.address}: {reason}")
+        if result == "pass":
+            passed.append(f"{sender.role} {sender.name} ({sender.address})")
+        else:
+            problems.append(f"does not authorise {sender.role} {sender.name} ({sender.address}): {result} ({reason})")
+    outsider = OUTSIDER_V4 if all(ipaddress.ip_address(s.address).version == 4 for s in senders) or not senders else OUTSIDER_V6
+    result, reason = spf.check(outsider, domain)
+    if result == "temperror" and spf.failure is not None:
+        return Check(domain, name, _failure(spf.failure), f"evaluating for {outsider}: {reason}")
+    if result == "pass":
+        problems.append(f"authorises any host: {outsider} gets pass ({reason})")
+    elif result not in ("fail", "softfail"):
+        problems.append(f"does not refuse other hosts: {outsider} gets {result} (end the record with -all or ~all)")
+    notes = f"; note: {'; '.join(dict.fromkeys(spf.notes))}" if spf.notes else ""
+    if problems:
+        return Check(domain, name, FAIL, "; ".join(problems) + f" [\"{records[0]}\"]{notes}")
+    return Check(domain, name, OK, f"\"{records[0]}\": authorises {', '.join(passed) or 'no host'}; others get {result}{notes}")
+
+
+def _check_list(zone: str, name: str, listed: str, unlisted: str, q: Querier) -> Check:
+    yes, no = q.lookup(listed, "A"), q.lookup(unlisted, "A")
+    for answer in (yes, no):
+        if answer.failed:
+            return Check(zone, name, _failure(answer), answer.describe())
+    blocked = [a for a in (*yes.values, *no.values) if a in BLOCKED_RESOLVER_CODES]
+    if blocked:
+        return Check(zone, name, FAIL, f"blocking your resolver: {listed} -> {', '.join(blocked)} ({BLOCKED_RESOLVER_CODES[blocked[0]]}); "
+                                       "the relays' RBL checks through this resolver get no real answers")
+
+    def shown(answer: Answer) -> str:
+        return ", ".join(answer.values) if answer.status == "ok" else "NXDOMAIN" if answer.status == "nxdomain" else "no A record"
+
+    not_loopback = [a for a in (*yes.values, *no.values) if not ipaddress.ip_address(a) in ipaddress.ip_network("127.0.0.0/8")]
+    if not_loopback:
+        return Check(zone, name, FAIL, f"lists everything: answers {', '.join(not_loopback)}, outside 127.0.0.0/8, "
+                                       f"so the zone is probably parked or wildcarded ({listed} -> {shown(yes)}; {unlisted} -> {shown(no)})")
+    if no.status == "ok":
+        return Check(zone, name, FAIL, f"lists everything: {unlisted} must not be listed but is ({shown(no)}); "
+                                       "the relays would refuse every client or sender")
+    if yes.status != "ok":
+        return Check(zone, name, FAIL, f"lists nothing: dead or blocking your resolver: the test entry {listed} is not listed ({shown(yes)})")
+    return Check(zone, name, OK, f"{listed} -> {shown(yes)}; {unlisted} -> {shown(no)}")
