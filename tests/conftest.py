@@ -80,3 +80,14 @@ def lab():
     yield EXAMPLE
     if os.environ.get("MAILFORGE_LAB_KEEP") != "1":
         mailforge("lab", "down", str(EXAMPLE))
+
+
+def rows(envelope: dict) -> list[dict]:
+    """Every result of a `--json` envelope (docs/json.md) as one flat dict: the result's own fields with
+    the command's fields (`data`) over them, host by host."""
+    flat = []
+    for entry in envelope["hosts"].values():
+        for result in entry["results"]:
+            fields = {k: v for k, v in result.items() if k != "data"}
+            flat.append({**fields, **result["data"]})
+    return flat

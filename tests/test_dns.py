@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import INVENTORIES, MAILFORGE, REPO
+from conftest import INVENTORIES, MAILFORGE, REPO, rows
 from mailforge.dns import zone_sections  # the reader of `dns zone` output the lab uses too
 
 GOLDEN = Path(__file__).parent / "golden-dns"  # beside golden/, which holds one directory per inventory
@@ -148,7 +148,9 @@ def check(inventory: Path, nameserver: str, *extra: str) -> tuple[int, dict]:
 
     result = CliRunner().invoke(app, ["dns", "check", str(inventory), "--nameserver", nameserver, "--json", "--timeout", "0.5", *extra])
     assert result.stdout, result.output
-    return result.exit_code, json.loads(result.stdout)
+    envelope = json.loads(result.stdout)
+    checks = [{"subject": r["host"], "check": r["name"], "status": r["status"], "evidence": r["detail"], "ok": r["ok"]} for r in rows(envelope)]
+    return result.exit_code, {**envelope, "ok": envelope["status"] == "ok", "checks": checks}
 
 
 def row(report: dict, subject: str, name: str) -> dict:

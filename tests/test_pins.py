@@ -44,26 +44,27 @@ def load(path: Path):
 
 
 def ansible_inventory(inventory, lab: bool = False) -> dict:
+    from mailforge import hosts, lab as lab_module
     from mailforge.deploy import ansible_inventory
-    from mailforge.lab import lab_connection
     from mailforge.render import render
     from mailforge.write import manifest
 
     manifest_ = manifest(render(inventory), inventory.topology.cluster)
-    return ansible_inventory(inventory, RENDER_DIR, manifest_, lab_connection(inventory) if lab else None)
+    reaches = hosts.reach_all(inventory, lab=lab_module.reaches(inventory) if lab else None)
+    return ansible_inventory(inventory, RENDER_DIR, manifest_, reaches)
 
 
 def shells(inventory) -> dict:
-    from mailforge.remote import ssh_shells
+    from mailforge import hosts
 
     return {name: {"argv": s.argv, "become": s.become, "remote_command_is_string": s.remote_command_is_string}
-            for name, s in ssh_shells(inventory).items()}
+            for name, s in ((n, r.shell()) for n, r in hosts.reach_all(inventory).items())}
 
 
 def rollout(inventory, batch: int) -> list[list[str]]:
-    from mailforge.maps import rollout_order
+    from mailforge.inventory import rollout_order
 
-    return rollout_order(inventory, batch)
+    return rollout_order(inventory.hosts, batch)
 
 
 def lab_plan(inventory) -> dict:

@@ -205,8 +205,8 @@ def test_validate_json_reports_every_error_with_file_line_and_key():
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     data = json.loads(result.stdout)
-    assert data["valid"] is False
-    errors = data["errors"]
+    assert data["status"] == "error" and data["command"] == "validate"
+    errors = data["problems"]
     assert len(errors) == 8, errors
     for error in errors:
         assert set(error) >= {"file", "line", "column", "key", "message", "expected"}, error
@@ -224,15 +224,15 @@ def test_validate_json_reports_yaml_errors():
     result = run("validate", "--json", INVALID / "yaml_syntax_error")
     assert result.returncode == 2, result.stderr
     data = json.loads(result.stdout)
-    assert data["valid"] is False
-    assert [(Path(e["file"]).name, e["line"]) for e in data["errors"]] == [("topology.yml", 3)]
+    assert data["status"] == "error"
+    assert [(Path(e["file"]).name, e["line"]) for e in data["problems"]] == [("topology.yml", 3)]
 
 
 def test_validate_json_on_a_valid_inventory():
     result = run("validate", "--json", EXAMPLE)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert data["valid"] is True and data["errors"] == []
+    assert data["status"] == "ok" and data["problems"] == [] and data["cluster"] == "example"
 
 
 # --- render must not write anything for a bad inventory -------------------------

@@ -25,7 +25,7 @@ from .records import (
 from .spf import Spf, spf_records
 
 if TYPE_CHECKING:
-    from ..topology import Topology
+    from ..inventory import Topology
 
 # Spamhaus answers these instead of a listing when it refuses the resolver that asked.
 BLOCKED_RESOLVER_CODES = {

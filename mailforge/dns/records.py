@@ -14,10 +14,8 @@ import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ..topology import Topology
+from ..inventory import Relay, Role, Topology, hosts_of
 
 DEFAULT_TTL = 3600
 MX_PREFERENCE = 10
@@ -79,10 +77,12 @@ def mx_target_addresses(topology: Topology) -> dict[str, list[str]]:
 
 def outbound_senders(topology: Topology) -> list[Sender]:
     """The hosts SPF must authorise: relays running an outbound instance (MX proxy), else the cores."""
-    proxies = [r for r in topology.relays if r.instances and r.instances.outbound]
+    hosts = hosts_of(topology)
+    proxies = [h for h in hosts if h.role is Role.MX_PROXY and isinstance(h.entry, Relay) and h.entry.instances
+               and h.entry.instances.outbound]
     if proxies:
-        return [Sender(r.name, r.fqdn, r.address, "outbound instance") for r in proxies]
-    return [Sender(c.name, c.fqdn, c.address, "core") for c in topology.cores]
+        return [Sender(h.name, str(h.fqdn), str(h.address), "outbound instance") for h in proxies]
+    return [Sender(h.name, str(h.fqdn), str(h.address), "core") for h in hosts if h.role is Role.CORE]
 
 
 def spf_record(topology: Topology) -> str:
@@ -143,12 +143,12 @@ def zone_records(topology: Topology) -> list[Record]:
         who = ", ".join(f"{s.role} {s.name}" for s in senders) or "no host"
         records.append(Record(domain, domain, "TXT", f'"{spf}"', f"SPF: the hosts that send this domain's mail: {who}"))
     hosts: list[tuple[str, str, str, bool]] = []  # (fqdn, address, comment, wants PTR)
-    for lb in t.managed_balancers:
-        if lb.fqdn and lb.address:
-            hosts.append((lb.fqdn, lb.address, f"load balancer {lb.name}", False))
-    for relay in t.relays:
-        role = "MX proxy" if relay.instances else "relay"
-        hosts.append((relay.fqdn, relay.address, f"{role} {relay.name}", True))
+    labels = {Role.RELAY: "relay", Role.MX_PROXY: "MX proxy"}
+    for host in hosts_of(t):
+        if host.role is Role.BALANCER and host.fqdn and host.address:
+            hosts.append((host.fqdn, host.address, f"load balancer {host.name}", False))
+        elif host.role in labels:
+            hosts.append((str(host.fqdn), str(host.address), f"{labels[host.role]} {host.name}", True))
     relay_names = {r.fqdn for r in t.relays}
     for sender in senders:
         if sender.fqdn not in relay_names:

@@ -1,0 +1,1 @@
+"""`mailforge verify`: placeholder until the verify rework lands."""
