@@ -65,7 +65,9 @@ def drift(*extra: str) -> tuple[int, dict, float]:
     result = mailforge("drift", str(INVENTORY), "--lab", "--json", *extra)
     elapsed = time.monotonic() - started
     assert result.returncode in (0, 1), result.stdout[-2000:] + result.stderr[-2000:]
-    return result.returncode, json.loads(result.stdout), elapsed
+    envelope = json.loads(result.stdout)
+    items = [r["data"] for entry in envelope["hosts"].values() for r in entry["results"]]
+    return result.returncode, {**envelope, "items": items, "in_sync": envelope["status"] == "ok", **envelope["summary"]}, elapsed
 
 
 def not_in_sync(report: dict) -> set[tuple[str, str, str, str]]:

@@ -28,6 +28,14 @@ RELAYS = ("relay1", "relay2")
 MAPS = {"relay1": "/etc/postfix/relay_recipients", "relay2": "/etc/postfix/relay_recipients", "core": "/etc/postfix/virtual_mailboxes"}
 
 
+
+def maps_report(stdout: str) -> dict:
+    """`mailforge maps --json`'s envelope as the tests read it: the summary (changed, pushed per host),
+    and every map compared (the `data` of each result)."""
+    envelope = json.loads(stdout)
+    maps = [r["data"] for entry in envelope["hosts"].values() for r in entry["results"] if r["name"] != "push"]
+    return {**envelope["summary"], "hosts": envelope["summary"]["pushed"], "maps": maps}
+
 def variant(tmp_path: Path, name: str, users: list[str] | None = None, addresses: list[str] | None = None) -> Path:
     """A copy of the example inventory (same cluster, same lab) with other recipients."""
     target = tmp_path / name
@@ -77,7 +85,7 @@ def test_no_change_touches_no_host(lab, restore):
     before = live_state()
     result = mailforge("maps", str(EXAMPLE), "--lab", "--json")
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = maps_report(result.stdout)
     assert report["changed"] is False and report["hosts"] == {}
     assert live_state() == before  # same bytes, same mtimes, same inodes
     text = mailforge("maps", str(EXAMPLE), "--lab")
@@ -90,7 +98,7 @@ def test_added_and_removed_recipients_follow_the_sources(lab, restore, tmp_path)
 
     check = mailforge("maps", str(changed), "--lab", "--check", "--json")
     assert check.returncode == 0, check.stderr
-    rows = {(m["host"], m["map"]): m for m in json.loads(check.stdout)["maps"] if m["changed"]}
+    rows = {(m["host"], m["map"]): m for m in maps_report(check.stdout)["maps"] if m["changed"]}
     assert set(rows) == {(h, p) for h, p in MAPS.items()}  # only the recipient maps, on every host that uses them
     relay_row = rows[("relay1", MAPS["relay1"])]
     assert (relay_row["added"], relay_row["removed"]) == (2, 1)
@@ -99,7 +107,7 @@ def test_added_and_removed_recipients_follow_the_sources(lab, restore, tmp_path)
 
     push = mailforge("maps", str(changed), "--lab", "--json")
     assert push.returncode == 0, push.stdout + push.stderr
-    pushed = json.loads(push.stdout)["hosts"]
+    pushed = maps_report(push.stdout)["hosts"]
     assert {h: v["pushed"] for h, v in pushed.items()} == {h: [p] for h, p in MAPS.items()}
     for relay in RELAYS:
         assert lookup(relay, "newbie@example.org") == "OK"
@@ -109,7 +117,7 @@ def test_added_and_removed_recipients_follow_the_sources(lab, restore, tmp_path)
     assert rcpt_code("postmaster@example.com") == 550
 
     again = mailforge("maps", str(changed), "--lab", "--json")
-    assert json.loads(again.stdout)["changed"] is False
+    assert maps_report(again.stdout)["changed"] is False
 
 
 def test_a_truncated_export_is_refused_without_force(lab, restore, tmp_path):
@@ -177,7 +185,7 @@ def test_no_mail_lost_while_maps_are_pushed(lab, restore, tmp_path):
         result = subprocess.run([str(MAILFORGE), "maps", str(target), "--lab", "--force", "--json"],
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stdout + result.stderr
-        pushes.append(sum(len(h["pushed"]) for h in json.loads(result.stdout)["hosts"].values()))
+        pushes.append(sum(len(h["pushed"]) for h in maps_report(result.stdout)["hosts"].values()))
         windows.append((begun, time.monotonic()))
     output, errors = stream.communicate(timeout=300)
     results = json.loads(output)

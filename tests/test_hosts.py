@@ -1,0 +1,170 @@
+"""The one host view: how every host is reached (topology < host < hosts.yml < --lab), the same
+`--limit` grammar for every command, and commands that do not need recipients not reading them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import EXAMPLE, REPO, mailforge
+from mailforge import hosts
+from mailforge.deploy import ansible_inventory
+from mailforge.inventory import load_inventory
+from mailforge.render import render
+from mailforge.write import manifest
+
+CONNECTIONS = REPO / "tests" / "fixtures" / "connections"
+ANSIBLE_INVENTORY = REPO / ".venv" / "bin" / "ansible-inventory"
+
+HOSTS_YML = """\
+all:
+  children:
+    relays:
+      vars:
+        ansible_user: deploy
+      hosts:
+        relay2:
+          ansible_host: 192.0.2.22
+        relay3:
+          ansible_python_interpreter: /usr/bin/python3.13
+    cores:
+      hosts:
+        core:
+          ansible_port: 2200
+"""
+
+
+@pytest.fixture
+def with_hosts_yml(tmp_path) -> Path:
+    directory = tmp_path / "connections"
+    shutil.copytree(CONNECTIONS, directory)
+    (directory / "hosts.yml").write_text(HOSTS_YML)
+    return directory
+
+
+def test_the_precedence_topology_host_hosts_yml(with_hosts_yml):
+    inventory = load_inventory(with_hosts_yml)
+    reaches = hosts.reach_all(inventory)
+    # topology (admin, sudo, key) < relay2's own (host, port 2222) < hosts.yml (relays: user deploy; relay2: ansible_host)
+    assert reaches["relay2"].shell().argv == ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-p", "2222",
+                                              "-i", "/home/admin/.ssh/mailforge", "deploy@192.0.2.22"]
+    assert reaches["relay2"].become
+    # relay3's own settings (root, no sudo) lose to hosts.yml's group variable, and its other variables reach Ansible
+    assert reaches["relay3"].shell().argv[-1] == "deploy@10.232.9.23" and not reaches["relay3"].become
+    assert reaches["relay3"].ansible_vars()["ansible_python_interpreter"] == "/usr/bin/python3.13"
+    # the core's docker connection keeps its container and gains hosts.yml's port; the balancer is untouched
+    assert reaches["core"].shell().argv == ["docker", "exec", "-i", "mf-conn-core"] and reaches["core"].settings["port"] == 2200
+    assert reaches["lb"].shell().argv[-1] == "admin@10.232.9.10"
+
+
+def test_lab_replaces_every_connection_setting(with_hosts_yml):
+    from mailforge import lab
+
+    inventory = load_inventory(with_hosts_yml)
+    reaches = hosts.reach_all(inventory, lab=lab.reaches(inventory))
+    for name, reach in reaches.items():
+        assert reach.shell().argv == ["docker", "exec", "-i", f"mf-conn-{name}"] and not reach.become
+        assert "ansible_user" not in reach.ansible_vars() and "ansible_port" not in reach.ansible_vars()
+
+
+def test_deploy_and_the_shell_commands_reach_the_same_hosts(with_hosts_yml):
+    """What deploy hands Ansible (read back by Ansible's own ansible-inventory) and the shell transport
+    maps, drift and verify use name the same hosts, at the same address, port and user, for --limit relays."""
+    inventory = load_inventory(with_hosts_yml)
+    selected = [h.name for h in hosts.select(inventory, "relays")]
+    assert selected == ["relay1", "relay2", "relay3"]
+    reaches = hosts.reach_all(inventory)
+    written = with_hosts_yml / "deploy-inventory.json"
+    written.write_text(json.dumps(ansible_inventory(inventory, Path("/srv/render"), manifest(render(inventory), "conn"), reaches, selected)))
+    listed = json.loads(subprocess.run([str(ANSIBLE_INVENTORY), "-i", str(written), "--list"], capture_output=True, text=True,
+                                       check=True).stdout)
+    hostvars = listed["_meta"]["hostvars"]
+    assert sorted(hostvars) == sorted(selected)
+    for name in selected:
+        argv = reaches[name].shell().argv
+        v = hostvars[name]
+        assert argv[-1] == f"{v['ansible_user']}@{v['ansible_host']}", (name, argv, v)
+        assert ("-p" in argv) == ("ansible_port" in v) and (v.get("ansible_port") is None or argv[argv.index("-p") + 1] == str(v["ansible_port"]))
+        assert reaches[name].become == bool(v.get("ansible_become"))
+
+
+@pytest.mark.parametrize("limit, expected", [
+    (None, ["lb", "relay1", "relay2", "relay3", "core"]),
+    ("relays", ["relay1", "relay2", "relay3"]),
+    ("relay1,core", ["relay1", "core"]),
+    ("core:relay1", ["relay1", "core"]),
+    ("all:!lb", ["relay1", "relay2", "relay3", "core"]),
+    ("relays:!relay2", ["relay1", "relay3"]),
+    ("relay*", ["relay1", "relay2", "relay3"]),
+    ("~relay[13]", ["relay1", "relay3"]),
+    ("relays:&relay2,core", ["relay2"]),
+    ("balancers,cores", ["lb", "core"]),
+])
+def test_the_limit_grammar(limit, expected):
+    assert [h.name for h in hosts.select(load_inventory(CONNECTIONS), limit)] == expected
+
+
+@pytest.mark.parametrize("command", [["maps"], ["drift"], ["deploy"], ["verify", "--probe-from", "docker://nowhere"]])
+def test_a_limit_that_matches_nothing_is_refused_by_every_command(command):
+    result = mailforge(*command, str(CONNECTIONS), "--limit", "relays,relay9")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "--limit: 'relay9' matches no host or group of the inventory" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_broken_hosts_yml_is_named(tmp_path):
+    directory = tmp_path / "broken"
+    shutil.copytree(CONNECTIONS, directory)
+    (directory / "hosts.yml").write_text("all: [this, is, not, an, inventory\n")
+    result = mailforge("drift", str(directory))
+    assert result.returncode == 2 and f"{directory / 'hosts.yml'}" in result.stderr, result.stderr
+
+
+# --- commands that need no recipients never read them --------------------------------------------
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ldap_down(tmp_path) -> Path:
+    """The example with its recipients in an LDAP directory that does not answer."""
+    directory = tmp_path / "ldapdown"
+    directory.mkdir()
+    text = (EXAMPLE / "topology.yml").read_text().replace("cluster: example", "cluster: ldapdown")
+    start, end = text.index("recipients:"), text.index("load_balancers:")
+    text = text[:start] + f"recipients:\n  ldap:\n    uri: ldap://127.0.0.1:{closed_port()}\n    base: ou=people,dc=example,dc=com\n    timeout: 2\n\n" + text[end:]
+    (directory / "topology.yml").write_text(text)
+    return directory
+
+
+def test_dns_zone_works_while_the_directory_is_down(ldap_down):
+    refused = mailforge("validate", str(ldap_down))
+    assert refused.returncode == 2 and "recipients.ldap" in refused.stderr, refused.stderr  # it really is down
+    zone = mailforge("dns", "zone", str(ldap_down))
+    assert zone.returncode == 0, zone.stderr
+    example = mailforge("dns", "zone", str(EXAMPLE))
+    assert zone.stdout == example.stdout.replace("cluster 'example'", "cluster 'ldapdown'")
+    as_json = mailforge("dns", "zone", str(ldap_down), "--json")
+    assert as_json.returncode == 0 and json.loads(as_json.stdout)["summary"]["zone_text"] == zone.stdout
+
+
+@pytest.mark.lab
+@pytest.mark.skipif(os.environ.get("MAILFORGE_LAB") != "1", reason="lab tests run with MAILFORGE_LAB=1 (they need the container engine)")
+def test_lab_down_and_status_work_while_the_directory_is_down(ldap_down):
+    status = mailforge("lab", "status", str(ldap_down), "--json")
+    assert status.returncode == 1, status.stderr  # nothing runs for this cluster: every container absent
+    envelope = json.loads(status.stdout)
+    assert envelope["command"] == "lab status" and {r["status"] for r in json.loads(status.stdout)["hosts"]["relay1"]["results"]} == {"absent"}
+    assert "ldap" not in status.stderr.lower()
+    down = mailforge("lab", "down", str(ldap_down))
+    assert down.returncode == 0 and "nothing was there" in down.stdout, down.stderr
