@@ -18,15 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from . import installed
 from .errors import MailforgeError
 from .remote import HostShell
 from .render import Tree
-from .render.files import POSTFIX_RELOAD, POSTMAP, RenderedFile
+from .render.files import POSTFIX_RELOAD, POSTMAP, RenderedFile, database_suffix
 
 # Maps whose entries are the recipients: the guard against a truncated export applies to them.
 RECIPIENT_MAPS = frozenset({"relay_recipients", "virtual_mailboxes"})
-# The database file postmap makes for each indexed table type.
-DATABASE_SUFFIX = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
 STAGED = ".mailforge-new"
 EXAMPLES = 3
 
@@ -107,14 +106,8 @@ def _examples(lines: set[bytes]) -> list[str]:
 
 
 def _survey_script(tables: dict[str, RenderedFile]) -> str:
-    """Prints `SHA256|- DB_CURRENT(0|1) PATH` per map: one round trip per host."""
-    lines = []
-    for path, f in tables.items():
-        database = shlex.quote(path + DATABASE_SUFFIX.get(f.table_type, "")) if f.action == POSTMAP else ""
-        check = f'[ -f {database} ] && [ ! {shlex.quote(path)} -nt {database} ] && db=1 || db=0' if database else "db=1"
-        lines.append(f'if [ -f {shlex.quote(path)} ]; then sha=$(sha256sum < {shlex.quote(path)} | cut -d" " -f1); else sha=-; fi; '
-                     f'{check}; echo "$sha $db {path}"')
-    return "\n".join(lines)
+    """Reports every map as `installed` does (sha256, stat, database current): one round trip per host."""
+    return installed.script((path, f.database_path(path)) for path, f in tables.items())
 
 
 def survey(shells: dict[str, HostShell], tables: dict[str, dict[str, RenderedFile]], workers: int = 16,
@@ -142,15 +135,13 @@ def survey(shells: dict[str, HostShell], tables: dict[str, dict[str, RenderedFil
         result = shell.run(_survey_script({p: f for p, (f, _, _) in wanted[host].items()}))
         if result.returncode != 0:
             raise MapsError(f"{host}: could not read its maps: {result.stderr.decode(errors='replace').strip()[-300:]}")
-        live = {}
-        for line in result.stdout.decode().splitlines():
-            sha, db, path = line.split(" ", 2)
-            live[path] = (None if sha == "-" else sha, db == "1")
+        live = installed.parse(result.stdout.decode(errors="replace"))
         changes = []
         for path, (f, data, sha) in wanted[host].items():
-            live_sha, db_current = live.get(path, (None, False))
-            change = MapChange(host, path, f, sha, live_sha, db_current, data=data)
-            changes.append(change)
+            found = live.get(path)
+            # A map that is not compiled has no database to be stale (database_current None).
+            live_sha, db_current = (found.sha256, found.database_current is not False) if found else (None, False)
+            changes.append(MapChange(host, path, f, sha, live_sha, db_current, data=data))
         return changes
 
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(wanted)))) as pool:
@@ -259,7 +250,7 @@ def _go_live_script(changes: list[MapChange]) -> str:
         f = c.rendered
         path, staged = shlex.quote(c.path), shlex.quote(c.path + STAGED)
         if f.action == POSTMAP:
-            suffix = DATABASE_SUFFIX.get(f.table_type, "")
+            suffix = database_suffix(f.table_type)
             lines.append(f"mv -f {staged}{suffix} {path}{suffix}")
         lines.append(f"mv -f {staged} {path}")
         if f.action == POSTFIX_RELOAD:

@@ -47,7 +47,7 @@ def in_sync_sections(d: drift.Desired) -> dict[str, tuple[str, int]]:
     lines = []
     for path, meta in d.files.items():
         db = "1" if meta["action"] == "postmap" else "-"
-        lines.append(f"{meta['sha256']} {int(meta['mode'], 8):o} {meta['owner']} {meta['group']} {db} {path}")
+        lines.append(f"f {meta['sha256']} {int(meta['mode'], 8):o} {meta['owner']} {meta['group']} {db} {path}")  # as mailforge.installed prints it
     sections["files"] = ("\n".join(lines), 0)
     for path in d.files:
         if path.endswith(("rules.v4", "rules.v6")):
@@ -205,3 +205,4 @@ def test_json_report_shape():
     assert data["in_sync"] is False and data["counts"] == {"drifted": 1, "in sync": 1}
     assert data["items"][0]["desired"] == "yes" and data["items"][0]["instance"] == "/etc/postfix"
     assert os.path.basename(data["firewall_canonicalised_by"]) == "kernel"
+
