@@ -222,7 +222,7 @@ def _run_deploy(inv, directory, manifest, as_json: bool = False, **options) -> N
 def verify(
     inventory: Path = InventoryArg,
     lab: bool = typer.Option(False, "--lab", help="Verify this inventory's lab containers, probing from the lab's client."),
-    probe_from: str = typer.Option(None, "--probe-from", help="Send the SMTP probes from this host (testinfra spec, e.g. ssh://admin@10.0.0.5 or docker://name)."),
+    probe_from: str = typer.Option(None, "--probe-from", help="Send the SMTP probes from this host: ssh://user@host[:port] or docker://name."),
     wait: int = typer.Option(60, "--wait", min=1, help="Seconds to wait for the probe message to reach a core."),
     as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON on stdout."),
     render_dir: Path = typer.Option(None, "--render-dir", help="Where to render the desired state (default INVENTORY/.mailforge/render)."),
@@ -231,21 +231,7 @@ def verify(
     from . import verify as verifying
 
     inv, directory, manifest = _render_for_hosts(inventory, render_dir)
-    if lab:
-        from .lab import engine_environment
-
-        engine = engine_environment()
-        if engine.get("DOCKER_HOST"):
-            os.environ["DOCKER_HOST"] = engine["DOCKER_HOST"]  # testinfra's docker backend runs the docker CLI
-        remotes, client, spammer = verifying.lab_remotes(inv)
-    else:
-        if not probe_from:
-            raise verifying.VerifyError("name the probing host with --probe-from (or use --lab)")
-        remotes = verifying.ssh_remotes(inv)
-        client, spammer = verifying.Remote("probe", probe_from), None
-    if probe_from and lab:
-        client = verifying.Remote("probe", probe_from)
-    checks = verifying.verify(inv, directory, manifest, remotes, client, spammer, wait=wait)
+    checks = verifying.verify_cluster(inv, directory, manifest, lab=lab, probe_from=probe_from, wait=wait)
     if as_json:
         print(json.dumps({"ok": all(c.ok for c in checks), "checks": [c.as_dict() for c in checks]}, indent=2))
     else:
