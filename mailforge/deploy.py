@@ -12,7 +12,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +20,7 @@ from .errors import MailforgeError
 from .hosts import Reach
 from .inventory import GROUPS, Inventory
 from .resources import ROLES, SITE_PLAYBOOK
+from .results import Result, Run
 
 
 class DeployError(MailforgeError):
@@ -197,3 +198,20 @@ def run_playbook(inventory: Inventory, render_dir: Path, manifest: dict, reaches
             raise DeployError(f"ansible-playbook failed before reaching any host (status {runner.status}):\n{tail.strip()}")
         results = tally.results(runner.stats or {}, limited=hosts is not None)
         return DeployResult(results, runner.status, runner.rc)
+
+
+def results_of(result: DeployResult, cluster: str, warnings: list | None = None) -> Run:
+    """The run in the result shape every command shares: one result per host (its play recap);
+    an unreachable host makes it an error (exit 2), a failed task a problem (exit 1)."""
+    results = []
+    for host, r in result.hosts.items():
+        status = "unreachable" if r.unreachable else "failed" if r.failed else "changed" if r.changed else "ok"
+        results.append(Result(host, "deploy", status, not (r.failed or r.unreachable), bool(r.changed), "; ".join(r.messages), asdict(r)))
+    totals = {key: sum(getattr(r, key) for r in result.hosts.values()) for key in ("ok", "changed", "failed", "unreachable")}
+    run = Run("deploy", cluster, results, warnings=list(warnings or []), hosts=list(result.hosts),
+              summary={"ansible_status": result.status, "rc": result.rc, "totals": totals})
+    if any(r.unreachable for r in result.hosts.values()):
+        run.error = "unreachable: " + ", ".join(h for h, r in result.hosts.items() if r.unreachable)
+    elif result.failed and not run.failed:
+        run.results.append(Result("all", "deploy", "failed", False, detail=f"ansible-playbook ended with status {result.status} (rc {result.rc})"))
+    return run

@@ -31,15 +31,6 @@ class Problem:
             text += f" (expected {self.expected})"
         return text
 
-    def as_dict(self) -> dict:
-        return {
-            "file": str(self.file),
-            "line": self.line,
-            "column": self.column,
-            "key": self.key,
-            "message": self.message,
-            "expected": self.expected,
-        }
 
 
 class MailforgeError(Exception):

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from .errors import MailforgeError
 from .inventory import GROUPS, Host, Inventory
-from .remote import HostShell
+from .remote import HostShell, ssh_argv
 
 # A standard Ansible inventory beside topology.yml adds or overrides connection settings.
 ANSIBLE_INVENTORIES = ("ansible_inventory.yml", "ansible_inventory.yaml", "hosts.yml")
@@ -86,13 +86,8 @@ class Reach:
             return HostShell(self.name, ["docker", "exec", "-i", self.target], env=env, become=self.become)
         if self.plugin == "local":
             return HostShell(self.name, ["env"], env=env, become=self.become)
-        argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}"]
-        if self.settings.get("port"):
-            argv += ["-p", str(self.settings["port"])]
-        if self.settings.get("private_key_file"):
-            argv += ["-i", str(self.settings["private_key_file"])]
-        user = self.settings.get("user")
-        argv.append(f"{user}@{self.target}" if user else self.target)
+        s = self.settings
+        argv = ssh_argv(self.target, s.get("user"), s.get("port"), s.get("private_key_file"), connect_timeout)  # type: ignore[arg-type]
         return HostShell(self.name, argv, env=env, remote_command_is_string=True, become=self.become)
 
 

@@ -18,16 +18,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from . import installed
 from .errors import MailforgeError
 from .inventory import Inventory, rollout_order
 from .remote import HostShell
+from .results import Result, Run
 from .render import Tree
-from .render.files import POSTFIX_RELOAD, POSTMAP, RenderedFile
+from .render.files import POSTFIX_RELOAD, POSTMAP, RenderedFile, database_suffix
 
 # Maps whose entries are the recipients: the guard against a truncated export applies to them.
 RECIPIENT_MAPS = frozenset({"relay_recipients", "virtual_mailboxes"})
-# The database file postmap makes for each indexed table type.
-DATABASE_SUFFIX = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
 STAGED = ".mailforge-new"
 EXAMPLES = 3
 
@@ -108,14 +108,8 @@ def _examples(lines: set[bytes]) -> list[str]:
 
 
 def _survey_script(tables: dict[str, RenderedFile]) -> str:
-    """Prints `SHA256|- DB_CURRENT(0|1) PATH` per map: one round trip per host."""
-    lines = []
-    for path, f in tables.items():
-        database = shlex.quote(path + DATABASE_SUFFIX.get(f.table_type, "")) if f.action == POSTMAP else ""
-        check = f'[ -f {database} ] && [ ! {shlex.quote(path)} -nt {database} ] && db=1 || db=0' if database else "db=1"
-        lines.append(f'if [ -f {shlex.quote(path)} ]; then sha=$(sha256sum < {shlex.quote(path)} | cut -d" " -f1); else sha=-; fi; '
-                     f'{check}; echo "$sha $db {path}"')
-    return "\n".join(lines)
+    """Reports every map as `installed` does (sha256, stat, database current): one round trip per host."""
+    return installed.script((path, f.database_path(path)) for path, f in tables.items())
 
 
 def survey(shells: dict[str, HostShell], tables: dict[str, dict[str, RenderedFile]], workers: int = 16,
@@ -143,15 +137,13 @@ def survey(shells: dict[str, HostShell], tables: dict[str, dict[str, RenderedFil
         result = shell.run(_survey_script({p: f for p, (f, _, _) in wanted[host].items()}))
         if result.returncode != 0:
             raise MapsError(f"{host}: could not read its maps: {result.stderr.decode(errors='replace').strip()[-300:]}")
-        live = {}
-        for line in result.stdout.decode().splitlines():
-            sha, db, path = line.split(" ", 2)
-            live[path] = (None if sha == "-" else sha, db == "1")
+        live = installed.parse(result.stdout.decode(errors="replace"))
         changes = []
         for path, (f, data, sha) in wanted[host].items():
-            live_sha, db_current = live.get(path, (None, False))
-            change = MapChange(host, path, f, sha, live_sha, db_current, data=data)
-            changes.append(change)
+            found = live.get(path)
+            # A map that is not compiled has no database to be stale (database_current None).
+            live_sha, db_current = (found.sha256, found.database_current is not False) if found else (None, False)
+            changes.append(MapChange(host, path, f, sha, live_sha, db_current, data=data))
         return changes
 
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(wanted)))) as pool:
@@ -260,7 +252,7 @@ def _go_live_script(changes: list[MapChange]) -> str:
         f = c.rendered
         path, staged = shlex.quote(c.path), shlex.quote(c.path + STAGED)
         if f.action == POSTMAP:
-            suffix = DATABASE_SUFFIX.get(f.table_type, "")
+            suffix = database_suffix(f.table_type)
             lines.append(f"mv -f {staged}{suffix} {path}{suffix}")
         lines.append(f"mv -f {staged} {path}")
         if f.action == POSTFIX_RELOAD:
@@ -386,3 +378,22 @@ def run(inventory: Inventory, shells: dict[str, HostShell], *, hosts: list[str] 
     if not check and cache is not None:
         remember(cache, changes, results, prune=hosts is None)
     return MapsRun(changes, refusals, results, time.monotonic() - started, check, sorted(tables))
+
+
+def results_of(result: MapsRun, cluster: str, warnings: list | None = None) -> Run:
+    """The run in the result shape every command shares: one result per map compared, one per failed push."""
+    refused = {(r.change.host, r.change.path): r.reason for r in result.refusals}
+    pushed = {(r.host, path) for r in result.results for path in r.pushed}
+    results = []
+    for c in result.changes:
+        key = (c.host, c.path)
+        status = "refused" if key in refused else "pushed" if key in pushed else "changed" if c.changed else "in sync"
+        results.append(Result(c.host, c.path, status, key not in refused, key in pushed, refused.get(key, ""), c.as_dict()))
+    for r in result.failed:
+        results.append(Result(r.host, "push", "failed", False, bool(r.pushed), r.error or ""))
+    return Run("maps", cluster, results, warnings=list(warnings or []), hosts=result.hosts, summary={
+        "changed": bool(result.changed), "checked_only": result.checked_only, "seconds": round(result.seconds, 3),
+        "refused": [{"host": r.change.host, "map": r.change.path, "reason": r.reason, "removed_examples": r.change.removed_examples}
+                    for r in result.refusals],
+        "pushed": {r.host: {"pushed": r.pushed, "reloaded": r.reloaded, "error": r.error} for r in result.results},
+    })

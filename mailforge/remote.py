@@ -1,9 +1,11 @@
 """Shell commands on the cluster's hosts, bytes in and bytes out: over SSH, or `docker exec` for the lab.
 
-`maps` and `drift` need more than Ansible's per-task round trips: a no-change
-map run must finish in seconds, and a map push streams megabytes on stdin.
-Each host gets one `sh -c SCRIPT` per call, with the topology's connection
-settings (user, port, key, become) or the lab container's name.
+`maps`, `drift` and `verify` need more than Ansible's per-task round trips: a
+no-change map run must finish in seconds, and a map push streams megabytes on
+stdin. Each host gets one `sh -c SCRIPT` per call, with the topology's
+connection settings (user, port, key, become) or the lab container's name; a
+host named on the command line (verify's `--probe-from`) by a spec,
+`ssh://user@host[:port]` or `docker://name`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
 
 from .errors import MailforgeError
 
@@ -19,8 +22,14 @@ class HostUnreachable(MailforgeError):
     """A host could not be reached at all (not: a command failed on it)."""
 
 
+class ShellSpecError(MailforgeError):
+    """A host spec given on the command line is not `ssh://user@host[:port]` or `docker://name`."""
+
+
 @dataclass
 class HostShell:
+    """One host, reached by running a shell there: `argv` (ssh ..., docker exec -i NAME) + `sh -c SCRIPT`."""
+
     name: str
     argv: list[str]  # the command that runs a shell on the host; `sh -c SCRIPT` is appended
     env: dict[str, str] | None = None
@@ -52,3 +61,45 @@ class HostShell:
         stderr = result.stderr.decode(errors="replace").lower()
         return result.returncode in (125, 126, 127) and ("no such container" in stderr or "is not running" in stderr
                                                          or "error" in stderr and "container" in stderr)
+
+
+def ssh_argv(target: str, user: str | None = None, port: int | str | None = None, key: str | None = None,
+              connect_timeout: int = 10) -> list[str]:
+    """ssh in batch mode (a key or an agent, never a password prompt) to `target`."""
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}"]
+    if port:
+        argv += ["-p", str(port)]
+    if key:
+        argv += ["-i", str(key)]
+    argv.append(f"{user}@{target}" if user else target)
+    return argv
+
+
+def shell_from_spec(spec: str, name: str = "probe", env: dict[str, str] | None = None, connect_timeout: int = 10) -> HostShell:
+    """A host named on the command line: `ssh://[user@]host[:port]` (an IPv6 address in brackets;
+    `?ssh_identity_file=PATH` names a key) or `docker://container` (run with `env`, the engine's)."""
+    usage = "expected ssh://[user@]host[:port] or docker://container"
+    try:
+        parts = urlsplit(spec)
+        port = parts.port if parts.scheme == "ssh" else None
+    except ValueError as exc:
+        raise ShellSpecError(f"bad host spec {spec!r}: {exc}; {usage}") from None
+    if parts.scheme == "docker":
+        container = parts.netloc
+        if (not container or container.startswith("-") or parts.path not in ("", "/") or parts.query
+                or any(c in container for c in "@: ")):
+            raise ShellSpecError(f"bad host spec {spec!r}: name one container, as docker://NAME")
+        return HostShell(name, ["docker", "exec", "-i", container], env=env)
+    if parts.scheme == "ssh":
+        if (not parts.hostname or parts.path not in ("", "/") or parts.password is not None or port == 0
+                or parts.hostname.startswith("-") or (parts.username or "").startswith("-")):
+            raise ShellSpecError(f"bad host spec {spec!r}: {usage}")
+        query = parse_qs(parts.query, keep_blank_values=True)
+        unknown = sorted(set(query) - {"ssh_identity_file"})
+        if unknown or any(len(v) != 1 or not v[0] for v in query.values()):
+            raise ShellSpecError(f"bad host spec {spec!r}: the only option is ?ssh_identity_file=PATH"
+                                 + (f", not {', '.join(unknown)}" if unknown else ""))
+        key = query.get("ssh_identity_file", [None])[0]
+        argv = ssh_argv(parts.hostname, parts.username, port, key, connect_timeout)
+        return HostShell(name, argv, remote_command_is_string=True)
+    raise ShellSpecError(f"bad host spec {spec!r}: {usage}")

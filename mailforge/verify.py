@@ -1,26 +1,59 @@
-"""Prove a deployed cluster works: host state with testinfra, then real mail through the front door.
+"""Prove a deployed cluster works: host state as drift compares it, then real mail through the front door.
 
-Every check is a row: what was checked, on which host, whether it held, and
-the evidence.  Mail probes run from a probing host (the lab's client container,
-or one named on the command line) with the stdlib-only script in probes/.
+Every check is a row: what was checked, on which host, whether it held, and the evidence.
+The host rows are drift's comparison rolled up (`host_rows`): drift's audit reads every host
+read-only and compares it with the rendered tree (packages from the roles, services, postmulti
+instances, effective main.cf and master.cf, every file and map with its database, the loaded
+firewall as the kernel prints it), and each row says whether all of its items are in sync. Only
+"ports listening" is verify's own (`ss -ltnH`). Mail probes run from a probing host (the lab's
+client container, or one named with --probe-from) with the stdlib-only script in probes/.
+Every host is reached through `remote.HostShell`: `docker exec` in the lab, SSH otherwise.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from importlib.resources import files
 from pathlib import Path
 
+from . import drift
+from .drift import IN_SYNC, Item
 from .errors import MailforgeError
-from .topology import Inventory
+from .inventory import Inventory
+from .remote import HostShell
+from .results import Result, Run
 
 SENDER = "probe@lab-sender.test"
 OUTSIDE = "someone@elsewhere.test"
+PROBE_TIMEOUT = 600  # seconds for one run of the probe script (it bounds every connection itself)
+EVIDENCE_ITEMS = 4  # a failing row names this many of its items, then says how many more
+
+# The host rows, and which of drift's items each one rolls up.
+PACKAGES = "packages installed"
+HAPROXY_RUNNING = "haproxy running"
+INSTANCES = "postfix instances as rendered"
+MAPS = "maps compiled and current"
+FILES = "files as rendered"
+PORTS = "ports listening"
+FIREWALL = "firewall rules loaded"
+
+
+def postfix_running(directory: str) -> str:
+    """Row names that carry the instance: the lab test breaks things and asserts these names."""
+    return f"postfix running ({directory})"
+
+
+def postconf_matches(directory: str) -> str:
+    return f"effective postconf matches ({directory})"
+
+
+def master_cf_matches(directory: str) -> str:
+    return f"effective master.cf matches ({directory})"
 
 
 class VerifyError(MailforgeError):
@@ -35,31 +68,150 @@ class Check:
     ok: bool
     detail: str
 
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
-class Remote:
-    """A host verify talks to, through testinfra (docker://container or ssh://user@host:port)."""
+# --- host state: drift's items, rolled up ---------------------------------------------------------
 
-    def __init__(self, name: str, spec: str):
-        import testinfra
 
-        self.name = name
-        self.spec = spec
-        self.host = testinfra.get_host(spec)
+def row_of(item: Item) -> tuple[int, str]:
+    """The host row an item of drift's counts towards, with the row's place among the host's rows
+    (verify's own "ports listening" goes between the files and the firewall, see host_checks)."""
+    if item.kind == "package":
+        return 0, PACKAGES
+    if item.kind == "service" and item.name.startswith("postfix "):
+        return 1, postfix_running(item.name.split(" ", 1)[1])
+    if item.kind == "service" and item.name == "haproxy":
+        return 2, HAPROXY_RUNNING
+    if item.kind == "instance":
+        return 3, INSTANCES
+    if item.kind == "main.cf":
+        return 4, postconf_matches(item.instance or "?")
+    if item.kind == "master.cf":
+        return 5, master_cf_matches(item.instance or "?")
+    if item.kind == "map":
+        return 6, MAPS
+    if item.kind == "file":
+        return 7, FILES
+    if item.kind == "firewall" or item.kind == "service":
+        return 9, FIREWALL  # the loaded rules, and the unit that loads them at boot (netfilter-persistent)
+    return 10, f"{item.kind} as rendered"
 
-    def run(self, command: str):
-        return self.host.run(command)
 
-    def python(self, script: str, payload: dict) -> object:
-        """Run a stdlib python3 script on the host with `payload` as JSON on stdin; return its JSON output."""
-        code = base64.b64encode(script.encode()).decode()
-        data = base64.b64encode(json.dumps(payload).encode()).decode()
-        result = self.run(f"echo {data} | base64 -d | python3 -c \"$(echo {code} | base64 -d)\"")
-        if result.rc != 0:
-            raise VerifyError(f"probe on {self.name} failed: {result.stderr.strip()[-300:]}")
-        return json.loads(result.stdout)
+def _evidence(item: Item) -> str:
+    """One item that is not in sync, in a few words."""
+    if item.kind in ("main.cf", "master.cf"):
+        return f"{item.name}: {item.detail}" if item.detail else f"{item.name}: live {item.live!r}, rendered {item.desired!r}"
+    if item.kind in ("map", "file"):
+        return f"{item.name}: {item.live or 'missing'}" if item.status == drift.MISSING else f"{item.name}: {item.detail}"
+    return f"{item.name}: {item.status}, {item.live}" + (f" ({item.detail})" if item.detail else "")
+
+
+def _ok_evidence(name: str, items: list[Item]) -> str:
+    """What a row that holds says: the packages, a count, or the state of its one item."""
+    if name == PACKAGES:
+        return ", ".join(i.name for i in items)
+    if len(items) == 1 and items[0].kind == "service":
+        return items[0].live or "as rendered"
+    if name == INSTANCES:
+        return ", ".join(f"{i.name} enabled" for i in items)
+    n = len(items)
+    if name.startswith("effective postconf"):
+        return f"{n} parameter{'s' if n != 1 else ''} match"
+    if name.startswith("effective master.cf"):
+        return f"{n} service{'s' if n != 1 else ''} match"
+    if name == MAPS:
+        return f"{n} map{'s' if n != 1 else ''} as rendered, databases current"
+    if name == FILES:
+        return f"{n} file{'s' if n != 1 else ''} as rendered"
+    return "; ".join(f"{i.name}: {i.live}" for i in items)
+
+
+def host_rows(items: list[Item]) -> list[Check]:
+    """drift's items rolled up into verify's host rows: a row per host and concern, which holds
+    when every item it rolls up is in sync, its evidence naming those that are not."""
+    rows: dict[tuple[str, str], tuple[int, list[Item]]] = {}
+    hosts: list[str] = []
+    for item in items:
+        if item.host not in hosts:
+            hosts.append(item.host)
+        place, name = row_of(item)
+        rows.setdefault((item.host, name), (place, []))[1].append(item)
+    checks = []
+    for (host, name), (place, row) in sorted(rows.items(), key=lambda r: (hosts.index(r[0][0]), r[1][0], r[0][1])):
+        bad = [i for i in row if i.status != IN_SYNC]
+        detail = "; ".join(_evidence(i) for i in bad[:EVIDENCE_ITEMS]) + (f"; and {len(bad) - EVIDENCE_ITEMS} more" if len(bad) > EVIDENCE_ITEMS else "")
+        checks.append(Check("host", name, host, not bad, detail if bad else _ok_evidence(name, row)))
+    return checks
+
+
+def wanted_ports(inventory: Inventory, host: str, items: list[Item]) -> set[int]:
+    """The TCP ports `host` must listen on: a balancer's frontend port; a Postfix host's inet
+    services as its live `postconf -M` lists them (drift's master.cf items)."""
+    t = inventory.topology
+    want = {lb.frontend_port for lb in t.managed_balancers if lb.name == host}
+    for item in items:
+        if item.host != host or item.kind != "master.cf" or item.live is None or "/" not in item.name:
+            continue
+        service, kind = item.name.rsplit("/", 1)
+        if kind == "inet":
+            service = service.rsplit(":", 1)[-1]
+            want.add({"smtp": 25, "submission": 587}.get(service, int(service) if service.isdigit() else 0))
+    want.discard(0)
+    return want
+
+
+def listening(ss_output: str) -> set[int]:
+    """`ss -ltnH` -> the ports something listens on."""
+    ports = set()
+    for line in ss_output.splitlines():
+        words = line.split()
+        if len(words) > 3 and ":" in words[3]:
+            port = words[3].rsplit(":", 1)[1]
+            if port.isdigit():
+                ports.add(int(port))
+    return ports
+
+
+def ports_check(host: str, want: set[int], ports: set[int]) -> Check:
+    """The row that holds when every wanted port is listened on (ports above 20000 are not shown)."""
+    return Check("host", PORTS, host, want <= ports, f"want {sorted(want)}, listening {sorted(p for p in ports if p < 20000)}")
+
+
+def host_checks(inventory: Inventory, render_dir: Path, manifest: dict, shells: dict[str, HostShell]) -> list[Check]:
+    """Every host's state as drift compares it, rolled up, and the ports each one listens on."""
+    report = drift.audit(inventory, render_dir, manifest, shells)
+
+    def ss(host: str) -> set[int]:
+        return listening(shells[host].run("ss -ltnH").stdout.decode(errors="replace"))
+
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(report.hosts)))) as pool:
+        ports = dict(zip(report.hosts, pool.map(ss, report.hosts)))
+    checks = []
+    for host in report.hosts:
+        items = [i for i in report.items if i.host == host]
+        rows = host_rows(items)
+        at = next((n for n, c in enumerate(rows) if c.name == FIREWALL), len(rows))
+        rows.insert(at, ports_check(host, wanted_ports(inventory, host, items), ports[host]))
+        checks += rows
+    return checks
+
+
+# --- mail through the front door ------------------------------------------------------------------
+
+
+def run_probe(shell: HostShell, payload: dict) -> list[dict]:
+    """Run probes/smtp_probe.py with the probing host's own python3, `payload` as JSON on stdin;
+    return its JSON answer. The script travels base64 in the command, so nothing is copied there."""
+    script = files("mailforge.probes").joinpath("smtp_probe.py").read_text()
+    code = base64.b64encode(script.encode()).decode()
+    result = shell.run(f'python3 -c "$(echo {code} | base64 -d)"', stdin=json.dumps(payload).encode(), timeout=PROBE_TIMEOUT)
+    if result.returncode != 0:
+        raise VerifyError(f"probe on {shell.name} failed: {result.stderr.decode(errors='replace').strip()[-300:]}")
+    try:
+        answer = json.loads(result.stdout)
+    except ValueError:
+        raise VerifyError(f"probe on {shell.name} printed no JSON: {result.stdout.decode(errors='replace')[-300:]!r}") from None
+    return answer
 
 
 def _listed_recipient(inventory: Inventory) -> tuple[str, str]:
@@ -78,84 +230,10 @@ def _front_door(inventory: Inventory) -> tuple[str, int]:
     t = inventory.topology
     if t.managed_balancers:
         lb = t.managed_balancers[0]
-        return lb.address, lb.frontend_port
+        return str(lb.address), lb.frontend_port  # a managed balancer has an address (the topology checks)
     relay = t.relays[0]
     port = relay.instances.inbound.port if relay.instances and relay.instances.inbound else 25
     return relay.address, port
-
-
-def _local_postconf(directory: Path) -> dict[str, str]:
-    """What the rendered main.cf sets, read by the controller's own postconf (config_directory is where it was read)."""
-    result = subprocess.run(["postconf", "-c", str(directory), "-n"], capture_output=True, text=True, timeout=60)
-    settings = _parse_postconf(result.stdout)
-    settings.pop("config_directory", None)
-    return settings
-
-
-def _parse_postconf(text: str) -> dict[str, str]:
-    return dict(line.split(" = ", 1) if " = " in line else (line.rstrip(" ="), "") for line in text.splitlines())
-
-
-def host_checks(inventory: Inventory, render_dir: Path, manifest: dict, remotes: dict[str, Remote]) -> list[Check]:
-    """Packages, services, ports, effective postconf, compiled maps, loaded firewall: per host."""
-    t = inventory.topology
-    checks: list[Check] = []
-    roles = {lb.name: "balancer" for lb in t.managed_balancers}
-    roles.update({r.name: "relay" for r in t.relays})
-    roles.update({c.name: "core" for c in t.cores})
-    for host, remote in remotes.items():
-        role = roles[host]
-        files_ = manifest["hosts"][host]["files"]
-        packages = ["haproxy", "iptables"] if role == "balancer" else ["postfix", "iptables"]
-        missing = [p for p in packages if not remote.host.package(p).is_installed]
-        checks.append(Check("host", "packages installed", host, not missing, "missing: " + ", ".join(missing) if missing else ", ".join(packages)))
-
-        listening = remote.run("ss -ltnH").stdout
-        ports = {int(line.split()[3].rsplit(":", 1)[1]) for line in listening.splitlines() if line.split()}
-        if role == "balancer":
-            running = remote.run("pgrep -x haproxy").rc == 0
-            checks.append(Check("host", "haproxy running", host, running, "pgrep -x haproxy"))
-            want = {lb.frontend_port for lb in t.managed_balancers if lb.name == host}
-        else:
-            want = set()
-            for directory in sorted({f["config_directory"] for f in files_.values() if f.get("config_directory")}):
-                status = remote.run(f"postfix -c {directory} status")
-                checks.append(Check("host", f"postfix running ({directory})", host, status.rc == 0, (status.stdout + status.stderr).strip()[-200:]))
-                live = _parse_postconf(remote.run(f"postconf -c {directory} -n").stdout)
-                live.pop("config_directory", None)
-                desired = _local_postconf(render_dir / host / directory.lstrip("/"))
-                differing = sorted(k for k in set(live) | set(desired) if live.get(k) != desired.get(k))
-                detail = "; ".join(f"{k}: live {live.get(k)!r}, rendered {desired.get(k)!r}" for k in differing[:4])
-                checks.append(Check("host", f"effective postconf matches ({directory})", host, not differing,
-                                    detail or f"{len(desired)} parameters match"))
-                services = remote.run(f"postconf -c {directory} -M").stdout
-                for line in services.splitlines():
-                    words = line.split()
-                    if len(words) > 1 and words[1] == "inet":
-                        service = words[0].rsplit(":", 1)[-1]
-                        want.add({"smtp": 25, "submission": 587}.get(service, int(service) if service.isdigit() else 0))
-            stale = []
-            for path, meta in files_.items():
-                if meta["action"] == "postmap":
-                    result = remote.run(f"test -e {path}.db -a ! {path} -nt {path}.db || test -e {path}.lmdb -a ! {path} -nt {path}.lmdb")
-                    if result.rc != 0:
-                        stale.append(path)
-            checks.append(Check("host", "maps compiled and current", host, not stale, "stale or missing: " + ", ".join(stale) if stale else "every map's db is newer than its source"))
-        want.discard(0)
-        checks.append(Check("host", "ports listening", host, want <= ports, f"want {sorted(want)}, listening {sorted(p for p in ports if p < 20000)}"))
-
-        rules = [p for p in files_ if p.endswith(("rules.v4", "rules.v6"))]
-        problems = []
-        for path in rules:
-            tool = "iptables-save" if path.endswith("v4") else "ip6tables-save"
-            live = remote.run(tool).stdout
-            rendered = (render_dir / host / path.lstrip("/")).read_text()
-            wanted = sum(1 for line in rendered.splitlines() if line.startswith("-A ") and "mailforge:" in line)
-            have = sum(1 for line in live.splitlines() if line.startswith("-A ") and "mailforge:" in line)
-            if ":INPUT DROP" not in live or have != wanted:
-                problems.append(f"{tool}: {have} of {wanted} mailforge rules, policy {'DROP' if ':INPUT DROP' in live else 'not DROP'}")
-        checks.append(Check("host", "firewall rules loaded", host, not problems, "; ".join(problems) or f"{len(rules)} rulesets loaded, policy DROP"))
-    return checks
 
 
 def _code(result: dict, stage: str) -> int | None:
@@ -167,11 +245,10 @@ def _describe(result: dict) -> str:
     return ", ".join(f"{stage} {code} {text[:70]}" for stage, (code, text) in result["stages"].items() if stage != "ehlo")
 
 
-def mail_checks(inventory: Inventory, remotes: dict[str, Remote], client: Remote, listed_client: Remote | None,
+def mail_checks(inventory: Inventory, shells: dict[str, HostShell], client: HostShell, listed_client: HostShell | None,
                 wait: int = 60) -> list[Check]:
     """Real mail through the front door, the PROXY protocol's truth, and the walls."""
     t = inventory.topology
-    probe = files("mailforge.probes").joinpath("smtp_probe.py").read_text()
     host, port = _front_door(inventory)
     token = uuid.uuid4().hex[:12]
     local, domain = _listed_recipient(inventory)
@@ -187,7 +264,7 @@ def mail_checks(inventory: Inventory, remotes: dict[str, Remote], client: Remote
     example = next((c.example for c in t.policy.header_checks if c.example), None)
     if example:
         probes.append({**base, "recipient": recipient, "data": f"From: <{SENDER}>\r\nTo: <{recipient}>\r\n{example}\r\n\r\nbody\r\n"})
-    results = client.python(probe, {"probes": probes})
+    results = run_probe(client, {"probes": probes})
     checks: list[Check] = []
     accepted = _code(results[0], "data") == 250
     checks.append(Check("mail", f"mail to listed {recipient} accepted", client.name, accepted, _describe(results[0])))
@@ -199,86 +276,70 @@ def mail_checks(inventory: Inventory, remotes: dict[str, Remote], client: Remote
         checks.append(Check("mail", "header check rejects its example", client.name, code is not None and 500 <= code < 600, _describe(results[3])))
 
     # Delivery: the token must show up in a core's Maildir within `wait` seconds.
-    cores = [c.name for c in t.cores if c.name in remotes]
+    cores = [c.name for c in t.cores if c.name in shells]
     delivered_on = None
     deadline = time.monotonic() + wait
     while accepted and cores and time.monotonic() < deadline and delivered_on is None:
         for core in cores:
-            if remotes[core].run(f"grep -rl {token} /var/mail/vhosts/{domain}/ 2>/dev/null").rc == 0:
+            if shells[core].run(f"grep -rl {token} /var/mail/vhosts/{domain}/ 2>/dev/null").returncode == 0:
                 delivered_on = core
                 break
         else:
             time.sleep(2)
-    checks.append(Check("mail", f"message arrives in the core's mailbox of {recipient}", delivered_on or ",".join(cores), delivered_on is not None,
-                        f"found on {delivered_on}" if delivered_on else f"not delivered within {wait} s" if accepted else "not accepted, so not delivered"))
+    if cores:  # with a --limit that leaves out every core, no mailbox to look into
+        checks.append(Check("mail", f"message arrives in the core's mailbox of {recipient}", delivered_on or ",".join(cores), delivered_on is not None,
+                            f"found on {delivered_on}" if delivered_on else f"not delivered within {wait} s" if accepted else "not accepted, so not delivered"))
 
     addresses = client.run("hostname -I")
-    client_address = addresses.stdout.split()[0] if addresses.rc == 0 and addresses.stdout.split() else None
-    if t.load_balancers and t.proxy_protocol != "none":
-        seen = [r.name for r in t.relays if r.name in remotes and client_address and
-                remotes[r.name].run(f"grep -F 'CONNECT from [{client_address}]' /var/log/mail.log").rc == 0]
+    words = addresses.stdout.decode(errors="replace").split()
+    client_address = words[0] if addresses.returncode == 0 and words else None
+    if t.load_balancers and t.proxy_protocol != "none" and any(r.name in shells for r in t.relays):
+        seen = [r.name for r in t.relays if r.name in shells and client_address and
+                shells[r.name].run(f"grep -F 'CONNECT from [{client_address}]' /var/log/mail.log").returncode == 0]
         checks.append(Check("proxy", "relay logs show the client's own address", ",".join(seen) or "relays", bool(seen),
                             f"postscreen logged CONNECT from [{client_address}] on {', '.join(seen)}" if seen else
                             f"no relay logged CONNECT from [{client_address}]"))
 
     if listed_client is not None and t.policy.rbl_clients:
-        spam = listed_client.python(probe, {"probes": [{**base, "helo": "spammer.lab-sender.test", "recipient": recipient}]})[0]
+        spam = run_probe(listed_client, {"probes": [{**base, "helo": "spammer.lab-sender.test", "recipient": recipient}]})[0]
         code = _code(spam, "rcpt") or _code(spam, "error")
         checks.append(Check("mail", "DNSBL-listed client is refused", listed_client.name, code is not None and 500 <= code < 600 and "blocked" in _describe(spam), _describe(spam)))
 
     walls = []
-    for core in t.cores:
-        walls.append(("walls", f"core {core.name} port 25 gives strangers no banner", core.address, 25))
+    for c in t.cores:
+        if c.name not in shells:  # only the hosts this run covers (--limit)
+            continue
+        walls.append(("walls", f"core {c.name} port 25 gives strangers no banner", c.address, 25))
     if t.load_balancers:
         for relay in t.relays:
+            if relay.name not in shells:
+                continue
             walls.append(("walls", f"relay {relay.name} port {t.backend_port} gives non-balancers no banner", relay.address, t.backend_port))
     if walls:
-        answers = client.python(probe, {"probes": [{"kind": "banner", "host": h, "port": p, "timeout": 4} for _, _, h, p in walls]})
+        answers = run_probe(client, {"probes": [{"kind": "banner", "host": h, "port": p, "timeout": 4} for _, _, h, p in walls]})
         for (group, name, address, p), answer in zip(walls, answers):
             checks.append(Check(group, name, client.name, answer["banner"] is None,
                                 f"banner {answer['banner']!r}" if answer["banner"] is not None else answer.get("error", "no answer")))
     return checks
 
 
-def lab_remotes(inventory: Inventory) -> tuple[dict[str, Remote], Remote, Remote]:
-    from .lab import plan
-
-    lab = plan(inventory)
-    hosts = {c.host: Remote(c.host, f"docker://{c.name}") for c in lab.containers if c.role not in ("client", "dns")}
-    return hosts, Remote("client", f"docker://{lab.by_host('client').name}"), Remote("spammer", f"docker://{lab.by_host('spammer').name}")
-
-
-def ssh_remotes(inventory: Inventory) -> dict[str, Remote]:
-    """Real hosts over SSH, with the topology's connection settings (user, port, key)."""
-    t = inventory.topology
-    remotes = {}
-    hosts = [*t.managed_balancers, *t.relays, *t.cores]
-    for h in hosts:
-        settings = t.connection_settings(h)
-        target = settings.get("host", h.address)
-        user = f"{settings['user']}@" if settings.get("user") else ""
-        port = f":{settings['port']}" if settings.get("port") else ""
-        spec = f"ssh://{user}{target}{port}"
-        if settings.get("private_key_file"):
-            spec += f"?ssh_identity_file={settings['private_key_file']}"
-        remotes[h.name] = Remote(h.name, spec)
-    return remotes
+def reachable(shells: dict[str, HostShell]) -> None:
+    """Every host answers a shell, or verify stops (exit 2) naming the first that does not."""
+    for name, shell in shells.items():
+        result = shell.run("true", timeout=60)  # HostUnreachable when the host cannot be reached at all
+        if result.returncode != 0:
+            raise VerifyError(f"cannot reach {name} ({' '.join(shell.argv)}): {result.stderr.decode(errors='replace').strip()}")
 
 
-def reachable(remotes: dict[str, Remote]) -> None:
-    for name, remote in remotes.items():
-        try:
-            result = remote.run("true")
-        except Exception as exc:  # testinfra raises many kinds; an SSH failure carries the command's result
-            result = exc.args[0] if exc.args else None
-            detail = (getattr(result, "stderr", "") or str(exc)).strip()
-            raise VerifyError(f"cannot reach {name} ({remote.spec}): {detail}") from None
-        if result.rc != 0:
-            raise VerifyError(f"cannot reach {name} ({remote.spec}): {result.stderr.strip()}")
+def verify(inventory: Inventory, render_dir: Path, manifest: dict, shells: dict[str, HostShell], client: HostShell,
+           listed_client: HostShell | None = None, wait: int = 60) -> list[Check]:
+    """Every check, host rows first, against hosts already reached the way the caller chose."""
+    reachable({**shells, client.name: client})
+    return host_checks(inventory, render_dir, manifest, shells) + mail_checks(inventory, shells, client, listed_client, wait)
 
 
-def verify(inventory: Inventory, render_dir: Path, manifest: dict, remotes: dict[str, Remote], client: Remote,
-           listed_client: Remote | None = None, wait: int = 60) -> list[Check]:
-    reachable({**remotes, client.name: client})
-    return host_checks(inventory, render_dir, manifest, remotes) + mail_checks(inventory, remotes, client, listed_client, wait)
-
+def results_of(checks: list[Check], cluster: str, warnings: list | None = None, hosts: list[str] | None = None) -> Run:
+    """The checks in the result shape every command shares: one result per check, under its host
+    (the probing client's name for the mail checks)."""
+    return Run("verify", cluster, [Result(c.host, c.name, "ok" if c.ok else "failed", c.ok, detail=c.detail, data=asdict(c)) for c in checks],
+               warnings=list(warnings or []), hosts=hosts)

@@ -47,7 +47,7 @@ def in_sync_sections(d: drift.Desired) -> dict[str, tuple[str, int]]:
     lines = []
     for path, meta in d.files.items():
         db = "1" if meta["action"] == "postmap" else "-"
-        lines.append(f"{meta['sha256']} {int(meta['mode'], 8):o} {meta['owner']} {meta['group']} {db} {path}")
+        lines.append(f"f {meta['sha256']} {int(meta['mode'], 8):o} {meta['owner']} {meta['group']} {db} {path}")  # as mailforge.installed prints it
     sections["files"] = ("\n".join(lines), 0)
     for path in d.files:
         if path.endswith(("rules.v4", "rules.v6")):
@@ -201,7 +201,70 @@ def test_bad_limit_and_bad_inventory_exit_2(tmp_path):
 def test_json_report_shape():
     item = drift.Item("relay1", "main.cf", "smtpd_helo_required", drift.DRIFTED, instance="/etc/postfix", desired="yes", live="no")
     report = drift.Report("example", ["relay1"], [item, drift.Item("relay1", "package", "postfix", drift.IN_SYNC)], 0.5, "kernel")
-    data = json.loads(json.dumps(report.as_dict()))
-    assert data["in_sync"] is False and data["counts"] == {"drifted": 1, "in sync": 1}
-    assert data["items"][0]["desired"] == "yes" and data["items"][0]["instance"] == "/etc/postfix"
-    assert os.path.basename(data["firewall_canonicalised_by"]) == "kernel"
+    data = json.loads(json.dumps(drift.results_of(report).envelope()))
+    assert data["status"] == "problem" and data["exit_code"] == 1 and data["summary"]["counts"] == {"drifted": 1, "in sync": 1}
+    first = data["hosts"]["relay1"]["results"][0]
+    assert not first["ok"] and first["data"]["desired"] == "yes" and first["data"]["instance"] == "/etc/postfix"
+    assert os.path.basename(data["summary"]["firewall_canonicalised_by"]) == "kernel"
+
+
+# --- verify's host rows are drift's items rolled up ---------------------------------------------
+
+from mailforge import verify  # noqa: E402
+
+ROWS = {
+    "lb": {"packages installed", "haproxy running", "files as rendered", "firewall rules loaded"},
+    "relay1": {"packages installed", "postfix running (/etc/postfix)", "postfix instances as rendered",
+               "effective postconf matches (/etc/postfix)", "effective master.cf matches (/etc/postfix)",
+               "maps compiled and current", "files as rendered", "firewall rules loaded"},
+}
+ROWS["core"] = ROWS["relay1"]
+
+
+def failing_rows(d: drift.Desired, sections) -> dict[str, str]:
+    return {r.name: r.detail for r in verify.host_rows(drift.compare_host(d, sections)[0]) if not r.ok}
+
+
+@pytest.mark.parametrize("host", ["lb", "relay1", "core"])
+def test_verify_rows_of_a_host_as_rendered_all_hold(example, host):
+    d = desired(example, host)
+    items, _ = drift.compare_host(d, in_sync_sections(d))
+    rows = verify.host_rows(items)
+    assert {r.name for r in rows} == ROWS[host] and all(r.host == host for r in rows)
+    assert [r for r in rows if not r.ok] == []
+    assert verify.wanted_ports(example[0], host, items) == ({10024} if host == "relay1" else {25})
+
+
+def test_verify_rows_fail_exactly_where_drift_finds_drift(example):
+    d = desired(example, "relay1")
+
+    sections = in_sync_sections(d)
+    text, rc = sections["iptables"]
+    rule = next(line for line in text.splitlines() if "--dport 10024" in line)
+    sections["iptables"] = (text.replace(rule + "\n", ""), rc)
+    failed = failing_rows(d, sections)
+    assert set(failed) == {"firewall rules loaded"} and "iptables: drifted, 1 rendered lines not loaded" in failed["firewall rules loaded"]
+
+    sections = in_sync_sections(d)
+    text, rc = sections["postconf-n /etc/postfix"]
+    sections["postconf-n /etc/postfix"] = (text.replace("smtpd_helo_required = yes", "smtpd_helo_required = no"), rc)
+    assert failing_rows(d, sections) == {"effective postconf matches (/etc/postfix)": "smtpd_helo_required: live 'no', rendered 'yes'"}
+
+    sections = in_sync_sections(d)
+    text, rc = sections["files"]
+    sections["files"] = (text.replace(" 1 /etc/postfix/relay_recipients", " 0 /etc/postfix/relay_recipients"), rc)
+    failed = failing_rows(d, sections)
+    assert set(failed) == {"maps compiled and current"} and "edited without postmap" in failed["maps compiled and current"]
+
+    sections = in_sync_sections(d)
+    sections["files"] = ("\n".join(line.replace(" 644 root root ", " 600 root root ") if line.endswith("/etc/postfix/main.cf") else line
+                                   for line in sections["files"][0].splitlines()), 0)
+    assert set(failing_rows(d, sections)) == {"files as rendered"}
+
+    sections = in_sync_sections(d)
+    sections["status /etc/postfix"] = ("", 1)
+    assert set(failing_rows(d, sections)) == {"postfix running (/etc/postfix)"}
+
+    sections = in_sync_sections(d)
+    sections["packages"] = (sections["packages"][0].replace("postfix-lmdb\tii ", "postfix-lmdb\trc "), 0)
+    assert failing_rows(d, sections) == {"packages installed": "postfix-lmdb: missing, dpkg state 'rc'"}

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
-from ..results import Result, Run
+from ..results import Run
 from ..lab import ansible_environment
 from .app import app
 from .common import BatchOption, InventoryArg, JsonOption, LabOption, LimitOption, RenderDirOption, command, err, finish, out, reach, render_for_hosts
@@ -36,7 +35,7 @@ def deploy(
 def run_deploy(inv, directory, manifest, reaches, *, hosts: list[str] | None = None, as_json: bool = False, **options) -> Run:
     from rich.progress import BarColumn, Progress, TextColumn
 
-    from ..deploy import run_playbook
+    from ..deploy import results_of, run_playbook
 
     with Progress(TextColumn("{task.description:<12}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.fields[current]}"), console=err if as_json else out, transient=False) as bar:
@@ -46,25 +45,10 @@ def run_deploy(inv, directory, manifest, reaches, *, hosts: list[str] | None = N
             bar.update(tasks[host], completed=done, total=max(seen, done), current=task[:60])
 
         result = run_playbook(inv, directory, manifest, reaches, hosts=hosts, progress=progress, **options)
-    run = deploy_run(inv, result)
+    run = results_of(result, inv.topology.cluster, inv.warnings)
     if not as_json:
         _summary(result)
     finish(run, as_json)
-    return run
-
-
-def deploy_run(inv, result) -> Run:
-    results = []
-    for host, r in result.hosts.items():
-        status = "unreachable" if r.unreachable else "failed" if r.failed else "changed" if r.changed else "ok"
-        results.append(Result(host, "deploy", status, not (r.failed or r.unreachable), bool(r.changed), "; ".join(r.messages), asdict(r)))
-    totals = {key: sum(getattr(r, key) for r in result.hosts.values()) for key in ("ok", "changed", "failed", "unreachable")}
-    run = Run("deploy", inv.topology.cluster, results, warnings=inv.warnings, hosts=list(result.hosts),
-              summary={"ansible_status": result.status, "rc": result.rc, "totals": totals})
-    if any(r.unreachable for r in result.hosts.values()):
-        run.error = "unreachable: " + ", ".join(h for h, r in result.hosts.items() if r.unreachable)
-    elif result.failed and not run.failed:
-        run.results.append(Result("all", "deploy", "failed", False, detail=f"ansible-playbook ended with status {result.status} (rc {result.rc})"))
     return run
 
 

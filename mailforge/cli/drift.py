@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..results import Result, Run
 from .app import app
 from .common import InventoryArg, JsonOption, LabOption, LimitOption, RenderDirOption, command, count, finish, out, reach, render_for_hosts
 
@@ -28,22 +27,10 @@ def drift(
     inv, directory, manifest = render_for_hosts(inventory, render_dir)
     selected, reaches, _ = reach(inv, lab, limit)
     report = drifting.audit(inv, directory, manifest, {name: reaches[name].shell() for name in selected}, hosts=selected)
-    run = drift_run(inv, report)
+    run = drifting.results_of(report, inv.warnings)
     if not as_json:
         _print(report, verbose)
     finish(run, as_json)
-
-
-def drift_run(inv, report) -> Run:
-    from .. import drift as drifting
-    from dataclasses import asdict
-
-    results = [Result(i.host, i.label, i.status, i.status == drifting.IN_SYNC, detail=i.detail, data=asdict(i)) for i in report.items]
-    counts: dict[str, int] = {}
-    for item in report.items:
-        counts[item.status] = counts.get(item.status, 0) + 1
-    return Run("drift", inv.topology.cluster, results, warnings=inv.warnings, hosts=report.hosts,
-               summary={"seconds": round(report.seconds, 3), "firewall_canonicalised_by": report.firewall_method, "counts": counts})
 
 
 def _print(report, verbose: bool) -> None:

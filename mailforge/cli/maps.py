@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..results import Result, Run
 from .app import app
 from .common import BatchOption, InventoryArg, JsonOption, LabOption, LimitOption, command, err, finish, load, out, reach
 
@@ -33,28 +32,10 @@ def maps(
     cache = inv.directory / ".mailforge" / "live-maps"  # what this machine last pushed, by sha256
     result = mapping.run(inv, shells, hosts=selected if limit else None, check=check, force=force, max_shrink=max_shrink / 100,
                          batch=batch, cache=cache)
-    run = maps_run(inv, result)
+    run = mapping.results_of(result, inv.topology.cluster, inv.warnings)
     if not as_json:
         _print(inv, result)
     finish(run, as_json)
-
-
-def maps_run(inv, result) -> Run:
-    refused = {(r.change.host, r.change.path): r.reason for r in result.refusals}
-    pushed = {(r.host, path) for r in result.results for path in r.pushed}
-    results = []
-    for c in result.changes:
-        key = (c.host, c.path)
-        status = "refused" if key in refused else "pushed" if key in pushed else "changed" if c.changed else "in sync"
-        results.append(Result(c.host, c.path, status, key not in refused, key in pushed, refused.get(key, ""), c.as_dict()))
-    for r in result.failed:
-        results.append(Result(r.host, "push", "failed", False, bool(r.pushed), r.error or ""))
-    return Run("maps", inv.topology.cluster, results, warnings=inv.warnings, hosts=result.hosts, summary={
-        "changed": bool(result.changed), "checked_only": result.checked_only, "seconds": round(result.seconds, 3),
-        "refused": [{"host": r.change.host, "map": r.change.path, "reason": r.reason, "removed_examples": r.change.removed_examples}
-                    for r in result.refusals],
-        "pushed": {r.host: {"pushed": r.pushed, "reloaded": r.reloaded, "error": r.error} for r in result.results},
-    })
 
 
 def _print(inv, result) -> None:

@@ -45,8 +45,6 @@ class Check:
     status: str  # ok, fail, timeout, servfail, error
     evidence: str
 
-    def as_dict(self) -> dict:
-        return asdict(self)
 
     @property
     def ok(self) -> bool:

@@ -13,6 +13,28 @@ IPTABLES_RESTORE = "iptables-restore"
 IP6TABLES_RESTORE = "ip6tables-restore"
 HAPROXY_RELOAD = "haproxy reload"
 
+# The database file `postmap` makes beside an indexed table, by table type. Types not named here
+# (cidr, regexp, texthash, ...) are read from the source file itself: no database.
+DATABASE_SUFFIX = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
+
+
+def database_suffix(table_type: str | None) -> str:
+    """What postmap appends to a table's path for its database ("" for a type it does not compile),
+    written once so that maps, drift and verify agree on which file proves a map was compiled."""
+    return DATABASE_SUFFIX.get(table_type or "", "")
+
+
+def database_path(path: str, action: str, table_type: str | None) -> str | None:
+    """The database that must be current for the file at `path`, or None when the file is not
+    compiled (its action is not postmap, or its type has no database)."""
+    suffix = database_suffix(table_type) if action == POSTMAP else ""
+    return path + suffix if suffix else None
+
+
+def entry_database_path(path: str, entry: dict) -> str | None:
+    """`database_path` for a manifest entry (manifest.json's per-file dict)."""
+    return database_path(path, entry["action"], entry.get("table_type"))
+
 
 class Pieces:
     """Text made piece by piece each time it is read, so a million-line map never sits in memory whole."""
@@ -46,6 +68,10 @@ class RenderedFile:
 
     def pieces(self) -> Iterable[str]:
         return (self.content,) if isinstance(self.content, str) else self.content
+
+    def database_path(self, path: str) -> str | None:
+        """The database postmap makes for this file installed at `path`, or None if it is not compiled."""
+        return database_path(path, self.action, self.table_type)
 
     def manifest_entry(self, sha256: str) -> dict:
         entry = {"sha256": sha256, "mode": self.mode, "owner": self.owner, "group": self.group, "action": self.action}

@@ -1,0 +1,133 @@
+"""Reading a host, strictly read-only: one shell script, sections between markers.
+
+The survey script batches every read-only command for one host (packages, services, postmulti,
+postconf per instance, every rendered file as `installed` reports it, the loaded rules), so a host
+costs one round trip; a second one, only where a file's bytes differ, reads those files back for a
+diff. What the roles install (the packages drift expects) is read from the roles themselves.
+"""
+
+from __future__ import annotations
+
+import base64
+import shlex
+
+from .. import installed
+from ..remote import HostShell
+from ..render.files import entry_database_path
+from .model import Desired
+
+MARK = "@@mailforge-drift@@"
+# systemd units whose "enabled" state drift reads, by what the host runs.
+POSTFIX_UNIT, HAPROXY_UNIT, FIREWALL_UNIT = "postfix", "haproxy", "netfilter-persistent"
+HAPROXY_CONFIG = "/etc/haproxy/haproxy.cfg"
+
+
+def role_packages() -> dict[str, list[str]]:
+    """Ansible group -> the packages its roles install: playbooks/site.yml's roles, their meta
+    dependencies, and every `*_packages` list in their defaults/main.yml."""
+    import yaml
+
+    from ..resources import ROLES, SITE_PLAYBOOK
+
+    def dependencies(role: str, seen: list[str]) -> list[str]:
+        if role in seen:
+            return seen
+        meta = ROLES / role / "meta" / "main.yml"
+        deps = (yaml.safe_load(meta.read_text()) or {}).get("dependencies") or [] if meta.is_file() else []
+        for dep in deps:
+            dependencies(dep["role"] if isinstance(dep, dict) else dep, seen)
+        seen.append(role)
+        return seen
+
+    result: dict[str, list[str]] = {}
+    for play in yaml.safe_load(SITE_PLAYBOOK.read_text()) or []:
+        roles: list[str] = []
+        for role in play.get("roles") or []:
+            dependencies(role["role"] if isinstance(role, dict) else role, roles)
+        packages: list[str] = []
+        for role in roles:
+            defaults = ROLES / role / "defaults" / "main.yml"
+            values = (yaml.safe_load(defaults.read_text()) or {}) if defaults.is_file() else {}
+            for key, value in values.items():
+                if key.endswith("_packages") and isinstance(value, list):
+                    packages += [p for p in value if p not in packages]
+        for group in str(play.get("hosts", "")).split(","):
+            result.setdefault(group.strip(), [])
+            result[group.strip()] += [p for p in packages if p not in result[group.strip()]]
+    return result
+
+
+def has_firewall(d: Desired) -> bool:
+    """Whether rules files are rendered for the host (then netfilter-persistent must load them at boot)."""
+    return any(f["action"].endswith("tables-restore") for f in d.files.values())
+
+
+def survey_script(d: Desired) -> str:
+    """Every read-only command for one host, in one POSIX shell script. Each section prints
+    `MARK name`, the command's output, then `MARK rc N`."""
+    q = shlex.quote
+    lines = [
+        f"m={q(MARK)}",
+        's() { printf "%s %s\\n" "$m" "$1"; shift; "$@" 2>/dev/null; printf "\\n%s rc %s\\n" "$m" "$?"; }',
+        'systemd_units() { if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then '
+        'for u in "$@"; do printf "%s %s\\n" "$u" "$(systemctl is-enabled "$u" 2>/dev/null || echo disabled)"; done; '
+        'else echo "no-systemd"; fi; }',
+    ]
+    if d.packages:  # with no package named, dpkg-query would list every package
+        lines.append(f"s packages dpkg-query -W -f='${{Package}}\\t${{db:Status-Abbrev}}\\t${{Version}}\\n' {' '.join(q(p) for p in d.packages)}")
+    units = [FIREWALL_UNIT] if has_firewall(d) else []
+    if d.instances:
+        units.append(POSTFIX_UNIT)
+        lines.append("s postmulti postmulti -l")
+    if HAPROXY_CONFIG in d.files:
+        units.append(HAPROXY_UNIT)
+        lines.append("s haproxy pgrep -x haproxy")
+    lines.append(f"s systemd systemd_units {' '.join(units)}")
+    for directory in d.instances:
+        lines.append(f"s {q('postconf-n ' + directory)} postconf -c {q(directory)} -n")
+        lines.append(f"s {q('postconf-M ' + directory)} postconf -c {q(directory)} -M")
+        lines.append(f"s {q('status ' + directory)} postfix -c {q(directory)} status")
+    lines.append(installed.SHELL_FUNCTION)
+    checks = [installed.check_command(path, entry_database_path(path, meta)) for path, meta in d.files.items()]
+    lines.append("files() { " + "; ".join(checks) + "; }" if checks else "files() { :; }")
+    lines.append("s files files")
+    for path in d.files:
+        if path.endswith("rules.v4"):
+            lines.append("s iptables iptables-save")
+        elif path.endswith("rules.v6"):
+            lines.append("s ip6tables ip6tables-save")
+    lines.append('printf "%s end\\n" "$m"')
+    return "\n".join(lines) + "\n"
+
+
+def parse_sections(text: str) -> dict[str, tuple[str, int]]:
+    """`MARK name` ... `MARK rc N` blocks -> {name: (output, rc)}."""
+    sections: dict[str, tuple[str, int]] = {}
+    name: str | None = None
+    body: list[str] = []
+    for line in text.split("\n"):
+        if line.startswith(MARK + " "):
+            rest = line[len(MARK) + 1:]
+            if rest.startswith("rc ") and name is not None:
+                output = "\n".join(body)
+                sections[name] = (output[:-1] if output.endswith("\n") else output, int(rest[3:] or 1))
+                name, body = None, []
+            elif rest == "end":
+                sections["end"] = ("", 0)
+            else:
+                name, body = rest, []
+        elif name is not None:
+            body.append(line)
+    return sections
+
+
+def read_back(shell: HostShell, paths: list[str]) -> dict[str, bytes]:
+    """The live bytes of the files that differ, in one round trip: `MARK path` then the file, base64."""
+    script = "; ".join(f"printf '%s %s\\n' {shlex.quote(MARK)} {shlex.quote(p)}; base64 -w0 < {shlex.quote(p)}; echo" for p in paths)
+    result = shell.run(script)
+    contents: dict[str, bytes] = {}
+    lines = result.stdout.decode(errors="replace").split("\n")
+    for i, line in enumerate(lines):
+        if line.startswith(MARK + " ") and i + 1 < len(lines):
+            contents[line[len(MARK) + 1:]] = base64.b64decode(lines[i + 1] or b"")
+    return contents

@@ -1,0 +1,93 @@
+"""`verify` without containers: host specs, the probe through a shell, and the CLI's exit codes
+without pytest (or testinfra) importable. The host rows are tested in test_drift.py, from the
+same simulated survey answers drift is tested with."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from conftest import INVENTORIES
+from mailforge import verify
+from mailforge.remote import HostShell, ShellSpecError, shell_from_spec
+
+
+def test_host_specs_become_shells():
+    shell = shell_from_spec("ssh://admin@10.0.0.5:2222")
+    assert shell.argv[:1] == ["ssh"] and shell.argv[-3:] == ["-p", "2222", "admin@10.0.0.5"] and shell.remote_command_is_string
+    assert shell_from_spec("ssh://[2001:db8::5]").argv[-1] == "2001:db8::5"
+    assert shell_from_spec("ssh://ops@mx.example.com?ssh_identity_file=/k/id").argv[-3:] == ["-i", "/k/id", "ops@mx.example.com"]
+    docker = shell_from_spec("docker://mf-example-client", "client", env={"DOCKER_HOST": "unix:///x"})
+    assert (docker.name, docker.argv, docker.env) == ("client", ["docker", "exec", "-i", "mf-example-client"], {"DOCKER_HOST": "unix:///x"})
+
+
+@pytest.mark.parametrize("spec", ["10.0.0.5", "ssh://", "ssh://host:99999", "ssh://host:port", "ssh://u:pw@host", "ssh://host/path",
+                                  "ssh://-oProxyCommand=x", "ssh://host?sudo=true", "docker://", "docker://a:b", "local://", "paramiko://h"])
+def test_a_bad_host_spec_is_a_clear_error(spec):
+    with pytest.raises(ShellSpecError, match="bad host spec"):
+        shell_from_spec(spec)
+
+
+def test_the_probe_runs_through_a_shell_with_its_payload_on_stdin():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+
+    def answer():
+        conn, _ = server.accept()
+        conn.sendall(b"220 here ESMTP\r\n")
+        conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]  # bound, never listening: the connection is refused
+    try:
+        answers = verify.run_probe(HostShell("here", ["env"]), {"probes": [{"kind": "banner", "host": "127.0.0.1", "port": port, "timeout": 5},
+                                                                           {"kind": "banner", "host": "127.0.0.1", "port": closed_port, "timeout": 2}]})
+    finally:
+        server.close()
+        closed.close()
+    assert answers[0]["banner"] == "220 here ESMTP"
+    assert answers[1]["banner"] is None and "ConnectionRefused" in answers[1]["error"]
+
+
+# The CLI as a person runs it, with pytest and testinfra made unimportable.
+NO_PYTEST = """
+import sys
+sys.modules["pytest"] = None
+sys.modules["testinfra"] = None
+from mailforge.cli import main
+sys.argv = ["mailforge", *sys.argv[1:]]
+main()
+"""
+
+
+def mailforge_without_pytest(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", NO_PYTEST, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_verify_needs_a_probing_host_and_a_good_spec(tmp_path):
+    render = str(tmp_path / "r")
+    result = mailforge_without_pytest("verify", str(INVENTORIES["example"]), "--render-dir", render)
+    assert result.returncode == 2 and "--probe-from" in result.stderr and "Traceback" not in result.stderr
+    result = mailforge_without_pytest("verify", str(INVENTORIES["example"]), "--render-dir", render, "--probe-from", "admin@10.0.0.5")
+    assert result.returncode == 2 and "bad host spec 'admin@10.0.0.5'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_verify_of_unreachable_hosts_exits_2_naming_one(tmp_path):
+    if shutil.which("ssh") is None:
+        pytest.skip("no ssh client here")
+    inventory = tmp_path / "inv"
+    shutil.copytree(INVENTORIES["example"], inventory, ignore=shutil.ignore_patterns(".mailforge"))
+    topology = inventory / "topology.yml"
+    topology.write_text(topology.read_text() + "\nconnection:\n  host: 127.0.0.1\n  port: 1\n")
+    result = mailforge_without_pytest("verify", str(inventory), "--probe-from", "ssh://nobody@127.0.0.1:1")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "cannot reach lb" in result.stderr and "Traceback" not in result.stderr
