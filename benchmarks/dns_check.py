@@ -159,8 +159,14 @@ def measure(domains: int, delay: float, repeat: int, root: Path) -> dict:
         proxy.stop()
         server.stop()
     check, base = statistics.median(check_times), statistics.median(base_times)
-    return {"domains": domains, "checks": len(checks), "queries": asked, "check_s": round(check, 3),
-            "baseline_s": round(base, 3), "ratio": round(check / base, 3)}
+    return {
+        "domains": domains,
+        "checks": len(checks),
+        "queries": asked,
+        "check_s": round(check, 3),
+        "baseline_s": round(base, 3),
+        "ratio": round(check / base, 3),
+    }
 
 
 def main() -> int:

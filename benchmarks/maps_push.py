@@ -63,8 +63,10 @@ def maps(inventory: Path, *extra: str) -> tuple[float, dict]:
 
 def host_seconds(env, container: str, script: str) -> float:
     """Wall time of a script inside a container, measured inside it (no exec overhead)."""
-    timer = ("import subprocess, sys, time; s = time.perf_counter(); "
-             "subprocess.run(sys.argv[1], shell=True, check=True, capture_output=True); print(time.perf_counter() - s)")
+    timer = (
+        "import subprocess, sys, time; s = time.perf_counter(); "
+        "subprocess.run(sys.argv[1], shell=True, check=True, capture_output=True); print(time.perf_counter() - s)"
+    )
     result = subprocess.run(["docker", "exec", container, "python3", "-c", timer, script], capture_output=True, text=True, env=env, timeout=600)
     if result.returncode != 0:
         raise SystemExit(f"{script!r} failed in {container}: {result.stderr[-1000:]}")
@@ -84,8 +86,8 @@ def variant(root: Path, name: str, local_parts: int, extra_address: str | None =
 
 def source_to_map(inventory: Path, scratch: Path, repeat: int) -> tuple[float, float]:
     """(median seconds of load + render + write of relay_recipients, median seconds of the floor)."""
-    from mailforge.render import render
     from mailforge.inventory import load_inventory
+    from mailforge.render import render
     from mailforge.write import write_file
 
     ours, floor = [], []
@@ -128,12 +130,15 @@ def main() -> int:
         results["first_push_maps"] = {h: v["pushed"] for h, v in report["hosts"].items()}
 
         say("postmap on a relay, hash and lmdb ...")
-        subprocess.run(["docker", "exec", "mf-example-relay1", "sh", "-c",
-                        "cp /etc/postfix/relay_recipients /tmp/bench_map; chmod 644 /tmp/bench_map"], env=env, check=True)
-        hash_runs = [host_seconds(env, "mf-example-relay1", "rm -f /tmp/bench_map.db; postmap -c /etc/postfix hash:/tmp/bench_map")
-                     for _ in range(args.repeat)]
-        lmdb_runs = [host_seconds(env, "mf-example-relay1", "rm -f /tmp/bench_map.lmdb; postmap -c /etc/postfix lmdb:/tmp/bench_map")
-                     for _ in range(args.repeat)]
+        subprocess.run(
+            ["docker", "exec", "mf-example-relay1", "sh", "-c", "cp /etc/postfix/relay_recipients /tmp/bench_map; chmod 644 /tmp/bench_map"],
+            env=env,
+            check=True,
+        )
+        hash_runs = [host_seconds(env, "mf-example-relay1", "rm -f /tmp/bench_map.db; postmap -c /etc/postfix hash:/tmp/bench_map") for _ in range(args.repeat)]
+        lmdb_runs = [
+            host_seconds(env, "mf-example-relay1", "rm -f /tmp/bench_map.lmdb; postmap -c /etc/postfix lmdb:/tmp/bench_map") for _ in range(args.repeat)
+        ]
         subprocess.run(["docker", "exec", "mf-example-relay1", "sh", "-c", "rm -f /tmp/bench_map*"], env=env)
         results["postmap_hash_s"] = round(statistics.median(hash_runs), 2)
         results["postmap_lmdb_s"] = round(statistics.median(lmdb_runs), 2)

@@ -34,18 +34,15 @@ import time
 from pathlib import Path
 
 import mailforge
+from mailforge.inventory import Topology, load_inventory
 from mailforge.inventory.recipients import RecipientSet
 from mailforge.render.files import POSTMAP, RenderedFile
 from mailforge.render.maps import relay_recipients
 from mailforge.write import write_file
-from mailforge.inventory import Topology, load_inventory
 
 GOAL = 3.0  # the project's goal: render + write within this factor of the floor
 
-SHELL_LOOP = (
-    'for i in $(cat domain-list.txt); do for y in $(cat user-list.txt); do '
-    'echo "$y@$i OK" >> relay_recipients; done; done'
-)
+SHELL_LOOP = 'for i in $(cat domain-list.txt); do for y in $(cat user-list.txt); do echo "$y@$i OK" >> relay_recipients; done; done'
 
 CLUSTER = "bench"
 
@@ -211,8 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         ]
         times: dict[str, list[float]] = {key: [] for _, key, _, _ in cases}
 
-        log(f"mailforge {getattr(mailforge, '__version__', '')} / Python {platform.python_version()} on {platform.machine()}; "
-            f"{args.local_parts} local parts x {args.domains} domains = {addresses:,} addresses, {len(data):,} bytes; temp dir {work}")
+        log(
+            f"mailforge {getattr(mailforge, '__version__', '')} / Python {platform.python_version()} on {platform.machine()}; "
+            f"{args.local_parts} local parts x {args.domains} domains = {addresses:,} addresses, {len(data):,} bytes; temp dir {work}"
+        )
 
         # One untimed warm-up of each case (imports, page cache, allocator), then the
         # repeats interleaved so drift in the machine's load hits every case alike.
@@ -247,8 +246,10 @@ def main(argv: list[str] | None = None) -> int:
             if not shell_match:
                 only_mf = len(set(mf_lines) - set(shell_lines))
                 only_shell = len(set(shell_lines) - set(mf_lines))
-                problems.append(f"mailforge and the shell loop differ: {len(mf_lines):,} vs {len(shell_lines):,} lines, "
-                                f"{only_mf:,} only in mailforge's, {only_shell:,} only in the shell loop's")
+                problems.append(
+                    f"mailforge and the shell loop differ: {len(mf_lines):,} vs {len(shell_lines):,} lines, "
+                    f"{only_mf:,} only in mailforge's, {only_shell:,} only in the shell loop's"
+                )
 
     medians = {key: statistics.median(values) for key, values in times.items()}
     floor_s = medians["floor"]
@@ -256,22 +257,27 @@ def main(argv: list[str] | None = None) -> int:
     within_goal = ratio["render_write"] <= GOAL
 
     if args.json:
-        print(json.dumps({
-            "local_parts": args.local_parts,
-            "domains": args.domains,
-            "addresses": addresses,
-            "bytes": len(data),
-            "repeat": args.repeat,
-            "repeat_shell": None if args.skip_shell else args.repeat_shell,
-            "python": platform.python_version(),
-            "median_seconds": medians,
-            "runs_seconds": times,
-            "ratio_to_floor": ratio,
-            "goal_ratio": GOAL,
-            "render_write_within_goal": within_goal,
-            "shell_output_matches": shell_match,
-            "problems": problems,
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "local_parts": args.local_parts,
+                    "domains": args.domains,
+                    "addresses": addresses,
+                    "bytes": len(data),
+                    "repeat": args.repeat,
+                    "repeat_shell": None if args.skip_shell else args.repeat_shell,
+                    "python": platform.python_version(),
+                    "median_seconds": medians,
+                    "runs_seconds": times,
+                    "ratio_to_floor": ratio,
+                    "goal_ratio": GOAL,
+                    "render_write_within_goal": within_goal,
+                    "shell_output_matches": shell_match,
+                    "problems": problems,
+                },
+                indent=2,
+            )
+        )
     else:
         rows = [(label, key) for label, key, _, _ in cases]
         if "shell" in medians:
@@ -283,10 +289,13 @@ def main(argv: list[str] | None = None) -> int:
         for label, key in rows:
             print(f"{label:<{width}}  {medians[key]:>10.4f}  {ratio[key]:>9.1f}")
         print()
-        print(f"medians of {args.repeat} runs ({args.repeat_shell if 'shell' in medians else 0} for the shell loop); "
-              f"{addresses:,} addresses, {len(data):,} bytes")
-        print(f"mailforge render + write is {ratio['render_write']:.1f}x the floor: "
-              + (f"within the {GOAL:g}x goal" if within_goal else f"ABOVE the {GOAL:g}x goal"))
+        print(
+            f"medians of {args.repeat} runs ({args.repeat_shell if 'shell' in medians else 0} for the shell loop); {addresses:,} addresses, {len(data):,} bytes"
+        )
+        print(
+            f"mailforge render + write is {ratio['render_write']:.1f}x the floor: "
+            + (f"within the {GOAL:g}x goal" if within_goal else f"ABOVE the {GOAL:g}x goal")
+        )
         if "shell" in medians:
             print(f"mailforge render + write is {medians['shell'] / medians['render_write']:.0f}x faster than the shell loop")
         if shell_match is None:

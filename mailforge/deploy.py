@@ -12,9 +12,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .errors import MailforgeError
 from .hosts import Reach
@@ -27,8 +27,7 @@ class DeployError(MailforgeError):
     """Ansible could not be run at all (not: a host failed)."""
 
 
-def ansible_inventory(inventory: Inventory, render_dir: Path, manifest: dict, reaches: dict[str, Reach],
-                      hosts: list[str] | None = None) -> dict:
+def ansible_inventory(inventory: Inventory, render_dir: Path, manifest: dict, reaches: dict[str, Reach], hosts: list[str] | None = None) -> dict:
     """The Ansible inventory for a topology: groups balancers, relays, mxproxies, cores, each host
     with how it is reached (`hosts.reach_all`) and where its rendered files are."""
     groups: dict[str, dict] = {group: {} for group in GROUPS}
@@ -85,8 +84,9 @@ def unified_diffs(diff) -> list[str]:
         before, after = entry.get("before"), entry.get("after")
         if not isinstance(before, str) or not isinstance(after, str) or before == after:
             continue
-        lines = difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True),
-                                     entry.get("before_header", "before"), entry.get("after_header", "after"))
+        lines = difflib.unified_diff(
+            before.splitlines(keepends=True), after.splitlines(keepends=True), entry.get("before_header", "before"), entry.get("after_header", "after")
+        )
         texts.append("".join(line if line.endswith("\n") else line + "\n" for line in lines))
     return texts
 
@@ -146,9 +146,19 @@ class EventTally:
         return dict(self.hosts)
 
 
-def run_playbook(inventory: Inventory, render_dir: Path, manifest: dict, reaches: dict[str, Reach], *,
-                 hosts: list[str] | None = None, check: bool = False, diff: bool = False, batch: int = 1,
-                 progress: Progress | None = None, environment: dict[str, str] | None = None) -> DeployResult:
+def run_playbook(
+    inventory: Inventory,
+    render_dir: Path,
+    manifest: dict,
+    reaches: dict[str, Reach],
+    *,
+    hosts: list[str] | None = None,
+    check: bool = False,
+    diff: bool = False,
+    batch: int = 1,
+    progress: Progress | None = None,
+    environment: dict[str, str] | None = None,
+) -> DeployResult:
     """Run playbooks/site.yml through ansible-runner against the topology's hosts (or `hosts`, which
     `hosts.select` chose from --limit), reached as `reaches` says."""
     try:
@@ -208,8 +218,14 @@ def results_of(result: DeployResult, cluster: str, warnings: list | None = None)
         status = "unreachable" if r.unreachable else "failed" if r.failed else "changed" if r.changed else "ok"
         results.append(Result(host, "deploy", status, not (r.failed or r.unreachable), bool(r.changed), "; ".join(r.messages), asdict(r)))
     totals = {key: sum(getattr(r, key) for r in result.hosts.values()) for key in ("ok", "changed", "failed", "unreachable")}
-    run = Run("deploy", cluster, results, warnings=list(warnings or []), hosts=list(result.hosts),
-              summary={"ansible_status": result.status, "rc": result.rc, "totals": totals})
+    run = Run(
+        "deploy",
+        cluster,
+        results,
+        warnings=list(warnings or []),
+        hosts=list(result.hosts),
+        summary={"ansible_status": result.status, "rc": result.rc, "totals": totals},
+    )
     if any(r.unreachable for r in result.hosts.values()):
         run.error = "unreachable: " + ", ".join(h for h, r in result.hosts.items() if r.unreachable)
     elif result.failed and not run.failed:

@@ -32,7 +32,6 @@ class Problem:
         return text
 
 
-
 class MailforgeError(Exception):
     """Base of every error mailforge reports to a person."""
 

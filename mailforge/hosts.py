@@ -37,10 +37,15 @@ from .remote import HostShell, ssh_argv
 # A standard Ansible inventory beside topology.yml adds or overrides connection settings.
 ANSIBLE_INVENTORIES = ("ansible_inventory.yml", "ansible_inventory.yaml", "hosts.yml")
 # topology.yml's connection keys and the Ansible variables they are.
-ANSIBLE_NAMES = {"plugin": "ansible_connection", "host": "ansible_host", "user": "ansible_user", "port": "ansible_port",
-                 "private_key_file": "ansible_ssh_private_key_file", "become": "ansible_become"}
-_ALIASES = {"ansible_private_key_file": "private_key_file", "ansible_ssh_host": "host", "ansible_ssh_user": "user",
-            "ansible_ssh_port": "port"}
+ANSIBLE_NAMES = {
+    "plugin": "ansible_connection",
+    "host": "ansible_host",
+    "user": "ansible_user",
+    "port": "ansible_port",
+    "private_key_file": "ansible_ssh_private_key_file",
+    "become": "ansible_become",
+}
+_ALIASES = {"ansible_private_key_file": "private_key_file", "ansible_ssh_host": "host", "ansible_ssh_user": "user", "ansible_ssh_port": "port"}
 _MAGIC = {"inventory_hostname", "inventory_hostname_short", "group_names"}
 
 
@@ -184,8 +189,7 @@ def _match(term: str, hosts: list[Host], groups: dict[str, list[str]]) -> list[s
             raise HostsError(f"--limit: {term!r} is not a regular expression ({exc})") from None
         return [n for n in names if pattern.match(n)] + [n for g, members in groups.items() if pattern.match(g) for n in members]
     if any(c in term for c in "*?["):
-        return [n for n in names if fnmatch.fnmatchcase(n, term)] + \
-            [n for g, members in groups.items() if fnmatch.fnmatchcase(g, term) for n in members]
+        return [n for n in names if fnmatch.fnmatchcase(n, term)] + [n for g, members in groups.items() if fnmatch.fnmatchcase(g, term) for n in members]
     return []
 
 
@@ -203,11 +207,13 @@ def select(inventory: Inventory, limit: str | None) -> list[Host]:
     both = [t[1:] for t in terms if t[0] == "&"]
     without = [t[1:] for t in terms if t[0] == "!"]
     chosen: set[str] = set()
-    for term in (plain or ["all"]):
+    for term in plain or ["all"]:
         found = _match(term, hosts, groups)
         if not found and term not in groups:
-            raise HostsError(f"--limit: {term!r} matches no host or group of the inventory "
-                             f"(hosts: {', '.join(h.name for h in hosts)}; groups: {', '.join(g for g in groups if groups[g])})")
+            raise HostsError(
+                f"--limit: {term!r} matches no host or group of the inventory "
+                f"(hosts: {', '.join(h.name for h in hosts)}; groups: {', '.join(g for g in groups if groups[g])})"
+            )
         chosen |= set(found)
     for term in both:
         chosen &= set(_match(term, hosts, groups))

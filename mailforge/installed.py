@@ -68,8 +68,15 @@ def parse_line(line: str) -> Installed | None:
         return None
     kind, sha, mode, owner, group, db, path = parts
     present = kind != "-"
-    return Installed(path, sha if present else None, mode if present else None, owner if present else None,
-                     group if present else None, None if db == "-" else db == "1", symlink=kind == "l")
+    return Installed(
+        path,
+        sha if present else None,
+        mode if present else None,
+        owner if present else None,
+        group if present else None,
+        None if db == "-" else db == "1",
+        symlink=kind == "l",
+    )
 
 
 def parse(text: str) -> dict[str, Installed]:
@@ -99,3 +106,21 @@ def mismatches(live: Installed, entry: dict, database: str | None) -> list[str]:
     if database is not None and live.database_current is not True:
         problems.append(DATABASE_STALE)
     return problems
+
+
+def map_entries(text: bytes | str) -> set[bytes]:
+    """The entry lines of a map as a set. Comment lines are found from the few '#' in the text, not
+    by testing a million lines one by one."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    lines = set(data.split(b"\n"))
+    lines.discard(b"")
+    hit = data.find(b"#")
+    while hit != -1:
+        begin = data.rfind(b"\n", 0, hit) + 1
+        end = data.find(b"\n", hit)
+        end = len(data) if end == -1 else end
+        line = data[begin:end]
+        if line.lstrip().startswith(b"#"):
+            lines.discard(line)
+        hit = data.find(b"#", end)
+    return lines

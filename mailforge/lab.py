@@ -22,6 +22,7 @@ from .errors import MailforgeError
 from .hosts import Reach
 from .inventory import Inventory
 from .resources import script
+
 IMAGE = "mailforge-lab/bookworm:latest"
 SENDER_DOMAIN = "lab-sender.test"  # an outside domain the probes send from; it resolves in the lab only
 OUTSIDE_DOMAIN = "elsewhere.test"  # a domain nobody hosts: relaying to it must be refused
@@ -80,8 +81,7 @@ def plan(inventory: Inventory) -> LabPlan:
                 return str(candidate)
         raise LabError(f"no free address left in {subnet} for the lab's own containers")
 
-    containers = [LabContainer(f"{prefix}-{h.name}", h.name, str(h.address), h.fqdn or f"{h.name}.lab", h.role.value)
-                  for h in inventory.hosts]
+    containers = [LabContainer(f"{prefix}-{h.name}", h.name, str(h.address), h.fqdn or f"{h.name}.lab", h.role.value) for h in inventory.hosts]
     top = subnet.num_addresses - 2
     containers.append(LabContainer(f"{prefix}-dns", "dns", free([53, *range(top, 2, -1)]), f"dns.{SENDER_DOMAIN}", "dns"))
     containers.append(LabContainer(f"{prefix}-client", "client", free([200, *range(top - 1, 2, -1)]), f"client.{SENDER_DOMAIN}", "client"))
@@ -135,24 +135,34 @@ def start_dns(env: dict[str, str], lab: LabPlan, files: dict[str, str]) -> None:
     replace the running NSD's files and restart it: a set NSD refuses never replaces the one it serves."""
     name = lab.by_host("dns").name
     # policy-rc.d keeps the package from starting NSD on its own default configuration.
-    _exec(env, name, "command -v nsd >/dev/null || { printf '#!/bin/sh\\nexit 101\\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d"
-                     " && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nsd >/dev/null; }")
+    _exec(
+        env,
+        name,
+        "command -v nsd >/dev/null || { printf '#!/bin/sh\\nexit 101\\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d"
+        " && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nsd >/dev/null; }",
+    )
     staged = f"{DNS_DIRECTORY}.new"
-    staged_paths = {path: staged + path[len(DNS_DIRECTORY):] for path in files}
+    staged_paths = {path: staged + path[len(DNS_DIRECTORY) :] for path in files}
     _exec(env, name, f"rm -rf {staged} && mkdir -p {staged}")
     for path, text in files.items():
         docker(env, "exec", "-i", name, "sh", "-c", f"cat > {shlex.quote(staged_paths[path])}", stdin=text)
     checks = [f"nsd-checkconf {staged}/nsd.conf"] + [
         f"nsd-checkzone {shlex.quote(Path(path).name.removesuffix('.zone'))} {shlex.quote(staged_paths[path])} >/dev/null"
-        for path in files if path.endswith(".zone")]
+        for path in files
+        if path.endswith(".zone")
+    ]
     result = docker(env, "exec", name, "sh", "-c", " && ".join(checks), check=False)
     if result.returncode != 0:
         raise LabError(f"NSD refuses the lab's zones: {(result.stderr or result.stdout).strip()}")
     running = f"nsd -c {DNS_DIRECTORY}/nsd.conf"  # NSD renames its processes ("nsd: main"); the command line stays
-    _exec(env, name, f"pkill -f '^{running}'; for i in $(seq 100); do pgrep -f '^{running}' >/dev/null || break; sleep 0.1; done; "
-                     f"rm -rf {DNS_DIRECTORY} && mv {staged} {DNS_DIRECTORY} && {running} && "
-                     f"for i in $(seq 150); do grep -q 'nsd started' {DNS_DIRECTORY}/nsd.log 2>/dev/null && exit 0; sleep 0.1; done; "
-                     f"echo 'NSD did not start:' >&2; cat {DNS_DIRECTORY}/nsd.log >&2; exit 1")
+    _exec(
+        env,
+        name,
+        f"pkill -f '^{running}'; for i in $(seq 100); do pgrep -f '^{running}' >/dev/null || break; sleep 0.1; done; "
+        f"rm -rf {DNS_DIRECTORY} && mv {staged} {DNS_DIRECTORY} && {running} && "
+        f"for i in $(seq 150); do grep -q 'nsd started' {DNS_DIRECTORY}/nsd.log 2>/dev/null && exit 0; sleep 0.1; done; "
+        f"echo 'NSD did not start:' >&2; cat {DNS_DIRECTORY}/nsd.log >&2; exit 1",
+    )
 
 
 # --- the engine -----------------------------------------------------------------
@@ -166,7 +176,7 @@ def engine_environment() -> dict[str, str]:
     env = dict(os.environ)
     for line in result.stdout.splitlines():
         if line.startswith("export "):
-            key, _, value = line[len("export "):].partition("=")
+            key, _, value = line[len("export ") :].partition("=")
             env[key] = shlex.split(value)[0] if value else ""
     return env
 
@@ -193,15 +203,21 @@ def reaches(inventory: Inventory, env: dict[str, str] | None = None) -> dict[str
     """How `--lab` reaches each host: `docker exec` into its container as root, replacing every
     connection setting of the topology and of hosts.yml (see `hosts`)."""
     lab = plan(inventory)
-    return {c.host: Reach(c.host, c.address, {"plugin": "community.docker.docker", "host": c.name}, {"ansible_docker_timeout": 60},
-                          env=env) for c in lab.containers if c.role not in ("client", "dns")}
+    return {
+        c.host: Reach(c.host, c.address, {"plugin": "community.docker.docker", "host": c.name}, {"ansible_docker_timeout": 60}, env=env)
+        for c in lab.containers
+        if c.role not in ("client", "dns")
+    }
 
 
 def probes(inventory: Inventory, env: dict[str, str] | None = None) -> dict[str, Reach]:
     """The lab's client and listed "spammer" containers, which `verify --lab` sends its probes from."""
     lab = plan(inventory)
-    return {c.host: Reach(c.host, c.address, {"plugin": "community.docker.docker", "host": c.name}, env=env)
-            for c in lab.containers if c.host in ("client", "spammer")}
+    return {
+        c.host: Reach(c.host, c.address, {"plugin": "community.docker.docker", "host": c.name}, env=env)
+        for c in lab.containers
+        if c.host in ("client", "spammer")
+    }
 
 
 def status(inventory: Inventory, env: dict[str, str]) -> list[dict]:
@@ -260,23 +276,53 @@ def up(inventory: Inventory, env: dict[str, str], say=lambda message: None) -> L
         say(f"network {lab.network} ({lab.subnet})")
         docker(env, "network", "create", "--subnet", lab.subnet, "--label", f"mailforge.cluster={lab.cluster}", lab.network)
     server = lab.by_host("dns")
-    sources = docker(env, "run", "--rm", "--entrypoint", "sh", IMAGE, "-c", "cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null", check=False).stdout
+    sources = docker(
+        env, "run", "--rm", "--entrypoint", "sh", IMAGE, "-c", "cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null", check=False
+    ).stdout
     mirrors = mirror_hosts(sources)
     for c in lab.containers:
         existing = docker(env, "inspect", "--format", "{{.State.Running}}", c.name, check=False)
         if existing.returncode == 0 and existing.stdout.strip() == "true":
             address = _address_on(env, c.name, lab.network)
             if address != c.address:
-                raise LabError(f"container {c.name} runs, but at {address or 'no address'} on {lab.network}, not at {c.address}: "
-                               f"remove it (mailforge lab down) and run lab up again")
+                raise LabError(
+                    f"container {c.name} runs, but at {address or 'no address'} on {lab.network}, not at {c.address}: "
+                    f"remove it (mailforge lab down) and run lab up again"
+                )
         else:
             if existing.returncode == 0:
                 docker(env, "rm", "-f", c.name)
             say(f"container {c.name} at {c.address}")
             # --init reaps the processes daemons leave behind; SYS_PTRACE lets init scripts see daemons run as other users.
-            docker(env, "run", "-d", "--init", "--name", c.name, "--hostname", c.hostname, "--network", lab.network, "--ip", c.address,
-                   "--dns", server.address, "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW", "--cap-add", "SYS_PTRACE",
-                   "--label", f"mailforge.cluster={lab.cluster}", "--label", f"mailforge.host={c.host}", IMAGE, "sleep", "infinity")
+            docker(
+                env,
+                "run",
+                "-d",
+                "--init",
+                "--name",
+                c.name,
+                "--hostname",
+                c.hostname,
+                "--network",
+                lab.network,
+                "--ip",
+                c.address,
+                "--dns",
+                server.address,
+                "--cap-add",
+                "NET_ADMIN",
+                "--cap-add",
+                "NET_RAW",
+                "--cap-add",
+                "SYS_PTRACE",
+                "--label",
+                f"mailforge.cluster={lab.cluster}",
+                "--label",
+                f"mailforge.host={c.host}",
+                IMAGE,
+                "sleep",
+                "infinity",
+            )
         # The package mirrors, resolved on this machine (the lab DNS never forwards), and rsyslog for
         # /var/log/mail.log, as on a real host (no systemd in a container).
         hosts_lines = "".join(f"grep -q ' {name}$' /etc/hosts || echo '{address} {name}' >>/etc/hosts; " for name, address in mirrors.items())

@@ -20,11 +20,12 @@ from pathlib import Path, PurePosixPath
 
 from . import installed
 from .errors import MailforgeError
+from .installed import map_entries
 from .inventory import Inventory, rollout_order
 from .remote import HostShell
-from .results import Result, Run
 from .render import Tree
 from .render.files import POSTFIX_RELOAD, POSTMAP, RenderedFile, database_suffix
+from .results import Result, Run
 
 # Maps whose entries are the recipients: the guard against a truncated export applies to them.
 RECIPIENT_MAPS = frozenset({"relay_recipients", "virtual_mailboxes"})
@@ -67,10 +68,19 @@ class MapChange:
         return self.name in RECIPIENT_MAPS
 
     def as_dict(self) -> dict:
-        return {"host": self.host, "map": self.path, "changed": self.changed, "missing": self.live_sha256 is None,
-                "database_current": self.database_current, "live_entries": self.live_entries, "entries": self.entries,
-                "added": self.added, "removed": self.removed, "added_examples": self.added_examples,
-                "removed_examples": self.removed_examples}
+        return {
+            "host": self.host,
+            "map": self.path,
+            "changed": self.changed,
+            "missing": self.live_sha256 is None,
+            "database_current": self.database_current,
+            "live_entries": self.live_entries,
+            "entries": self.entries,
+            "added": self.added,
+            "removed": self.removed,
+            "added_examples": self.added_examples,
+            "removed_examples": self.removed_examples,
+        }
 
 
 def map_files(tree: Tree) -> dict[str, dict[str, RenderedFile]]:
@@ -81,24 +91,6 @@ def map_files(tree: Tree) -> dict[str, dict[str, RenderedFile]]:
         if tables:
             result[host] = tables
     return result
-
-
-def _entries(text: bytes | str) -> set[bytes]:
-    """The entry lines of a map as a set. Comment lines are found from the few '#' in the text, not
-    by testing a million lines one by one."""
-    data = text.encode("utf-8") if isinstance(text, str) else text
-    lines = set(data.split(b"\n"))
-    lines.discard(b"")
-    hit = data.find(b"#")
-    while hit != -1:
-        begin = data.rfind(b"\n", 0, hit) + 1
-        end = data.find(b"\n", hit)
-        end = len(data) if end == -1 else end
-        line = data[begin:end]
-        if line.lstrip().startswith(b"#"):
-            lines.discard(line)
-        hit = data.find(b"#", end)
-    return lines
 
 
 def _examples(lines: set[bytes]) -> list[str]:
@@ -112,8 +104,7 @@ def _survey_script(tables: dict[str, RenderedFile]) -> str:
     return installed.script((path, f.database_path(path)) for path, f in tables.items())
 
 
-def survey(shells: dict[str, HostShell], tables: dict[str, dict[str, RenderedFile]], workers: int = 16,
-           cache: Path | None = None) -> list[MapChange]:
+def survey(shells: dict[str, HostShell], tables: dict[str, dict[str, RenderedFile]], workers: int = 16, cache: Path | None = None) -> list[MapChange]:
     """Compare every host's live maps with the rendered ones, all hosts at once.
 
     `cache` holds the maps this machine last pushed, by sha256: a live map whose sha256 is
@@ -168,8 +159,8 @@ def survey(shells: dict[str, HostShell], tables: dict[str, dict[str, RenderedFil
 
     def compare(group: list[MapChange]) -> None:
         first = group[0]
-        new = _entries(first.data)
-        old = _entries(live_text(first)) if first.live_sha256 is not None else set()
+        new = map_entries(first.data)
+        old = map_entries(live_text(first)) if first.live_sha256 is not None else set()
         added, removed = new - old, old - new
         added_examples, removed_examples = _examples(added), _examples(removed)
         for change in group:
@@ -223,8 +214,9 @@ def guard(changes: list[MapChange], max_shrink: float) -> list[Refusal]:
         if c.entries == 0:
             refusals.append(Refusal(c, f"would become empty: all {c.live_entries:,} addresses would go"))
         elif c.removed / c.live_entries > max_shrink:
-            refusals.append(Refusal(c, f"would lose {c.removed:,} of {c.live_entries:,} entries "
-                                       f"({c.removed / c.live_entries:.1%}, more than the {max_shrink:.0%} allowed)"))
+            refusals.append(
+                Refusal(c, f"would lose {c.removed:,} of {c.live_entries:,} entries ({c.removed / c.live_entries:.1%}, more than the {max_shrink:.0%} allowed)")
+            )
     return refusals
 
 
@@ -238,9 +230,11 @@ def _stage_script(change: MapChange) -> str:
         check = f"postmap -c {conf} {f.table_type}:{staged}"
     else:
         check = f"postmap -c {conf} -q mailforge-probe {f.table_type}:{staged} >/dev/null"
-    return (f"set -eu; umask 077; cat > {staged}; chown {f.owner}:{f.group} {staged}; chmod {f.mode} {staged}; "
-            f"{check} 2>{staged}.err || true; if [ -s {staged}.err ]; then cat {staged}.err >&2; rm -f {staged}*; exit 1; fi; "
-            f"rm -f {staged}.err")
+    return (
+        f"set -eu; umask 077; cat > {staged}; chown {f.owner}:{f.group} {staged}; chmod {f.mode} {staged}; "
+        f"{check} 2>{staged}.err || true; if [ -s {staged}.err ]; then cat {staged}.err >&2; rm -f {staged}*; exit 1; fi; "
+        f"rm -f {staged}.err"
+    )
 
 
 def _go_live_script(changes: list[MapChange]) -> str:
@@ -317,8 +311,9 @@ def push(shells: dict[str, HostShell], changes: list[MapChange], order: list[lis
             if sample is None:
                 continue
             key, value = sample
-            probe = shells[host].run(f"postmap -c {shlex.quote(c.rendered.config_directory)} -q {shlex.quote(key)} "
-                                     f"{c.rendered.table_type}:{shlex.quote(c.path)}")
+            probe = shells[host].run(
+                f"postmap -c {shlex.quote(c.rendered.config_directory)} -q {shlex.quote(key)} {c.rendered.table_type}:{shlex.quote(c.path)}"
+            )
             if probe.stdout.decode().strip() != value:
                 results[host].error = f"{c.path}: after the swap, {key} looks up as {probe.stdout.decode().strip()!r}, not {value!r}"
                 return
@@ -357,8 +352,17 @@ class MapsRun:
         return [r for r in self.results if r.error]
 
 
-def run(inventory: Inventory, shells: dict[str, HostShell], *, hosts: list[str] | None = None, check: bool = False,
-        force: bool = False, max_shrink: float = 0.10, batch: int = 1, cache: Path | None = None) -> MapsRun:
+def run(
+    inventory: Inventory,
+    shells: dict[str, HostShell],
+    *,
+    hosts: list[str] | None = None,
+    check: bool = False,
+    force: bool = False,
+    max_shrink: float = 0.10,
+    batch: int = 1,
+    cache: Path | None = None,
+) -> MapsRun:
     """The maps workflow: render the maps from the sources, compare them with every host's (or `hosts`'),
     refuse a shrink beyond `max_shrink` (a share) unless `force`, push what changed (never with
     `check`), cores first and relays `batch` at a time, and remember what is live now in `cache`."""
@@ -391,9 +395,19 @@ def results_of(result: MapsRun, cluster: str, warnings: list | None = None) -> R
         results.append(Result(c.host, c.path, status, key not in refused, key in pushed, refused.get(key, ""), c.as_dict()))
     for r in result.failed:
         results.append(Result(r.host, "push", "failed", False, bool(r.pushed), r.error or ""))
-    return Run("maps", cluster, results, warnings=list(warnings or []), hosts=result.hosts, summary={
-        "changed": bool(result.changed), "checked_only": result.checked_only, "seconds": round(result.seconds, 3),
-        "refused": [{"host": r.change.host, "map": r.change.path, "reason": r.reason, "removed_examples": r.change.removed_examples}
-                    for r in result.refusals],
-        "pushed": {r.host: {"pushed": r.pushed, "reloaded": r.reloaded, "error": r.error} for r in result.results},
-    })
+    return Run(
+        "maps",
+        cluster,
+        results,
+        warnings=list(warnings or []),
+        hosts=result.hosts,
+        summary={
+            "changed": bool(result.changed),
+            "checked_only": result.checked_only,
+            "seconds": round(result.seconds, 3),
+            "refused": [
+                {"host": r.change.host, "map": r.change.path, "reason": r.reason, "removed_examples": r.change.removed_examples} for r in result.refusals
+            ],
+            "pushed": {r.host: {"pushed": r.pushed, "reloaded": r.reloaded, "error": r.error} for r in result.results},
+        },
+    )

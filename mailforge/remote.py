@@ -44,8 +44,7 @@ class HostShell:
         if self.remote_command_is_string:
             command = [shlex.join(command)]
         try:
-            result = subprocess.run([*self.argv, *command], input=stdin if stdin is not None else b"", capture_output=True,
-                                    timeout=timeout, env=self.env)
+            result = subprocess.run([*self.argv, *command], input=stdin if stdin is not None else b"", capture_output=True, timeout=timeout, env=self.env)
         except subprocess.TimeoutExpired:
             raise HostUnreachable(f"{self.name}: no answer within {timeout:.0f} s") from None
         except FileNotFoundError as exc:
@@ -59,12 +58,12 @@ class HostShell:
         if self.argv[0] == "ssh":
             return result.returncode == 255
         stderr = result.stderr.decode(errors="replace").lower()
-        return result.returncode in (125, 126, 127) and ("no such container" in stderr or "is not running" in stderr
-                                                         or "error" in stderr and "container" in stderr)
+        return result.returncode in (125, 126, 127) and (
+            "no such container" in stderr or "is not running" in stderr or "error" in stderr and "container" in stderr
+        )
 
 
-def ssh_argv(target: str, user: str | None = None, port: int | str | None = None, key: str | None = None,
-              connect_timeout: int = 10) -> list[str]:
+def ssh_argv(target: str, user: str | None = None, port: int | str | None = None, key: str | None = None, connect_timeout: int = 10) -> list[str]:
     """ssh in batch mode (a key or an agent, never a password prompt) to `target`."""
     argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}"]
     if port:
@@ -86,19 +85,23 @@ def shell_from_spec(spec: str, name: str = "probe", env: dict[str, str] | None =
         raise ShellSpecError(f"bad host spec {spec!r}: {exc}; {usage}") from None
     if parts.scheme == "docker":
         container = parts.netloc
-        if (not container or container.startswith("-") or parts.path not in ("", "/") or parts.query
-                or any(c in container for c in "@: ")):
+        if not container or container.startswith("-") or parts.path not in ("", "/") or parts.query or any(c in container for c in "@: "):
             raise ShellSpecError(f"bad host spec {spec!r}: name one container, as docker://NAME")
         return HostShell(name, ["docker", "exec", "-i", container], env=env)
     if parts.scheme == "ssh":
-        if (not parts.hostname or parts.path not in ("", "/") or parts.password is not None or port == 0
-                or parts.hostname.startswith("-") or (parts.username or "").startswith("-")):
+        if (
+            not parts.hostname
+            or parts.path not in ("", "/")
+            or parts.password is not None
+            or port == 0
+            or parts.hostname.startswith("-")
+            or (parts.username or "").startswith("-")
+        ):
             raise ShellSpecError(f"bad host spec {spec!r}: {usage}")
         query = parse_qs(parts.query, keep_blank_values=True)
         unknown = sorted(set(query) - {"ssh_identity_file"})
         if unknown or any(len(v) != 1 or not v[0] for v in query.values()):
-            raise ShellSpecError(f"bad host spec {spec!r}: the only option is ?ssh_identity_file=PATH"
-                                 + (f", not {', '.join(unknown)}" if unknown else ""))
+            raise ShellSpecError(f"bad host spec {spec!r}: the only option is ?ssh_identity_file=PATH" + (f", not {', '.join(unknown)}" if unknown else ""))
         key = query.get("ssh_identity_file", [None])[0]
         argv = ssh_argv(parts.hostname, parts.username, port, key, connect_timeout)
         return HostShell(name, argv, remote_command_is_string=True)

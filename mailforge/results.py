@@ -76,11 +76,16 @@ class Run:
         return hosts
 
     def envelope(self) -> dict[str, Any]:
-        envelope: dict[str, Any] = {"command": self.command, "cluster": self.cluster, "status": self.status,
-                                    "exit_code": self.exit_code, "hosts": self.by_host(),
-                                    "problems": [asdict(p) | {"file": str(p.file)} for p in self.problems],
-                                    "warnings": [asdict(p) | {"file": str(p.file)} for p in self.warnings],
-                                    "summary": self.summary}
+        envelope: dict[str, Any] = {
+            "command": self.command,
+            "cluster": self.cluster,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "hosts": self.by_host(),
+            "problems": [asdict(p) | {"file": str(p.file)} for p in self.problems],
+            "warnings": [asdict(p) | {"file": str(p.file)} for p in self.warnings],
+            "summary": self.summary,
+        }
         if self.error:
             envelope["error"] = self.error
         return envelope

@@ -69,7 +69,6 @@ class Check:
     detail: str
 
 
-
 # --- host state: drift's items, rolled up ---------------------------------------------------------
 
 
@@ -137,7 +136,7 @@ def host_rows(items: list[Item]) -> list[Check]:
         place, name = row_of(item)
         rows.setdefault((item.host, name), (place, []))[1].append(item)
     checks = []
-    for (host, name), (place, row) in sorted(rows.items(), key=lambda r: (hosts.index(r[0][0]), r[1][0], r[0][1])):
+    for (host, name), (_, row) in sorted(rows.items(), key=lambda r: (hosts.index(r[0][0]), r[1][0], r[0][1])):
         bad = [i for i in row if i.status != IN_SYNC]
         detail = "; ".join(_evidence(i) for i in bad[:EVIDENCE_ITEMS]) + (f"; and {len(bad) - EVIDENCE_ITEMS} more" if len(bad) > EVIDENCE_ITEMS else "")
         checks.append(Check("host", name, host, not bad, detail if bad else _ok_evidence(name, row)))
@@ -185,7 +184,7 @@ def host_checks(inventory: Inventory, render_dir: Path, manifest: dict, shells: 
         return listening(shells[host].run("ss -ltnH").stdout.decode(errors="replace"))
 
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(report.hosts)))) as pool:
-        ports = dict(zip(report.hosts, pool.map(ss, report.hosts)))
+        ports = dict(zip(report.hosts, pool.map(ss, report.hosts), strict=True))
     checks = []
     for host in report.hosts:
         items = [i for i in report.items if i.host == host]
@@ -245,16 +244,17 @@ def _describe(result: dict) -> str:
     return ", ".join(f"{stage} {code} {text[:70]}" for stage, (code, text) in result["stages"].items() if stage != "ehlo")
 
 
-def mail_checks(inventory: Inventory, shells: dict[str, HostShell], client: HostShell, listed_client: HostShell | None,
-                wait: int = 60) -> list[Check]:
+def mail_checks(inventory: Inventory, shells: dict[str, HostShell], client: HostShell, listed_client: HostShell | None, wait: int = 60) -> list[Check]:
     """Real mail through the front door, the PROXY protocol's truth, and the walls."""
     t = inventory.topology
     host, port = _front_door(inventory)
     token = uuid.uuid4().hex[:12]
     local, domain = _listed_recipient(inventory)
     recipient = f"{local}@{domain}"
-    message = (f"From: <{SENDER}>\r\nTo: <{recipient}>\r\nSubject: mailforge verify {token}\r\n"
-               f"Message-ID: <{token}@lab-sender.test>\r\n\r\nmailforge verify probe {token}\r\n")
+    message = (
+        f"From: <{SENDER}>\r\nTo: <{recipient}>\r\nSubject: mailforge verify {token}\r\n"
+        f"Message-ID: <{token}@lab-sender.test>\r\n\r\nmailforge verify probe {token}\r\n"
+    )
     base = {"kind": "smtp", "host": host, "port": port, "sender": SENDER, "helo": "client.lab-sender.test", "timeout": 30}
     probes = [
         {**base, "recipient": recipient, "data": message},
@@ -287,23 +287,47 @@ def mail_checks(inventory: Inventory, shells: dict[str, HostShell], client: Host
         else:
             time.sleep(2)
     if cores:  # with a --limit that leaves out every core, no mailbox to look into
-        checks.append(Check("mail", f"message arrives in the core's mailbox of {recipient}", delivered_on or ",".join(cores), delivered_on is not None,
-                            f"found on {delivered_on}" if delivered_on else f"not delivered within {wait} s" if accepted else "not accepted, so not delivered"))
+        checks.append(
+            Check(
+                "mail",
+                f"message arrives in the core's mailbox of {recipient}",
+                delivered_on or ",".join(cores),
+                delivered_on is not None,
+                f"found on {delivered_on}" if delivered_on else f"not delivered within {wait} s" if accepted else "not accepted, so not delivered",
+            )
+        )
 
     addresses = client.run("hostname -I")
     words = addresses.stdout.decode(errors="replace").split()
     client_address = words[0] if addresses.returncode == 0 and words else None
     if t.load_balancers and t.proxy_protocol != "none" and any(r.name in shells for r in t.relays):
-        seen = [r.name for r in t.relays if r.name in shells and client_address and
-                shells[r.name].run(f"grep -F 'CONNECT from [{client_address}]' /var/log/mail.log").returncode == 0]
-        checks.append(Check("proxy", "relay logs show the client's own address", ",".join(seen) or "relays", bool(seen),
-                            f"postscreen logged CONNECT from [{client_address}] on {', '.join(seen)}" if seen else
-                            f"no relay logged CONNECT from [{client_address}]"))
+        seen = [
+            r.name
+            for r in t.relays
+            if r.name in shells and client_address and shells[r.name].run(f"grep -F 'CONNECT from [{client_address}]' /var/log/mail.log").returncode == 0
+        ]
+        checks.append(
+            Check(
+                "proxy",
+                "relay logs show the client's own address",
+                ",".join(seen) or "relays",
+                bool(seen),
+                f"postscreen logged CONNECT from [{client_address}] on {', '.join(seen)}" if seen else f"no relay logged CONNECT from [{client_address}]",
+            )
+        )
 
     if listed_client is not None and t.policy.rbl_clients:
         spam = run_probe(listed_client, {"probes": [{**base, "helo": "spammer.lab-sender.test", "recipient": recipient}]})[0]
         code = _code(spam, "rcpt") or _code(spam, "error")
-        checks.append(Check("mail", "DNSBL-listed client is refused", listed_client.name, code is not None and 500 <= code < 600 and "blocked" in _describe(spam), _describe(spam)))
+        checks.append(
+            Check(
+                "mail",
+                "DNSBL-listed client is refused",
+                listed_client.name,
+                code is not None and 500 <= code < 600 and "blocked" in _describe(spam),
+                _describe(spam),
+            )
+        )
 
     walls = []
     for c in t.cores:
@@ -317,9 +341,16 @@ def mail_checks(inventory: Inventory, shells: dict[str, HostShell], client: Host
             walls.append(("walls", f"relay {relay.name} port {t.backend_port} gives non-balancers no banner", relay.address, t.backend_port))
     if walls:
         answers = run_probe(client, {"probes": [{"kind": "banner", "host": h, "port": p, "timeout": 4} for _, _, h, p in walls]})
-        for (group, name, address, p), answer in zip(walls, answers):
-            checks.append(Check(group, name, client.name, answer["banner"] is None,
-                                f"banner {answer['banner']!r}" if answer["banner"] is not None else answer.get("error", "no answer")))
+        for (group, name, _, _), answer in zip(walls, answers, strict=True):
+            checks.append(
+                Check(
+                    group,
+                    name,
+                    client.name,
+                    answer["banner"] is None,
+                    f"banner {answer['banner']!r}" if answer["banner"] is not None else answer.get("error", "no answer"),
+                )
+            )
     return checks
 
 
@@ -331,8 +362,15 @@ def reachable(shells: dict[str, HostShell]) -> None:
             raise VerifyError(f"cannot reach {name} ({' '.join(shell.argv)}): {result.stderr.decode(errors='replace').strip()}")
 
 
-def verify(inventory: Inventory, render_dir: Path, manifest: dict, shells: dict[str, HostShell], client: HostShell,
-           listed_client: HostShell | None = None, wait: int = 60) -> list[Check]:
+def verify(
+    inventory: Inventory,
+    render_dir: Path,
+    manifest: dict,
+    shells: dict[str, HostShell],
+    client: HostShell,
+    listed_client: HostShell | None = None,
+    wait: int = 60,
+) -> list[Check]:
     """Every check, host rows first, against hosts already reached the way the caller chose."""
     reachable({**shells, client.name: client})
     return host_checks(inventory, render_dir, manifest, shells) + mail_checks(inventory, shells, client, listed_client, wait)
@@ -341,5 +379,10 @@ def verify(inventory: Inventory, render_dir: Path, manifest: dict, shells: dict[
 def results_of(checks: list[Check], cluster: str, warnings: list | None = None, hosts: list[str] | None = None) -> Run:
     """The checks in the result shape every command shares: one result per check, under its host
     (the probing client's name for the mail checks)."""
-    return Run("verify", cluster, [Result(c.host, c.name, "ok" if c.ok else "failed", c.ok, detail=c.detail, data=asdict(c)) for c in checks],
-               warnings=list(warnings or []), hosts=hosts)
+    return Run(
+        "verify",
+        cluster,
+        [Result(c.host, c.name, "ok" if c.ok else "failed", c.ok, detail=c.detail, data=asdict(c)) for c in checks],
+        warnings=list(warnings or []),
+        hosts=hosts,
+    )

@@ -28,8 +28,8 @@ def inventory_name(request) -> str:
 @pytest.fixture(scope="session")
 def rendered(tmp_path_factory):
     """Render each inventory once per session into tmp: name -> output directory."""
-    from mailforge.render import render
     from mailforge.inventory import load_inventory
+    from mailforge.render import render
     from mailforge.write import write_tree
 
     cache: dict[str, Path] = {}
@@ -65,8 +65,9 @@ def engine_env() -> dict[str, str]:
 
 def in_container(host: str, script: str, stdin: str | None = None, check: bool = True) -> str:
     """Run a shell script in one of the example lab's containers (lb, relay1, relay2, core, client, ...)."""
-    result = subprocess.run(["docker", "exec", "-i", f"mf-example-{host}", "sh", "-c", script], env=engine_env(),
-                            capture_output=True, text=True, timeout=300, input=stdin)
+    result = subprocess.run(
+        ["docker", "exec", "-i", f"mf-example-{host}", "sh", "-c", script], env=engine_env(), capture_output=True, text=True, timeout=300, input=stdin
+    )
     if check:
         assert result.returncode == 0, result.stderr
     return result.stdout

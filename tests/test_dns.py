@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import INVENTORIES, MAILFORGE, rows
 
-from conftest import INVENTORIES, MAILFORGE, REPO, rows
 from mailforge.dns import zone_sections  # the reader of `dns zone` output the lab uses too
 
 GOLDEN = Path(__file__).parent / "golden-dns"  # beside golden/, which holds one directory per inventory
@@ -57,8 +57,10 @@ def dnsbl_sections(inventory_dir: Path) -> dict[str, list[str]]:
 
     topology = load_inventory(inventory_dir).topology
     records = dns.dnsbl_records(topology)
-    return {zone: [line for line in dns.zone_file(zone, records, "ns.test").splitlines() if line.split()[0].endswith(zone + ".")]
-            for zone in dict.fromkeys(r.zone for r in records)}
+    return {
+        zone: [line for line in dns.zone_file(zone, records, "ns.test").splitlines() if line.split()[0].endswith(zone + ".")]
+        for zone in dict.fromkeys(r.zone for r in records)
+    }
 
 
 @pytest.fixture(scope="session")
@@ -102,8 +104,7 @@ class Nsd:
         served = sorted({*zones, *(zone_files or {})})
         (root / "nsd.conf").write_text(dns.nsd_conf(served, str(root), [f"127.0.0.1@{self.port}"]), encoding="utf-8")
         self.log = (root / "stderr.log").open("wb")
-        self.process = subprocess.Popen([binary, "-d", "-c", str(root / "nsd.conf")], stdout=self.log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen([binary, "-d", "-c", str(root / "nsd.conf")], stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
         while True:
             log = (root / "nsd.log").read_text(errors="replace") if (root / "nsd.log").exists() else ""
@@ -201,19 +202,21 @@ def test_zone_output_says_what_the_design_needs(zone_output):
     for domain in ("example.com", "example.org"):
         mx = [line.split() for line in zones[domain] if " MX " in line]
         assert [(m[0], m[4], m[5]) for m in mx] == [(f"{domain}.", "10", "mx.example.com.")]  # the balancer only, no backup
-        assert any(f'{domain}.' in line and '"v=spf1 ip4:10.232.0.30 -all"' in line for line in zones[domain])  # the core sends
+        assert any(f"{domain}." in line and '"v=spf1 ip4:10.232.0.30 -all"' in line for line in zones[domain])  # the core sends
     assert not any("core" in line for domain in ("example.com", "example.org") for line in zones[domain] if " MX " in line)
     ptrs = {line.split()[0]: line.split()[4] for line in zones["0.232.10.in-addr.arpa"]}
-    assert ptrs == {"21.0.232.10.in-addr.arpa.": "relay1.example.com.", "22.0.232.10.in-addr.arpa.": "relay2.example.com.",
-                    "30.0.232.10.in-addr.arpa.": "core.internal.example.com."}
+    assert ptrs == {
+        "21.0.232.10.in-addr.arpa.": "relay1.example.com.",
+        "22.0.232.10.in-addr.arpa.": "relay2.example.com.",
+        "30.0.232.10.in-addr.arpa.": "core.internal.example.com.",
+    }
     assert "ask whoever owns 10.232.0.0/24" in zone_output("example")
     # the MX proxy sends through its outbound instance: SPF names it, not the filter behind it
     proxy = zone_sections(zone_output("mx-proxy"))
     assert any('"v=spf1 ip4:10.231.1.25 -all"' in line for line in proxy["example.org"])
     # no balancer name: the relays are the MX, all at one preference
     elb = zone_sections(zone_output("elb-relays"))
-    assert sorted(line.split()[5] for line in elb["mail.example.io"] if " MX " in line) == \
-        ["ingest1.example.io.", "ingest2.example.io.", "ingest3.example.io."]
+    assert sorted(line.split()[5] for line in elb["mail.example.io"] if " MX " in line) == ["ingest1.example.io.", "ingest2.example.io.", "ingest3.example.io."]
 
 
 def bad_inventory(tmp_path: Path) -> Path:
@@ -261,8 +264,9 @@ def test_spf_mechanisms_are_evaluated(zone_output, serve):
     assert code == 0, failures(report)
     assert "others get softfail" in row(report, "example.com", "SPF")["evidence"]
     # redirect= hands the whole decision to another record
-    zones["example.com"] = replaced(zones["example.com"], '"v=spf1 mx a:core.internal.example.com ~all"',
-                                    '"v=spf1 ip6:2001:db8::/32 redirect=_spf.example.com"')
+    zones["example.com"] = replaced(
+        zones["example.com"], '"v=spf1 mx a:core.internal.example.com ~all"', '"v=spf1 ip6:2001:db8::/32 redirect=_spf.example.com"'
+    )
     code, report = check(EXAMPLE, serve(zones))
     assert code == 0, failures(report)
     # +all authorises everyone; a record naming only the MX forgets the core, which sends
@@ -317,8 +321,7 @@ def test_an_mx_name_resolving_to_a_core_address(zone_output, serve):
     zones["example.com"] = replaced(zones["example.com"], r"^mx\.example\.com\.(\s+\d+ IN A\s+)10\.232\.0\.10", r"mx.example.com.\g<1>10.232.0.30")
     code, report = check(EXAMPLE, serve(zones))
     assert code == 1
-    assert "MX mx.example.com resolves to core core.internal.example.com's address 10.232.0.30" in \
-        row(report, "example.com", "no core in MX")["evidence"]
+    assert "MX mx.example.com resolves to core core.internal.example.com's address 10.232.0.30" in row(report, "example.com", "no core in MX")["evidence"]
     target = row(report, "mx.example.com", "MX host addresses")["evidence"]
     assert "10.232.0.30, not a balancer or relay" in target and "does not resolve to its address 10.232.0.10" in target
 
@@ -502,13 +505,13 @@ def test_rbl_test_entries():
 
 
 def lab_zone_files(name: str) -> dict[str, str]:
-    from mailforge import dns, lab
+    from mailforge import lab
     from mailforge.inventory import load_inventory
 
     inventory = load_inventory(INVENTORIES[name])
     files = lab.dns_files(inventory, lab.plan(inventory))
     assert f"{lab.DNS_DIRECTORY}/nsd.conf" in files
-    return {Path(path).name[:-len(".zone")]: text for path, text in files.items() if path.endswith(".zone")}
+    return {Path(path).name[: -len(".zone")]: text for path, text in files.items() if path.endswith(".zone")}
 
 
 def test_lab_dns_files_are_the_zone_output_plus_the_lab(zone_output):
@@ -529,11 +532,15 @@ def test_lab_dns_files_are_the_zone_output_plus_the_lab(zone_output):
         assert lines[3].startswith("@ IN SOA ") and lines[4].startswith("@ IN NS "), text
         body = lines[5:]
         pasted = published.get(zone, [])
-        assert body[:len(pasted)] == pasted, f"zone {zone}: the `dns zone` section is not pasted as printed"
-        for line in body[len(pasted):]:
+        assert body[: len(pasted)] == pasted, f"zone {zone}: the `dns zone` section is not pasted as printed"
+        for line in body[len(pasted) :]:
             owner = line.split()[0]
-            lab_only = (zone == lab.SENDER_DOMAIN or zone in inventory.topology.policy.rbl_clients
-                        or zone in inventory.topology.policy.rhsbl_senders or owner in lab_names)
+            lab_only = (
+                zone == lab.SENDER_DOMAIN
+                or zone in inventory.topology.policy.rbl_clients
+                or zone in inventory.topology.policy.rhsbl_senders
+                or owner in lab_names
+            )
             assert lab_only, f"zone {zone}: {line!r} is neither `dns zone` output nor the lab's own"
             assert owner not in {p.split()[0] for p in pasted if p.split()[3] == line.split()[3]}, f"{line!r} repeats a published record"
     # The lab lists its "spammer" client in every IP list, besides the RFC 5782 test entry.
@@ -571,8 +578,7 @@ def test_ipv6_hosts_get_aaaa_ip6_ptrs_and_ip6_spf(tmp_path, serve):
     assert [line.split()[3:5] for line in zones["example.com"] if line.startswith("relay1.")] == [["AAAA", "2001:db8:232::21"]]
     assert any('"v=spf1 ip6:2001:db8:232::30 -all"' in line for line in zones["example.org"])
     ptrs = {line.split()[0]: line.split()[4] for line in zones[reverse6]}
-    assert ptrs == {"1.2." + "0." * 14 + reverse6 + ".": "relay1.example.com.",
-                    "0.3." + "0." * 14 + reverse6 + ".": "core.internal.example.com."}
+    assert ptrs == {"1.2." + "0." * 14 + reverse6 + ".": "relay1.example.com.", "0.3." + "0." * 14 + reverse6 + ".": "core.internal.example.com."}
     right = {**zones, **dnsbl_sections(inventory)}
     code, report = check(inventory, serve(right))
     assert code == 0 and report["ok"], failures(report)

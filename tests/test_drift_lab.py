@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import EXAMPLE, engine_env, mailforge
 
 pytestmark = [
@@ -53,8 +52,9 @@ def cluster(request):
 
 
 def on(host: str, script: str, check: bool = True) -> str:
-    result = subprocess.run(["docker", "exec", "-i", f"mf-{T.cluster}-{host}", "sh", "-c", script], env=engine_env(),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        ["docker", "exec", "-i", f"mf-{T.cluster}-{host}", "sh", "-c", script], env=engine_env(), capture_output=True, text=True, timeout=300
+    )
     if check:
         assert result.returncode == 0, f"{host}: {script}: {result.stderr}"
     return result.stdout
@@ -141,26 +141,38 @@ def _delete_backend_rule(host: str) -> str:
 
 CASES = {
     "a main.cf parameter changed with postconf -e": (
-        RELAY1, "postconf -e smtpd_helo_required=no", None,
-        {(RELAY1, "main.cf", "smtpd_helo_required", "drifted"), (RELAY1, "file", "/etc/postfix/main.cf", "drifted")}),
+        RELAY1,
+        "postconf -e smtpd_helo_required=no",
+        None,
+        {(RELAY1, "main.cf", "smtpd_helo_required", "drifted"), (RELAY1, "file", "/etc/postfix/main.cf", "drifted")},
+    ),
     "a line appended to a map and postmapped": (
-        RELAY2, "echo 'intruder@example.com OK' >> /etc/postfix/relay_recipients && postmap /etc/postfix/relay_recipients", None,
-        {(RELAY2, "map", "/etc/postfix/relay_recipients", "drifted")}),
+        RELAY2,
+        "echo 'intruder@example.com OK' >> /etc/postfix/relay_recipients && postmap /etc/postfix/relay_recipients",
+        None,
+        {(RELAY2, "map", "/etc/postfix/relay_recipients", "drifted")},
+    ),
     "a map edited without postmap": (
-        RELAY1, "sed -i '/^abuse@example.com /d' /etc/postfix/relay_recipients", None,
-        {(RELAY1, "map", "/etc/postfix/relay_recipients", "drifted")}),
-    "a firewall rule deleted live": (
-        RELAY2, None, None,
-        {(RELAY2, "firewall", "iptables", "drifted")}),
-    "haproxy stopped": (
-        LB, "service haproxy stop", None,
-        {(LB, "service", "haproxy", "drifted")}),
+        RELAY1,
+        "sed -i '/^abuse@example.com /d' /etc/postfix/relay_recipients",
+        None,
+        {(RELAY1, "map", "/etc/postfix/relay_recipients", "drifted")},
+    ),
+    "a firewall rule deleted live": (RELAY2, None, None, {(RELAY2, "firewall", "iptables", "drifted")}),
+    "haproxy stopped": (LB, "service haproxy stop", None, {(LB, "service", "haproxy", "drifted")}),
     "an extra postmulti instance": (
-        RELAY1, "postmulti -e init && postmulti -I postfix-extra -e create", "postmulti -i postfix-extra -e destroy",
-        {(RELAY1, "instance", "/etc/postfix-extra", "unexpected"), (RELAY1, "file", "/etc/postfix/main.cf", "drifted"),
-         # postmulti registers the instance in the default instance's main.cf
-         (RELAY1, "main.cf", "multi_instance_enable", "unexpected"), (RELAY1, "main.cf", "multi_instance_wrapper", "unexpected"),
-         (RELAY1, "main.cf", "multi_instance_directories", "unexpected")}),
+        RELAY1,
+        "postmulti -e init && postmulti -I postfix-extra -e create",
+        "postmulti -i postfix-extra -e destroy",
+        {
+            (RELAY1, "instance", "/etc/postfix-extra", "unexpected"),
+            (RELAY1, "file", "/etc/postfix/main.cf", "drifted"),
+            # postmulti registers the instance in the default instance's main.cf
+            (RELAY1, "main.cf", "multi_instance_enable", "unexpected"),
+            (RELAY1, "main.cf", "multi_instance_wrapper", "unexpected"),
+            (RELAY1, "main.cf", "multi_instance_directories", "unexpected"),
+        },
+    ),
 }
 
 

@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import INVENTORIES
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -39,8 +38,8 @@ def test_golden_covers_every_inventory():
 
 @pytest.mark.parametrize("name", sorted(INVENTORIES))
 def test_render_is_deterministic(name, tmp_path):
-    from mailforge.render import render
     from mailforge.inventory import load_inventory
+    from mailforge.render import render
     from mailforge.write import write_tree
 
     for attempt in ("first", "second"):

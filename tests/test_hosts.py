@@ -11,8 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import EXAMPLE, REPO, mailforge
+
 from mailforge import hosts
 from mailforge.deploy import ansible_inventory
 from mailforge.inventory import load_inventory
@@ -52,8 +52,18 @@ def test_the_precedence_topology_host_hosts_yml(with_hosts_yml):
     inventory = load_inventory(with_hosts_yml)
     reaches = hosts.reach_all(inventory)
     # topology (admin, sudo, key) < relay2's own (host, port 2222) < hosts.yml (relays: user deploy; relay2: ansible_host)
-    assert reaches["relay2"].shell().argv == ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-p", "2222",
-                                              "-i", "/home/admin/.ssh/mailforge", "deploy@192.0.2.22"]
+    assert reaches["relay2"].shell().argv == [
+        "ssh",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=10",
+        "-p",
+        "2222",
+        "-i",
+        "/home/admin/.ssh/mailforge",
+        "deploy@192.0.2.22",
+    ]
     assert reaches["relay2"].become
     # relay3's own settings (root, no sudo) lose to hosts.yml's group variable, and its other variables reach Ansible
     assert reaches["relay3"].shell().argv[-1] == "deploy@10.232.9.23" and not reaches["relay3"].become
@@ -82,8 +92,7 @@ def test_deploy_and_the_shell_commands_reach_the_same_hosts(with_hosts_yml):
     reaches = hosts.reach_all(inventory)
     written = with_hosts_yml / "deploy-inventory.json"
     written.write_text(json.dumps(ansible_inventory(inventory, Path("/srv/render"), manifest(render(inventory), "conn"), reaches, selected)))
-    listed = json.loads(subprocess.run([str(ANSIBLE_INVENTORY), "-i", str(written), "--list"], capture_output=True, text=True,
-                                       check=True).stdout)
+    listed = json.loads(subprocess.run([str(ANSIBLE_INVENTORY), "-i", str(written), "--list"], capture_output=True, text=True, check=True).stdout)
     hostvars = listed["_meta"]["hostvars"]
     assert sorted(hostvars) == sorted(selected)
     for name in selected:
@@ -94,18 +103,21 @@ def test_deploy_and_the_shell_commands_reach_the_same_hosts(with_hosts_yml):
         assert reaches[name].become == bool(v.get("ansible_become"))
 
 
-@pytest.mark.parametrize("limit, expected", [
-    (None, ["lb", "relay1", "relay2", "relay3", "core"]),
-    ("relays", ["relay1", "relay2", "relay3"]),
-    ("relay1,core", ["relay1", "core"]),
-    ("core:relay1", ["relay1", "core"]),
-    ("all:!lb", ["relay1", "relay2", "relay3", "core"]),
-    ("relays:!relay2", ["relay1", "relay3"]),
-    ("relay*", ["relay1", "relay2", "relay3"]),
-    ("~relay[13]", ["relay1", "relay3"]),
-    ("relays:&relay2,core", ["relay2"]),
-    ("balancers,cores", ["lb", "core"]),
-])
+@pytest.mark.parametrize(
+    "limit, expected",
+    [
+        (None, ["lb", "relay1", "relay2", "relay3", "core"]),
+        ("relays", ["relay1", "relay2", "relay3"]),
+        ("relay1,core", ["relay1", "core"]),
+        ("core:relay1", ["relay1", "core"]),
+        ("all:!lb", ["relay1", "relay2", "relay3", "core"]),
+        ("relays:!relay2", ["relay1", "relay3"]),
+        ("relay*", ["relay1", "relay2", "relay3"]),
+        ("~relay[13]", ["relay1", "relay3"]),
+        ("relays:&relay2,core", ["relay2"]),
+        ("balancers,cores", ["lb", "core"]),
+    ],
+)
 def test_the_limit_grammar(limit, expected):
     assert [h.name for h in hosts.select(load_inventory(CONNECTIONS), limit)] == expected
 
@@ -142,7 +154,11 @@ def ldap_down(tmp_path) -> Path:
     directory.mkdir()
     text = (EXAMPLE / "topology.yml").read_text().replace("cluster: example", "cluster: ldapdown")
     start, end = text.index("recipients:"), text.index("load_balancers:")
-    text = text[:start] + f"recipients:\n  ldap:\n    uri: ldap://127.0.0.1:{closed_port()}\n    base: ou=people,dc=example,dc=com\n    timeout: 2\n\n" + text[end:]
+    text = (
+        text[:start]
+        + f"recipients:\n  ldap:\n    uri: ldap://127.0.0.1:{closed_port()}\n    base: ou=people,dc=example,dc=com\n    timeout: 2\n\n"
+        + text[end:]
+    )
     (directory / "topology.yml").write_text(text)
     return directory
 

@@ -54,8 +54,11 @@ def test_mismatches_name_what_differs(tmp_path):
     live = installed.Installed("/m", "0" * 64, "644", me[0], me[1], True)
     assert installed.mismatches(live, entry, "/m.db") == []
     live = installed.Installed("/m", "1" * 64, "600", me[0], me[1], False)
-    assert installed.mismatches(live, entry, "/m.db") == [installed.CONTENT_DIFFERS, f"mode/owner/group 600 {me[0]} {me[1]}, rendered 644 {me[0]} {me[1]}",
-                                                          installed.DATABASE_STALE]
+    assert installed.mismatches(live, entry, "/m.db") == [
+        installed.CONTENT_DIFFERS,
+        f"mode/owner/group 600 {me[0]} {me[1]}, rendered 644 {me[0]} {me[1]}",
+        installed.DATABASE_STALE,
+    ]
     assert installed.DATABASE_STALE not in installed.mismatches(live, entry, None)
 
 

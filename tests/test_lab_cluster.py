@@ -10,7 +10,6 @@ import json
 import os
 
 import pytest
-
 from conftest import EXAMPLE, in_container, mailforge, rows
 
 pytestmark = [

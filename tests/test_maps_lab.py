@@ -10,13 +10,11 @@ import json
 import os
 import shutil
 import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-
 from conftest import EXAMPLE, MAILFORGE, engine_env, in_container, mailforge
 
 pytestmark = [
@@ -28,13 +26,13 @@ RELAYS = ("relay1", "relay2")
 MAPS = {"relay1": "/etc/postfix/relay_recipients", "relay2": "/etc/postfix/relay_recipients", "core": "/etc/postfix/virtual_mailboxes"}
 
 
-
 def maps_report(stdout: str) -> dict:
     """`mailforge maps --json`'s envelope as the tests read it: the summary (changed, pushed per host),
     and every map compared (the `data` of each result)."""
     envelope = json.loads(stdout)
     maps = [r["data"] for entry in envelope["hosts"].values() for r in entry["results"] if r["name"] != "push"]
     return {**envelope["summary"], "hosts": envelope["summary"]["pushed"], "maps": maps}
+
 
 def variant(tmp_path: Path, name: str, users: list[str] | None = None, addresses: list[str] | None = None) -> Path:
     """A copy of the example inventory (same cluster, same lab) with other recipients."""
@@ -47,7 +45,7 @@ def variant(tmp_path: Path, name: str, users: list[str] | None = None, addresses
         start = text.index("  addresses:\n")
         end = text.index("\n\n", start)
         listed = "".join(f"    - {a}\n" for a in addresses) if addresses else ""
-        text = text[:start] + ("  addresses:\n" + listed if addresses else "  addresses: []\n") + text[end + 1:]
+        text = text[:start] + ("  addresses:\n" + listed if addresses else "  addresses: []\n") + text[end + 1 :]
         (target / "topology.yml").write_text(text)
     return target
 
@@ -67,9 +65,11 @@ def lookup(host: str, address: str) -> str:
 
 def rcpt_code(address: str) -> int:
     """The reply to RCPT TO for `address`, through the balancer from the lab's client."""
-    script = ("import smtplib\n"
-              "c = smtplib.SMTP('10.232.0.10', 25, timeout=30); c.ehlo('client.lab-sender.test')\n"
-              "c.mail('probe@lab-sender.test'); print(c.rcpt(%r)[0]); c.quit()\n" % address)
+    script = (
+        "import smtplib\n"
+        "c = smtplib.SMTP('10.232.0.10', 25, timeout=30); c.ehlo('client.lab-sender.test')\n"
+        f"c.mail('probe@lab-sender.test'); print(c.rcpt({address!r})[0]); c.quit()\n"
+    )
     return int(in_container("client", "python3 -", stdin=script).strip())
 
 
@@ -176,14 +176,18 @@ def test_no_mail_lost_while_maps_are_pushed(lab, restore, tmp_path):
     token = uuid.uuid4().hex[:12]
     count = 200
     in_container("client", "cat > /tmp/mailforge-stream.py", stdin=STREAM)
-    stream = subprocess.Popen(["docker", "exec", "mf-example-client", "python3", "/tmp/mailforge-stream.py", str(count), ",".join(listed), token],
-                              env=engine_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stream = subprocess.Popen(
+        ["docker", "exec", "mf-example-client", "python3", "/tmp/mailforge-stream.py", str(count), ",".join(listed), token],
+        env=engine_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     pushes, windows = [], []
     time.sleep(2)  # let the stream get going
     for target in (grown, EXAMPLE, grown, EXAMPLE):
         begun = time.monotonic()
-        result = subprocess.run([str(MAILFORGE), "maps", str(target), "--lab", "--force", "--json"],
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run([str(MAILFORGE), "maps", str(target), "--lab", "--force", "--json"], capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stdout + result.stderr
         pushes.append(sum(len(h["pushed"]) for h in maps_report(result.stdout)["hosts"].values()))
         windows.append((begun, time.monotonic()))

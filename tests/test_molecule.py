@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 pytestmark = [
@@ -34,8 +33,9 @@ def molecule_env() -> dict[str, str]:
     env = engine_environment()
     build_image(env)  # the scenarios' pre-built image
     # `cluster` uses the example lab's network and container names: the lab tests' lab must be gone.
-    subprocess.run([str(Path(sys.executable).parent / "mailforge"), "lab", "down", str(REPO / "inventories" / "example")],
-                   capture_output=True, timeout=600)  # the scenarios' pre-built image
+    subprocess.run(
+        [str(Path(sys.executable).parent / "mailforge"), "lab", "down", str(REPO / "inventories" / "example")], capture_output=True, timeout=600
+    )  # the scenarios' pre-built image
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["ANSIBLE_NOCOLOR"] = env["NO_COLOR"] = "1"
     return env
@@ -43,8 +43,7 @@ def molecule_env() -> dict[str, str]:
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_molecule_scenario(scenario, molecule_env):
-    result = subprocess.run(["molecule", "test", "-s", scenario], cwd=REPO, env=molecule_env,
-                            capture_output=True, text=True, timeout=1800)
+    result = subprocess.run(["molecule", "test", "-s", scenario], cwd=REPO, env=molecule_env, capture_output=True, text=True, timeout=1800)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     for step in ("converge", "idempotence", "verify"):

@@ -7,8 +7,8 @@ Molecule never made. No containers are started here.
 from __future__ import annotations
 
 import yaml
-
 from conftest import REPO
+
 from mailforge import lab
 from mailforge.inventory import load_inventory
 

@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import INVENTORIES, REPO
 
 PINS = REPO / "tests" / "pins"
@@ -44,7 +43,8 @@ def load(path: Path):
 
 
 def ansible_inventory(inventory, lab: bool = False) -> dict:
-    from mailforge import hosts, lab as lab_module
+    from mailforge import hosts
+    from mailforge import lab as lab_module
     from mailforge.deploy import ansible_inventory
     from mailforge.render import render
     from mailforge.write import manifest
@@ -57,8 +57,10 @@ def ansible_inventory(inventory, lab: bool = False) -> dict:
 def shells(inventory) -> dict:
     from mailforge import hosts
 
-    return {name: {"argv": s.argv, "become": s.become, "remote_command_is_string": s.remote_command_is_string}
-            for name, s in ((n, r.shell()) for n, r in hosts.reach_all(inventory).items())}
+    return {
+        name: {"argv": s.argv, "become": s.become, "remote_command_is_string": s.remote_command_is_string}
+        for name, s in ((n, r.shell()) for n, r in hosts.reach_all(inventory).items())
+    }
 
 
 def rollout(inventory, batch: int) -> list[list[str]]:
@@ -118,5 +120,4 @@ def test_lab_plan(name):
 def test_event_stream_to_host_results():
     recorded = json.loads(EVENTS.read_text())
     hosts = ["lb", "relay1", "relay2", "core"]
-    pinned("events-example-run", {"all": tally(recorded, hosts, limited=False),
-                                  "limited": tally(recorded, [*hosts, "relay3"], limited=True)})
+    pinned("events-example-run", {"all": tally(recorded, hosts, limited=False), "limited": tally(recorded, [*hosts, "relay3"], limited=True)})

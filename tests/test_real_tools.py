@@ -240,7 +240,7 @@ def test_firewalls_admit_only_what_the_topology_says(rendered):
     assert accepted(proxy, 587) == ["10.231.1.0/24"]
     for rules in rendered("example").rglob("rules.v4"):
         text = rules.read_text()
-        assert ":INPUT DROP" in text and "-A INPUT -i lo -m comment --comment \"mailforge: loopback\" -j ACCEPT" in text and "ESTABLISHED" in text
+        assert ":INPUT DROP" in text and '-A INPUT -i lo -m comment --comment "mailforge: loopback" -j ACCEPT' in text and "ESTABLISHED" in text
         assert accepted(rules, 22) == ["10.232.0.0/24"]
 
 
@@ -257,9 +257,14 @@ def test_manifest_lists_every_file_with_its_action(inventory_name, rendered):
             data = (out / host / path.lstrip("/")).read_bytes()
             assert hashlib.sha256(data).hexdigest() == meta["sha256"]
             expected = {
-                "main.cf": "postfix reload", "master.cf": "postfix reload", "relay_recipients": "postmap",
-                "transport": "postmap", "haproxy.cfg": "haproxy reload", "rules.v4": "iptables-restore",
-                "rules.v6": "ip6tables-restore", "header_checks": "postfix reload",
+                "main.cf": "postfix reload",
+                "master.cf": "postfix reload",
+                "relay_recipients": "postmap",
+                "transport": "postmap",
+                "haproxy.cfg": "haproxy reload",
+                "rules.v4": "iptables-restore",
+                "rules.v6": "ip6tables-restore",
+                "header_checks": "postfix reload",
             }.get(Path(path).name)
             if expected:
                 assert meta["action"] == expected, (host, path)
@@ -269,8 +274,9 @@ def test_manifest_lists_every_file_with_its_action(inventory_name, rendered):
 def test_lmdb_maps_compile_and_answer(tmp_path):
     """policy.map_type: lmdb names lmdb tables in main.cf; postconf takes it, postmap builds and answers."""
     from conftest import INVENTORIES
-    from mailforge.render import render
+
     from mailforge.inventory import load_inventory
+    from mailforge.render import render
     from mailforge.write import write_tree
 
     inventory_dir = tmp_path / "inv"

@@ -42,12 +42,21 @@ firewall:
 
 
 def run(*args, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(MAILFORGE), *map(str, args)], capture_output=True, text=True, encoding="utf-8",
-                          errors="replace", env={**ENV, **(env or {})}, stdin=subprocess.DEVNULL, timeout=120)
+    return subprocess.run(
+        [str(MAILFORGE), *map(str, args)],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        env={**ENV, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
 
 
-def inventory(tmp_path: Path, recipients: str, files: dict[str, str | bytes] | None = None,
-              domains: str = "[example.com, example.org, bücher.example]") -> Path:
+def inventory(
+    tmp_path: Path, recipients: str, files: dict[str, str | bytes] | None = None, domains: str = "[example.com, example.org, bücher.example]"
+) -> Path:
     """An inventory directory: the given `recipients:` block (YAML, indented by 2) and files."""
     directory = tmp_path / "inventory"
     directory.mkdir(exist_ok=True)
@@ -87,9 +96,13 @@ def refused(directory: Path, env: dict | None = None) -> str:
 
 
 def test_csv_good(tmp_path):
-    directory = inventory(tmp_path, "csv: {file: export.csv, column: mail}\n", {
-        "export.csv": "name,mail,department\nAlice,alice@example.com,Sales\nBob,bob@example.org,IT\n,,\nNo Mailbox,,IT\n",
-    })
+    directory = inventory(
+        tmp_path,
+        "csv: {file: export.csv, column: mail}\n",
+        {
+            "export.csv": "name,mail,department\nAlice,alice@example.com,Sales\nBob,bob@example.org,IT\n,,\nNo Mailbox,,IT\n",
+        },
+    )
     assert addresses(directory) == {"alice@example.com", "bob@example.org"}
     result = run("validate", directory)
     assert result.returncode == 0, result.stderr
@@ -97,18 +110,24 @@ def test_csv_good(tmp_path):
 
 
 def test_csv_bom_crlf_quotes_and_delimiter(tmp_path):
-    text = ('\ufeff"Name";"E-Mail";"Note"\r\n'
-            '"Smith; Alice";"alice@example.com";"says ""hi"""\r\n'
-            '"two\r\nlines";" carol@Example.COM ";x\r\n'
-            'Dave;dave@example.org;\r\n')
+    text = (
+        '\ufeff"Name";"E-Mail";"Note"\r\n'
+        '"Smith; Alice";"alice@example.com";"says ""hi"""\r\n'
+        '"two\r\nlines";" carol@Example.COM ";x\r\n'
+        "Dave;dave@example.org;\r\n"
+    )
     directory = inventory(tmp_path, "csv: {file: export.csv, column: E-Mail, delimiter: ';'}\n", {"export.csv": text.encode("utf-8")})
     assert addresses(directory) == {"alice@example.com", "carol@example.com", "dave@example.org"}
 
 
 def test_csv_tab_delimiter_and_header_case(tmp_path):
-    directory = inventory(tmp_path, 'csv: {file: export.tsv, column: MAIL, delimiter: "\\t"}\n', {
-        "export.tsv": "uid\tmail\nalice\talice@example.com\n",
-    })
+    directory = inventory(
+        tmp_path,
+        'csv: {file: export.tsv, column: MAIL, delimiter: "\\t"}\n',
+        {
+            "export.tsv": "uid\tmail\nalice\talice@example.com\n",
+        },
+    )
     assert addresses(directory) == {"alice@example.com"}
 
 
@@ -126,9 +145,13 @@ def test_csv_wrong_delimiter_is_suggested(tmp_path):
 
 
 def test_csv_bad_address_at_line_n(tmp_path):
-    directory = inventory(tmp_path, "csv: {file: export.csv, column: mail}\n", {
-        "export.csv": "name,mail\nA,a@example.com\n\"B, Jr\",b @example.com\nC,c@@example.com\nD\n",
-    })
+    directory = inventory(
+        tmp_path,
+        "csv: {file: export.csv, column: mail}\n",
+        {
+            "export.csv": 'name,mail\nA,a@example.com\n"B, Jr",b @example.com\nC,c@@example.com\nD\n',
+        },
+    )
     err = refused(directory)
     file = directory / "export.csv"
     assert f"{file}:3:9: recipients.csv: column 'mail': 'b ' contains whitespace, which would split the map line" in err, err
@@ -160,16 +183,20 @@ def test_csv_file_missing_is_reported_at_its_key(tmp_path):
 
 
 def test_all_file_sources_combine_normalised_and_deduplicated(tmp_path):
-    directory = inventory(tmp_path, """\
+    directory = inventory(
+        tmp_path,
+        """\
         local_parts_file: users.txt
         addresses_file: recipients.txt
         addresses: [Info@BÜCHER.example, alice@example.com, zed@example.org]
         csv: {file: export.csv, column: mail}
-        """, {
-        "users.txt": "postmaster\nAlice\n",
-        "recipients.txt": "bob@Example.ORG\ninfo@xn--bcher-kva.example\n",
-        "export.csv": "mail\nALICE@example.com\nbob@example.org\nInfo@bücher.example.\ncarol@EXAMPLE.com\n",
-    })
+        """,
+        {
+            "users.txt": "postmaster\nAlice\n",
+            "recipients.txt": "bob@Example.ORG\ninfo@xn--bcher-kva.example\n",
+            "export.csv": "mail\nALICE@example.com\nbob@example.org\nInfo@bücher.example.\ncarol@EXAMPLE.com\n",
+        },
+    )
     loaded = load_inventory(directory)
     domains = list(loaded.topology.domains)
     assert domains == ["example.com", "example.org", "xn--bcher-kva.example"]
@@ -232,17 +259,17 @@ def ldif() -> str:
             entry += f"mailAlternateAddress: alt{i:02d}@example.org\nmailAlternateAddress: user{i:02d}@example.com\n"
         entries.append(entry)
     # IDN in the directory (UTF-8, base64 in LDIF), no mail at all, and an address outside the domains.
-    entries.append(f"dn: uid=buecher,ou=people,{SUFFIX}\nobjectClass: inetOrgPerson\nobjectClass: mailRecipient\nuid: buecher\ncn: B\nsn: B\n"
-                   "mailAlternateAddress:: aW5mb0BCw5xDSEVSLmV4YW1wbGU=\n")  # info@BÜCHER.example
+    entries.append(
+        f"dn: uid=buecher,ou=people,{SUFFIX}\nobjectClass: inetOrgPerson\nobjectClass: mailRecipient\nuid: buecher\ncn: B\nsn: B\n"
+        "mailAlternateAddress:: aW5mb0BCw5xDSEVSLmV4YW1wbGU=\n"
+    )  # info@BÜCHER.example
     entries.append(f"dn: uid=nomail,ou=people,{SUFFIX}\nobjectClass: inetOrgPerson\nuid: nomail\ncn: N\nsn: N\n")
     entries.append(f"dn: uid=eve,ou=outsiders,{SUFFIX}\nobjectClass: inetOrgPerson\nuid: eve\ncn: E\nsn: E\nmail: eve@example.net\nmail: eve@example.com\n")
     return "\n".join(entries)
 
 
 EXPECTED_LDAP = (
-    {f"user{i:02d}@example.com" for i in range(1, PEOPLE + 1)}
-    | {f"alt{i:02d}@example.org" for i in range(3, PEOPLE + 1, 3)}
-    | {"info@xn--bcher-kva.example"}
+    {f"user{i:02d}@example.com" for i in range(1, PEOPLE + 1)} | {f"alt{i:02d}@example.org" for i in range(3, PEOPLE + 1, 3)} | {"info@xn--bcher-kva.example"}
 )
 
 
@@ -254,7 +281,8 @@ def slapd(tmp_path_factory):
     root = tmp_path_factory.mktemp("slapd")
     (root / "data").mkdir()
     (root / "mailforge-test.schema").write_text(SCHEMA, encoding="utf-8")
-    (root / "slapd.conf").write_text(textwrap.dedent(f"""\
+    (root / "slapd.conf").write_text(
+        textwrap.dedent(f"""\
         include /etc/ldap/schema/core.schema
         include /etc/ldap/schema/cosine.schema
         include /etc/ldap/schema/inetorgperson.schema
@@ -269,12 +297,15 @@ def slapd(tmp_path_factory):
         rootdn "{ROOT_DN}"
         rootpw {ROOT_PW}
         directory {root}/data
-        """), encoding="utf-8")
+        """),
+        encoding="utf-8",
+    )
     port = free_port()
     uri = f"ldap://127.0.0.1:{port}"
     log = (root / "slapd.log").open("wb")
-    process = subprocess.Popen([binary, "-f", str(root / "slapd.conf"), "-h", f"{uri}/", "-d", "0"],
-                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [binary, "-f", str(root / "slapd.conf"), "-h", f"{uri}/", "-d", "0"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 15
         while True:
@@ -285,8 +316,7 @@ def slapd(tmp_path_factory):
             except OSError:
                 assert time.monotonic() < deadline, "slapd did not listen within 15 s"
                 time.sleep(0.05)
-        added = subprocess.run(["ldapadd", "-x", "-H", uri, "-D", ROOT_DN, "-w", ROOT_PW], input=ldif(),
-                               capture_output=True, text=True, timeout=30)
+        added = subprocess.run(["ldapadd", "-x", "-H", uri, "-D", ROOT_DN, "-w", ROOT_PW], input=ldif(), capture_output=True, text=True, timeout=30)
         assert added.returncode == 0, added.stderr
         yield uri
     finally:
@@ -300,8 +330,15 @@ def slapd(tmp_path_factory):
 
 
 def ldap_block(uri: str, **settings) -> str:
-    values = {"uri": uri, "bind_dn": READER_DN, "password_env": "MF_TEST_LDAP_PW", "base": f"ou=people,{SUFFIX}",
-              "filter": "(objectClass=inetOrgPerson)", "attributes": "[mail, mailAlternateAddress]", "page_size": 4}
+    values = {
+        "uri": uri,
+        "bind_dn": READER_DN,
+        "password_env": "MF_TEST_LDAP_PW",
+        "base": f"ou=people,{SUFFIX}",
+        "filter": "(objectClass=inetOrgPerson)",
+        "attributes": "[mail, mailAlternateAddress]",
+        "page_size": 4,
+    }
     values.update(settings)
     lines = "".join(f"  {key}: {value}\n" for key, value in values.items() if value is not None)
     return "ldap:\n" + lines
@@ -311,7 +348,6 @@ def ldap_block(uri: str, **settings) -> str:
 def reader_password(monkeypatch):
     monkeypatch.setenv("MF_TEST_LDAP_PW", READER_PW)
     return {"MF_TEST_LDAP_PW": READER_PW}
-
 
 
 @pytest.mark.tools
@@ -324,8 +360,9 @@ def test_the_directory_needs_paging(slapd):
         connection.search(f"ou=people,{SUFFIX}", "(objectClass=inetOrgPerson)", attributes=["mail"])
         assert connection.result["description"] == "sizeLimitExceeded", connection.result
         assert len(connection.entries) == SIZE_LIMIT < PEOPLE + 2
-        found = connection.extend.standard.paged_search(f"ou=people,{SUFFIX}", "(objectClass=inetOrgPerson)", attributes=["mail"],
-                                                       paged_size=SIZE_LIMIT - 1, generator=False)
+        found = connection.extend.standard.paged_search(
+            f"ou=people,{SUFFIX}", "(objectClass=inetOrgPerson)", attributes=["mail"], paged_size=SIZE_LIMIT - 1, generator=False
+        )
         assert len(found) == PEOPLE + 2
     finally:
         connection.unbind()
@@ -350,8 +387,7 @@ def test_ldap_every_address_from_two_attributes(slapd, tmp_path, reader_password
 
 @pytest.mark.tools
 def test_ldap_password_from_file(slapd, tmp_path):
-    directory = inventory(tmp_path, ldap_block(slapd, password_env=None, password_file="ldap.secret"),
-                          {"ldap.secret": READER_PW + "\n"})
+    directory = inventory(tmp_path, ldap_block(slapd, password_env=None, password_file="ldap.secret"), {"ldap.secret": READER_PW + "\n"})
     assert addresses(directory) == EXPECTED_LDAP
     result = run("validate", directory)
     assert result.returncode == 0, result.stderr
@@ -360,13 +396,21 @@ def test_ldap_password_from_file(slapd, tmp_path):
 
 @pytest.mark.tools
 def test_ldap_combines_with_the_other_sources(slapd, tmp_path, reader_password):
-    directory = inventory(tmp_path, ldap_block(slapd) + textwrap.dedent("""\
+    directory = inventory(
+        tmp_path,
+        ldap_block(slapd)
+        + textwrap.dedent("""\
         local_parts_file: users.txt
         addresses: [USER01@example.com, new@example.org]
         csv: {file: export.csv, column: mail}
-        """), {"users.txt": "user02\npostmaster\n", "export.csv": "mail\nuser03@EXAMPLE.com\nalt03@example.org\ncsv@example.com\n"})
-    everyone = EXPECTED_LDAP | {"new@example.org", "csv@example.com"} | {
-        f"{local}@{domain}" for local in ("user02", "postmaster") for domain in ("example.com", "example.org", "xn--bcher-kva.example")}
+        """),
+        {"users.txt": "user02\npostmaster\n", "export.csv": "mail\nuser03@EXAMPLE.com\nalt03@example.org\ncsv@example.com\n"},
+    )
+    everyone = (
+        EXPECTED_LDAP
+        | {"new@example.org", "csv@example.com"}
+        | {f"{local}@{domain}" for local in ("user02", "postmaster") for domain in ("example.com", "example.org", "xn--bcher-kva.example")}
+    )
     loaded = load_inventory(directory)
     assert loaded.recipients.local_parts == ("postmaster", "user02")
     assert addresses(directory) == everyone
@@ -399,8 +443,9 @@ def test_ldap_unreachable_port(tmp_path, reader_password):
 def test_ldap_address_outside_the_domains_names_the_entry(slapd, tmp_path, reader_password):
     directory = inventory(tmp_path, ldap_block(slapd, base=f"ou=outsiders,{SUFFIX}"))
     err = refused(directory, env=reader_password)
-    assert (f"recipients.ldap.attributes[0]: LDAP {slapd}: entry 'uid=eve,ou=outsiders,{SUFFIX}', attribute mail: "
-            "'eve@example.net' is outside the hosted domains") in err, err
+    assert (
+        f"recipients.ldap.attributes[0]: LDAP {slapd}: entry 'uid=eve,ou=outsiders,{SUFFIX}', attribute mail: 'eve@example.net' is outside the hosted domains"
+    ) in err, err
     assert "1 problem found" in err
 
 
@@ -424,8 +469,7 @@ def test_ldap_password_in_the_inventory_is_refused(tmp_path):
 
 
 def test_ldap_settings_are_checked_before_connecting(tmp_path):
-    directory = inventory(tmp_path, ldap_block("http://ldap.example.com", password_env="not a name", page_size=0,
-                                               attributes="[mail, 'bad attr']"))
+    directory = inventory(tmp_path, ldap_block("http://ldap.example.com", password_env="not a name", page_size=0, attributes="[mail, 'bad attr']"))
     err = refused(directory)
     assert "recipients.ldap.uri: 'http://ldap.example.com' is not an ldap:// or ldaps:// URI" in err, err
     assert "recipients.ldap.password_env: is not the name of an environment variable" in err

@@ -45,8 +45,13 @@ def run(*args) -> subprocess.CompletedProcess:
     """Run the installed `mailforge` console script; never hangs the suite."""
     return subprocess.run(
         [str(MAILFORGE), *map(str, args)],
-        capture_output=True, text=True, encoding="utf-8", errors="replace",
-        env=ENV, stdin=subprocess.DEVNULL, timeout=60,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        env=ENV,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
     )
 
 
@@ -66,14 +71,16 @@ def test_mailforge_script_is_installed():
 @pytest.fixture(scope="module")
 def validate_runs(request) -> dict[str, subprocess.CompletedProcess]:
     """`mailforge validate` of every selected case, run a few at a time to keep the suite fast."""
-    wanted = sorted({
-        item.callspec.params["case"]
-        for item in request.session.items
-        if getattr(item, "originalname", None) == "test_invalid_inventory" and hasattr(item, "callspec")
-    })
+    wanted = sorted(
+        {
+            item.callspec.params["case"]
+            for item in request.session.items
+            if getattr(item, "originalname", None) == "test_invalid_inventory" and hasattr(item, "callspec")
+        }
+    )
     workers = max(2, min(8, 2 * (os.cpu_count() or 1)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return dict(zip(wanted, pool.map(lambda case: run("validate", INVALID / case), wanted)))
+        return dict(zip(wanted, pool.map(lambda case: run("validate", INVALID / case), wanted), strict=True))
 
 
 def test_fixtures_are_well_formed():

@@ -11,8 +11,8 @@ import sys
 import threading
 
 import pytest
-
 from conftest import INVENTORIES
+
 from mailforge import verify
 from mailforge.remote import HostShell, ShellSpecError, shell_from_spec
 
@@ -26,8 +26,23 @@ def test_host_specs_become_shells():
     assert (docker.name, docker.argv, docker.env) == ("client", ["docker", "exec", "-i", "mf-example-client"], {"DOCKER_HOST": "unix:///x"})
 
 
-@pytest.mark.parametrize("spec", ["10.0.0.5", "ssh://", "ssh://host:99999", "ssh://host:port", "ssh://u:pw@host", "ssh://host/path",
-                                  "ssh://-oProxyCommand=x", "ssh://host?sudo=true", "docker://", "docker://a:b", "local://", "paramiko://h"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "10.0.0.5",
+        "ssh://",
+        "ssh://host:99999",
+        "ssh://host:port",
+        "ssh://u:pw@host",
+        "ssh://host/path",
+        "ssh://-oProxyCommand=x",
+        "ssh://host?sudo=true",
+        "docker://",
+        "docker://a:b",
+        "local://",
+        "paramiko://h",
+    ],
+)
 def test_a_bad_host_spec_is_a_clear_error(spec):
     with pytest.raises(ShellSpecError, match="bad host spec"):
         shell_from_spec(spec)
@@ -49,8 +64,15 @@ def test_the_probe_runs_through_a_shell_with_its_payload_on_stdin():
     closed.bind(("127.0.0.1", 0))
     closed_port = closed.getsockname()[1]  # bound, never listening: the connection is refused
     try:
-        answers = verify.run_probe(HostShell("here", ["env"]), {"probes": [{"kind": "banner", "host": "127.0.0.1", "port": port, "timeout": 5},
-                                                                           {"kind": "banner", "host": "127.0.0.1", "port": closed_port, "timeout": 2}]})
+        answers = verify.run_probe(
+            HostShell("here", ["env"]),
+            {
+                "probes": [
+                    {"kind": "banner", "host": "127.0.0.1", "port": port, "timeout": 5},
+                    {"kind": "banner", "host": "127.0.0.1", "port": closed_port, "timeout": 2},
+                ]
+            },
+        )
     finally:
         server.close()
         closed.close()

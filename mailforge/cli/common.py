@@ -29,7 +29,11 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 InventoryArg = typer.Argument(..., help="Inventory directory, or the path of its topology.yml.", show_default=False)
 JsonOption = typer.Option(False, "--json", help="Print the result as mailforge's JSON envelope on stdout (docs/json.md); progress goes to stderr.")
 LabOption = typer.Option(False, "--lab", help="This inventory's lab containers (see `mailforge lab up`), reached with docker exec.")
-LimitOption = typer.Option(None, "--limit", help="Only these hosts: names, the groups balancers, relays, mxproxies, cores, in Ansible's pattern grammar (e.g. relays, relay1,core, 'all:!lb').")
+LimitOption = typer.Option(
+    None,
+    "--limit",
+    help="Only these hosts: names, the groups balancers, relays, mxproxies, cores, in Ansible's pattern grammar (e.g. relays, relay1,core, 'all:!lb').",
+)
 RenderDirOption = typer.Option(None, "--render-dir", help="Where to render the desired state (default INVENTORY/.mailforge/render).")
 BatchOption = typer.Option(1, "--batch", min=1, help="How many relays change at once.")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..results import Run
 from ..lab import ansible_environment
+from ..results import Run
 from .app import app
 from .common import BatchOption, InventoryArg, JsonOption, LabOption, LimitOption, RenderDirOption, command, err, finish, out, reach, render_for_hosts
 
@@ -28,8 +28,18 @@ def deploy(
     """Render, then apply the result with Ansible: checked before it goes live, reloaded not restarted."""
     inv, directory, manifest = render_for_hosts(inventory, render_dir)
     selected, reaches, env = reach(inv, lab, limit)
-    run_deploy(inv, directory, manifest, reaches, hosts=selected if limit else None, as_json=as_json, check=check, diff=diff,
-               batch=batch, environment=ansible_environment(env) if env is not None else None)
+    run_deploy(
+        inv,
+        directory,
+        manifest,
+        reaches,
+        hosts=selected if limit else None,
+        as_json=as_json,
+        check=check,
+        diff=diff,
+        batch=batch,
+        environment=ansible_environment(env) if env is not None else None,
+    )
 
 
 def run_deploy(inv, directory, manifest, reaches, *, hosts: list[str] | None = None, as_json: bool = False, **options) -> Run:
@@ -37,8 +47,14 @@ def run_deploy(inv, directory, manifest, reaches, *, hosts: list[str] | None = N
 
     from ..deploy import results_of, run_playbook
 
-    with Progress(TextColumn("{task.description:<12}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("{task.fields[current]}"), console=err if as_json else out, transient=False) as bar:
+    with Progress(
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[current]}"),
+        console=err if as_json else out,
+        transient=False,
+    ) as bar:
         tasks = {host: bar.add_task(host, total=None, current="waiting") for host in (hosts or inv.names)}
 
         def progress(host: str, task: str, done: int, seen: int) -> None:

@@ -27,8 +27,13 @@ def dns_check(
     servers = [dnscheck.parse_nameserver(s) for s in nameserver] if nameserver else dnscheck.system_nameservers()
     querier = dnscheck.Querier(servers, timeout=timeout)
     checks = dnscheck.run_checks(inv.topology, querier)
-    run = Run("dns check", inv.topology.cluster, [Result(c.subject, c.check, c.status, c.ok, detail=c.evidence) for c in checks],
-              warnings=inv.warnings, summary={"nameservers": querier.servers_text()})
+    run = Run(
+        "dns check",
+        inv.topology.cluster,
+        [Result(c.subject, c.check, c.status, c.ok, detail=c.evidence) for c in checks],
+        warnings=inv.warnings,
+        summary={"nameservers": querier.servers_text()},
+    )
     if not as_json:
         styles = {dnscheck.OK: "green", dnscheck.FAIL: "bold red", dnscheck.TIMEOUT: "bold yellow", dnscheck.SERVFAIL: "bold yellow"}
         table = Table(title=f"DNS of cluster {inv.topology.cluster}, asked {querier.servers_text()}", title_justify="left")
@@ -57,8 +62,24 @@ def dns_zone(
     text = dnscheck.zone_text(inv.topology, ttl=ttl)
     if as_json:
         records = dnscheck.zone_records(inv.topology)
-        emit(Run("dns zone", inv.topology.cluster, [Result(r.zone, f"{r.name} {r.rtype}", "needed", True, detail=r.value,
-                                                          data={"name": r.name, "type": r.rtype, "value": r.value, "ttl": ttl, "comment": r.comment})
-                                                   for r in records], warnings=inv.warnings, summary={"zone_text": text}))
+        emit(
+            Run(
+                "dns zone",
+                inv.topology.cluster,
+                [
+                    Result(
+                        r.zone,
+                        f"{r.name} {r.rtype}",
+                        "needed",
+                        True,
+                        detail=r.value,
+                        data={"name": r.name, "type": r.rtype, "value": r.value, "ttl": ttl, "comment": r.comment},
+                    )
+                    for r in records
+                ],
+                warnings=inv.warnings,
+                summary={"zone_text": text},
+            )
+        )
         return
     print(text, end="")

@@ -54,8 +54,13 @@ def _print(report, verbose: bool) -> None:
             kinds: dict[str, int] = {}
             for i in in_sync:
                 kinds[i.kind] = kinds.get(i.kind, 0) + 1
-            table.add_row(host if not shown else "", f"{len(in_sync)} {'other ' if shown else ''}items", "[green]in sync[/green]", "",
-                          ", ".join(f"{k} {n}" for k, n in kinds.items()))
+            table.add_row(
+                host if not shown else "",
+                f"{len(in_sync)} {'other ' if shown else ''}items",
+                "[green]in sync[/green]",
+                "",
+                ", ".join(f"{k} {n}" for k, n in kinds.items()),
+            )
         table.add_section()
     out.print(table)
     for i in report.drifted:
@@ -63,6 +68,9 @@ def _print(report, verbose: bool) -> None:
             out.print(f"[bold]{i.host}[/bold] {i.label}")
             out.print(i.diff, markup=False, end="")
     bad = report.drifted
-    summary = (f"all {count(len(report.items), 'item')} on {count(len(report.hosts), 'host')} in sync" if not bad else
-               f"{len(bad)} of {len(report.items)} items on {len({i.host for i in bad})} of {count(len(report.hosts), 'host')} not in sync")
+    summary = (
+        f"all {count(len(report.items), 'item')} on {count(len(report.hosts), 'host')} in sync"
+        if not bad
+        else f"{len(bad)} of {len(report.items)} items on {len({i.host for i in bad})} of {count(len(report.hosts), 'host')} not in sync"
+    )
     out.print(f"{summary} ({report.seconds:.1f} s; firewall compared in {report.firewall_method} canonical form)")

@@ -19,7 +19,9 @@ from .deploy import run_deploy
 def lab_up(
     inventory: Path = InventoryArg,
     render_dir: Path = RenderDirOption,
-    no_deploy: bool = typer.Option(False, "--no-deploy", help="Only start and prepare the containers and the lab DNS; deploy later with `mailforge deploy --lab`."),
+    no_deploy: bool = typer.Option(
+        False, "--no-deploy", help="Only start and prepare the containers and the lab DNS; deploy later with `mailforge deploy --lab`."
+    ),
     as_json: bool = JsonOption,
 ):
     """Start the lab's containers at the inventory's addresses, then deploy to them as `mailforge deploy` does."""
@@ -50,8 +52,7 @@ def lab_down(inventory: Path = InventoryArg, as_json: bool = JsonOption):
     inv = load(inventory, recipients=False, quiet=as_json)
     removed = lab.down(inv, lab.engine_environment())
     if as_json:
-        emit(Run("lab down", inv.topology.cluster, [Result(name, "removed", "removed", True, True) for name in removed],
-                 summary={"removed": removed}))
+        emit(Run("lab down", inv.topology.cluster, [Result(name, "removed", "removed", True, True) for name in removed], summary={"removed": removed}))
         return
     out.print(f"removed {len(removed)}: {', '.join(removed) if removed else 'nothing was there'}")
 

@@ -17,7 +17,9 @@ def maps(
     inventory: Path = InventoryArg,
     check: bool = typer.Option(False, "--check", help="Only show what would change; push nothing."),
     force: bool = typer.Option(False, "--force", help="Push even when a recipients map would shrink by more than --max-shrink, or become empty."),
-    max_shrink: float = typer.Option(10.0, "--max-shrink", min=0, max=100, help="Largest share (percent) of a recipients map a run may remove without --force."),
+    max_shrink: float = typer.Option(
+        10.0, "--max-shrink", min=0, max=100, help="Largest share (percent) of a recipients map a run may remove without --force."
+    ),
     lab: bool = LabOption,
     limit: str = LimitOption,
     batch: int = BatchOption,
@@ -30,8 +32,7 @@ def maps(
     selected, reaches, _ = reach(inv, lab, limit)
     shells = {name: reaches[name].shell() for name in selected}
     cache = inv.directory / ".mailforge" / "live-maps"  # what this machine last pushed, by sha256
-    result = mapping.run(inv, shells, hosts=selected if limit else None, check=check, force=force, max_shrink=max_shrink / 100,
-                         batch=batch, cache=cache)
+    result = mapping.run(inv, shells, hosts=selected if limit else None, check=check, force=force, max_shrink=max_shrink / 100, batch=batch, cache=cache)
     run = mapping.results_of(result, inv.topology.cluster, inv.warnings)
     if not as_json:
         _print(inv, result)
@@ -43,22 +44,34 @@ def _print(inv, result) -> None:
     if changed:
         table = Table(title=f"maps of cluster {inv.topology.cluster}: {len(changed)} of {len(result.changes)} changed", title_justify="left")
         for column in ("host", "map", "live", "new", "added", "removed", "examples"):
-            table.add_column(column, justify="right" if column in ("live", "new", "added", "removed") else "left",
-                             overflow="fold", no_wrap=column in ("live", "new", "added", "removed"))
+            table.add_column(
+                column,
+                justify="right" if column in ("live", "new", "added", "removed") else "left",
+                overflow="fold",
+                no_wrap=column in ("live", "new", "added", "removed"),
+            )
         for c in changed:
             examples = [f"+{x.split(' ', 1)[0]}" for x in c.added_examples] + [f"-{x.split(' ', 1)[0]}" for x in c.removed_examples]
             if not c.added and not c.removed:
-                examples = ["missing on the host" if c.live_sha256 is None else
-                            "database missing or older than the map" if c.live_sha256 == c.sha256 else "only comments or order differ"]
+                examples = [
+                    "missing on the host"
+                    if c.live_sha256 is None
+                    else "database missing or older than the map"
+                    if c.live_sha256 == c.sha256
+                    else "only comments or order differ"
+                ]
             live = "missing" if c.live_sha256 is None else ("-" if c.live_entries is None else f"{c.live_entries:,}")
             new = "-" if c.entries is None else f"{c.entries:,}"
             table.add_row(c.host, c.path, live, new, f"+{c.added:,}", f"-{c.removed:,}", "\n".join(examples))
         out.print(table)
     for r in result.refusals:
         err.print("[bold red]refused:[/bold red] ", end="")
-        err.print(f"{r.change.host} {r.change.path} {r.reason}; for example "
-                  + ", ".join(x.split(" ", 1)[0] for x in r.change.removed_examples)
-                  + ". Nothing was pushed; check the sources, or run again with --force.", markup=False)
+        err.print(
+            f"{r.change.host} {r.change.path} {r.reason}; for example "
+            + ", ".join(x.split(" ", 1)[0] for x in r.change.removed_examples)
+            + ". Nothing was pushed; check the sources, or run again with --force.",
+            markup=False,
+        )
     if not changed:
         out.print(f"no map changed: {len(result.changes)} maps on {len(result.hosts)} hosts match the sources; no host was touched ({elapsed:.1f} s)")
     elif result.checked_only and not result.refusals:

@@ -29,8 +29,9 @@ def render(
     files = sum(len(h["files"]) for h in manifest["hosts"].values())
     if as_json:
         results = [Result(host, path, "rendered", True, data=entry) for host, h in manifest["hosts"].items() for path, entry in h["files"].items()]
-        emit(Run("render", inv.topology.cluster, results, warnings=inv.warnings, hosts=list(manifest["hosts"]),
-                 summary={"output": str(output), "files": files}))
+        emit(
+            Run("render", inv.topology.cluster, results, warnings=inv.warnings, hosts=list(manifest["hosts"]), summary={"output": str(output), "files": files})
+        )
         return
     table = Table(title=f"Rendered {summary_line(inv)}", title_justify="left")
     table.add_column("host")

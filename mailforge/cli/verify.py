@@ -17,7 +17,9 @@ def verify(
     inventory: Path = InventoryArg,
     lab: bool = LabOption,
     limit: str = LimitOption,
-    probe_from: str = typer.Option(None, "--probe-from", help="Send the SMTP probes from this host: ssh://user@host[:port] or docker://name (default with --lab: the lab's client)."),
+    probe_from: str = typer.Option(
+        None, "--probe-from", help="Send the SMTP probes from this host: ssh://user@host[:port] or docker://name (default with --lab: the lab's client)."
+    ),
     wait: int = typer.Option(60, "--wait", min=1, help="Seconds to wait for the probe message to reach a core."),
     as_json: bool = JsonOption,
     render_dir: Path = RenderDirOption,

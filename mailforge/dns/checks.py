@@ -6,7 +6,7 @@ and a timeout or SERVFAIL is not reported as a missing record.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .queries import Answer, Querier
@@ -45,7 +45,6 @@ class Check:
     status: str  # ok, fail, timeout, servfail, error
     evidence: str
 
-
     @property
     def ok(self) -> bool:
         return self.status == OK
@@ -75,8 +74,14 @@ def run_checks(topology: Topology, querier: Querier) -> list[Check]:
             allowed[lb.address] = f"balancer {lb.name}"
     for r in t.relays:
         allowed[r.address] = f"relay {r.name}"
-    ctx = _Context(querier, list(dict.fromkeys(mx_targets(t))), mx_target_addresses(t), allowed, {c.fqdn: c.address for c in t.cores},
-                   {lb.fqdn for lb in t.load_balancers if lb.fqdn and lb.external and not lb.address})
+    ctx = _Context(
+        querier,
+        list(dict.fromkeys(mx_targets(t))),
+        mx_target_addresses(t),
+        allowed,
+        {c.fqdn: c.address for c in t.cores},
+        {lb.fqdn for lb in t.load_balancers if lb.fqdn and lb.external and not lb.address},
+    )
     checks: list[Check] = []
     seen_targets: list[str] = []
     querier.prefetch([(domain, rtype) for domain in sorted(t.domains) for rtype in ("MX", "TXT")])
@@ -124,8 +129,11 @@ def _check_mx(domain: str, answer: Answer, ctx: _Context) -> Check:
     if len(preferences) > 1:
         main = min(p for p, _ in (ours or found))
         backups = [(p, h) for p, h in found if p != main]
-        problems.append("backup MX " + ", ".join(f"{h} at preference {p}" for p, h in backups)
-                        + f", not {main} like the others: give every MX the same preference (spammers aim at backup MXs)")
+        problems.append(
+            "backup MX "
+            + ", ".join(f"{h} at preference {p}" for p, h in backups)
+            + f", not {main} like the others: give every MX the same preference (spammers aim at backup MXs)"
+        )
     missing = [x for x in ctx.targets if x not in {h for _, h in found}]
     if missing:
         problems.append("not an MX: " + ", ".join(missing))
@@ -204,7 +212,7 @@ def _check_spf(domain: str, topology: Topology, q: Querier) -> Check:
         return Check(domain, name, _failure(answer), answer.describe())
     records = spf_records(answer) if answer.status == "ok" else []
     if not records:
-        return Check(domain, name, FAIL, f"no SPF record (TXT \"v=spf1 ...\"); expected e.g. \"{spf_record(topology)}\"")
+        return Check(domain, name, FAIL, f'no SPF record (TXT "v=spf1 ..."); expected e.g. "{spf_record(topology)}"')
     if len(records) > 1:
         return Check(domain, name, FAIL, f"{len(records)} SPF records, which is a permerror for every receiver: " + " | ".join(records))
     spf = Spf(q)
@@ -228,8 +236,8 @@ def _check_spf(domain: str, topology: Topology, q: Querier) -> Check:
         problems.append(f"does not refuse other hosts: {outsider} gets {result} (end the record with -all or ~all)")
     notes = f"; note: {'; '.join(dict.fromkeys(spf.notes))}" if spf.notes else ""
     if problems:
-        return Check(domain, name, FAIL, "; ".join(problems) + f" [\"{records[0]}\"]{notes}")
-    return Check(domain, name, OK, f"\"{records[0]}\": authorises {', '.join(passed) or 'no host'}; others get {result}{notes}")
+        return Check(domain, name, FAIL, "; ".join(problems) + f' ["{records[0]}"]{notes}')
+    return Check(domain, name, OK, f'"{records[0]}": authorises {", ".join(passed) or "no host"}; others get {result}{notes}')
 
 
 def _check_list(zone: str, name: str, listed: str, unlisted: str, q: Querier) -> Check:
@@ -239,19 +247,28 @@ def _check_list(zone: str, name: str, listed: str, unlisted: str, q: Querier) ->
             return Check(zone, name, _failure(answer), answer.describe())
     blocked = [a for a in (*yes.values, *no.values) if a in BLOCKED_RESOLVER_CODES]
     if blocked:
-        return Check(zone, name, FAIL, f"blocking your resolver: {listed} -> {', '.join(blocked)} ({BLOCKED_RESOLVER_CODES[blocked[0]]}); "
-                                       "the relays' RBL checks through this resolver get no real answers")
+        return Check(
+            zone,
+            name,
+            FAIL,
+            f"blocking your resolver: {listed} -> {', '.join(blocked)} ({BLOCKED_RESOLVER_CODES[blocked[0]]}); "
+            "the relays' RBL checks through this resolver get no real answers",
+        )
 
     def shown(answer: Answer) -> str:
         return ", ".join(answer.values) if answer.status == "ok" else "NXDOMAIN" if answer.status == "nxdomain" else "no A record"
 
-    not_loopback = [a for a in (*yes.values, *no.values) if not ipaddress.ip_address(a) in ipaddress.ip_network("127.0.0.0/8")]
+    not_loopback = [a for a in (*yes.values, *no.values) if ipaddress.ip_address(a) not in ipaddress.ip_network("127.0.0.0/8")]
     if not_loopback:
-        return Check(zone, name, FAIL, f"lists everything: answers {', '.join(not_loopback)}, outside 127.0.0.0/8, "
-                                       f"so the zone is probably parked or wildcarded ({listed} -> {shown(yes)}; {unlisted} -> {shown(no)})")
+        return Check(
+            zone,
+            name,
+            FAIL,
+            f"lists everything: answers {', '.join(not_loopback)}, outside 127.0.0.0/8, "
+            f"so the zone is probably parked or wildcarded ({listed} -> {shown(yes)}; {unlisted} -> {shown(no)})",
+        )
     if no.status == "ok":
-        return Check(zone, name, FAIL, f"lists everything: {unlisted} must not be listed but is ({shown(no)}); "
-                                       "the relays would refuse every client or sender")
+        return Check(zone, name, FAIL, f"lists everything: {unlisted} must not be listed but is ({shown(no)}); the relays would refuse every client or sender")
     if yes.status != "ok":
         return Check(zone, name, FAIL, f"lists nothing: dead or blocking your resolver: the test entry {listed} is not listed ({shown(yes)})")
     return Check(zone, name, OK, f"{listed} -> {shown(yes)}; {unlisted} -> {shown(no)}")

@@ -44,8 +44,13 @@ class Answer:
     def describe(self) -> str:
         if self.status == "ok":
             return f"{self.name} {self.rtype} " + ", ".join(_show(v) for v in self.values)
-        text = {"nxdomain": "NXDOMAIN (no such name)", "nodata": f"no {self.rtype} record", "timeout": "timeout",
-                "servfail": "SERVFAIL", "refused": "REFUSED"}.get(self.status, self.status)
+        text = {
+            "nxdomain": "NXDOMAIN (no such name)",
+            "nodata": f"no {self.rtype} record",
+            "timeout": "timeout",
+            "servfail": "SERVFAIL",
+            "refused": "REFUSED",
+        }.get(self.status, self.status)
         return f"{self.name} {self.rtype}: {text}" + (f" ({self.detail})" if self.detail else "")
 
 

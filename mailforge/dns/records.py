@@ -78,8 +78,7 @@ def mx_target_addresses(topology: Topology) -> dict[str, list[str]]:
 def outbound_senders(topology: Topology) -> list[Sender]:
     """The hosts SPF must authorise: relays running an outbound instance (MX proxy), else the cores."""
     hosts = hosts_of(topology)
-    proxies = [h for h in hosts if h.role is Role.MX_PROXY and isinstance(h.entry, Relay) and h.entry.instances
-               and h.entry.instances.outbound]
+    proxies = [h for h in hosts if h.role is Role.MX_PROXY and isinstance(h.entry, Relay) and h.entry.instances and h.entry.instances.outbound]
     if proxies:
         return [Sender(h.name, str(h.fqdn), str(h.address), "outbound instance") for h in proxies]
     return [Sender(h.name, str(h.fqdn), str(h.address), "core") for h in hosts if h.role is Role.CORE]
@@ -229,7 +228,7 @@ def reverse_network(zone: str) -> str:
         octets = list(reversed(labels)) + ["0"] * (4 - len(labels))
         return str(ipaddress.ip_network(f"{'.'.join(octets)}/{8 * len(labels)}"))
     nibbles = "".join(reversed(labels)).ljust(32, "0")
-    address = ipaddress.ip_address(":".join(nibbles[i:i + 4] for i in range(0, 32, 4)))
+    address = ipaddress.ip_address(":".join(nibbles[i : i + 4] for i in range(0, 32, 4)))
     return str(ipaddress.ip_network(f"{address}/{4 * len(labels)}"))
 
 
@@ -248,8 +247,7 @@ def zone_sections(text: str) -> dict[str, list[str]]:
     return zones
 
 
-def zone_file(zone: str, records: list[Record], primary: str, ttl: int = DEFAULT_TTL, serial: int = 1,
-              pasted: Sequence[str] = ()) -> str:
+def zone_file(zone: str, records: list[Record], primary: str, ttl: int = DEFAULT_TTL, serial: int = 1, pasted: Sequence[str] = ()) -> str:
     """A complete zone file (SOA, NS, the records) for a server that loads zone files, such as NSD.
 
     `pasted` are record lines exactly as `zone_text` prints them for this zone (what a user would paste);

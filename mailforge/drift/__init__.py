@@ -22,22 +22,65 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..remote import HostShell, HostUnreachable
 from ..inventory import Inventory
+from ..remote import HostShell, HostUnreachable
 from ..results import Result, Run
-from .compare import (BIG_MAP_LINES, DIFF_LINES, MAP_EXAMPLES, compare_files, compare_firewall, compare_host,
-                      compare_instances, compare_packages, compare_postconf, compare_services, local_postconf, map_diff,
-                      parse_postconf, unified)
+from .compare import (
+    BIG_MAP_LINES,
+    DIFF_LINES,
+    MAP_EXAMPLES,
+    compare_files,
+    compare_firewall,
+    compare_host,
+    compare_instances,
+    compare_packages,
+    compare_postconf,
+    compare_services,
+    local_postconf,
+    map_diff,
+    parse_postconf,
+    unified,
+)
 from .firewall import canonical_lines, canonical_rendered, firewall_method, kernel_canonical, ruleset, textual_canonical
 from .model import DRIFTED, IN_SYNC, MISSING, UNEXPECTED, Desired, DriftError, Item
 from .survey import MARK, parse_sections, read_back, role_packages, survey_script
 
 __all__ = [
-    "BIG_MAP_LINES", "DIFF_LINES", "DRIFTED", "IN_SYNC", "MAP_EXAMPLES", "MARK", "MISSING", "UNEXPECTED",
-    "Desired", "DriftError", "Item", "Report", "audit", "audit_host", "canonical_lines", "canonical_rendered",
-    "compare_files", "compare_firewall", "compare_host", "compare_instances", "compare_packages", "compare_postconf",
-    "compare_services", "desired_state", "firewall_method", "kernel_canonical", "local_postconf", "map_diff",
-    "parse_postconf", "parse_sections", "read_back", "role_packages", "ruleset", "survey_script", "textual_canonical",
+    "BIG_MAP_LINES",
+    "DIFF_LINES",
+    "DRIFTED",
+    "IN_SYNC",
+    "MAP_EXAMPLES",
+    "MARK",
+    "MISSING",
+    "UNEXPECTED",
+    "Desired",
+    "DriftError",
+    "Item",
+    "Report",
+    "audit",
+    "audit_host",
+    "canonical_lines",
+    "canonical_rendered",
+    "compare_files",
+    "compare_firewall",
+    "compare_host",
+    "compare_instances",
+    "compare_packages",
+    "compare_postconf",
+    "compare_services",
+    "desired_state",
+    "firewall_method",
+    "kernel_canonical",
+    "local_postconf",
+    "map_diff",
+    "parse_postconf",
+    "parse_sections",
+    "read_back",
+    "role_packages",
+    "ruleset",
+    "survey_script",
+    "textual_canonical",
     "unified",
 ]
 
@@ -61,8 +104,7 @@ def desired_state(inventory: Inventory, render_dir: Path, manifest: dict, hosts:
     """What each of `hosts` should be: its manifest entries, its rendered files, its group's packages."""
     group_of = {h.name: h.group for h in inventory.hosts}
     packages = role_packages()
-    return {host: Desired(host, group_of[host], manifest["hosts"][host]["files"], render_dir / host, packages.get(group_of[host], []))
-            for host in hosts}
+    return {host: Desired(host, group_of[host], manifest["hosts"][host]["files"], render_dir / host, packages.get(group_of[host], [])) for host in hosts}
 
 
 def audit_host(d: Desired, shell: HostShell) -> list[Item]:
@@ -70,8 +112,9 @@ def audit_host(d: Desired, shell: HostShell) -> list[Item]:
     result = shell.run(survey_script(d), timeout=300)
     sections = parse_sections(result.stdout.decode(errors="replace"))
     if "end" not in sections:
-        raise DriftError(f"{d.host}: could not read its state (exit {result.returncode}): "
-                         f"{result.stderr.decode(errors='replace').strip()[-300:] or 'no output'}")
+        raise DriftError(
+            f"{d.host}: could not read its state (exit {result.returncode}): {result.stderr.decode(errors='replace').strip()[-300:] or 'no output'}"
+        )
     items, differing = compare_host(d, sections)
     if differing:
         live = read_back(shell, differing)
@@ -80,13 +123,15 @@ def audit_host(d: Desired, shell: HostShell) -> list[Item]:
             rendered = d.local(path).read_bytes()
             data = live.get(path, b"")
             item = by_path[path]
-            item.diff = map_diff(data, rendered, path) if item.kind == "map" else unified(data.decode(errors="replace"),
-                                                                                         rendered.decode(errors="replace"), path)
+            item.diff = (
+                map_diff(data, rendered, path) if item.kind == "map" else unified(data.decode(errors="replace"), rendered.decode(errors="replace"), path)
+            )
     return items
 
 
-def audit(inventory: Inventory, render_dir: Path, manifest: dict, shells: dict[str, HostShell],
-          hosts: list[str] | set[str] | None = None, workers: int = 32) -> Report:
+def audit(
+    inventory: Inventory, render_dir: Path, manifest: dict, shells: dict[str, HostShell], hosts: list[str] | set[str] | None = None, workers: int = 32
+) -> Report:
     """Compare every host (or `hosts`) with the rendered tree, all at once. Raises DriftError naming
     every host that could not be reached or read."""
     started = time.monotonic()
@@ -104,8 +149,9 @@ def audit(inventory: Inventory, render_dir: Path, manifest: dict, shells: dict[s
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(audited)))) as pool:
         results = list(pool.map(one, audited))
     if errors:
-        raise DriftError("could not read every host, so drift cannot say whether the cluster is in sync: "
-                         + "; ".join(errors[h] for h in audited if h in errors))
+        raise DriftError(
+            "could not read every host, so drift cannot say whether the cluster is in sync: " + "; ".join(errors[h] for h in audited if h in errors)
+        )
     items = [i for host_items in results for i in host_items]
     return Report(inventory.topology.cluster, audited, items, time.monotonic() - started, firewall_method())
 
@@ -116,5 +162,11 @@ def results_of(report: Report, warnings: list | None = None) -> Run:
     for item in report.items:
         counts[item.status] = counts.get(item.status, 0) + 1
     results = [Result(i.host, i.label, i.status, i.status == IN_SYNC, detail=i.detail, data=asdict(i)) for i in report.items]
-    return Run("drift", report.cluster, results, warnings=list(warnings or []), hosts=report.hosts,
-               summary={"seconds": round(report.seconds, 3), "firewall_canonicalised_by": report.firewall_method, "counts": counts})
+    return Run(
+        "drift",
+        report.cluster,
+        results,
+        warnings=list(warnings or []),
+        hosts=report.hosts,
+        summary={"seconds": round(report.seconds, 3), "firewall_canonicalised_by": report.firewall_method, "counts": counts},
+    )

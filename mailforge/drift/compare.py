@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .. import installed
+from ..installed import map_entries
 from ..render.files import entry_database_path
 from .firewall import canonical_lines, canonical_rendered
 from .model import DRIFTED, IN_SYNC, MISSING, UNEXPECTED, Desired, Item
@@ -42,9 +43,7 @@ def map_diff(live: bytes, desired: bytes, name: str) -> str:
     """A unified diff for a small map; for a big one, a bounded set difference of its entries."""
     if live.count(b"\n") <= BIG_MAP_LINES and desired.count(b"\n") <= BIG_MAP_LINES:
         return unified(live.decode(errors="replace"), desired.decode(errors="replace"), name)
-    from ..maps import _entries
-
-    old, new = _entries(live), _entries(desired)
+    old, new = map_entries(live), map_entries(desired)
     added, removed = new - old, old - new
     lines = [f"--- {name} (live, {len(old):,} entries)", f"+++ {name} (rendered, {len(new):,} entries)"]
     for sign, entries in (("-", removed), ("+", added)):
@@ -138,8 +137,16 @@ def compare_packages(d: Desired, sections: Sections) -> list[Item]:
     for package in d.packages:
         state, version = installed_packages.get(package, ("", ""))
         ok = state.startswith(("ii", "hi"))
-        items.append(Item(d.host, "package", package, IN_SYNC if ok else MISSING, desired="installed",
-                          live=f"installed {version}" if ok else (f"dpkg state {state!r}" if state else "not installed")))
+        items.append(
+            Item(
+                d.host,
+                "package",
+                package,
+                IN_SYNC if ok else MISSING,
+                desired="installed",
+                live=f"installed {version}" if ok else (f"dpkg state {state!r}" if state else "not installed"),
+            )
+        )
     return items
 
 
@@ -161,17 +168,34 @@ def compare_services(d: Desired, sections: Sections) -> list[Item]:
         _, rc = sections.get(f"status {directory}", ("", 1))
         ok_enabled, state = enabled_state(POSTFIX_UNIT)
         running = rc == 0
-        items.append(Item(d.host, "service", f"postfix {directory}", IN_SYNC if running and ok_enabled else DRIFTED,
-                          desired="running, enabled", live=f"{'running' if running else 'stopped'}, enabled: {state}"))
+        items.append(
+            Item(
+                d.host,
+                "service",
+                f"postfix {directory}",
+                IN_SYNC if running and ok_enabled else DRIFTED,
+                desired="running, enabled",
+                live=f"{'running' if running else 'stopped'}, enabled: {state}",
+            )
+        )
     if HAPROXY_CONFIG in d.files:
         _, rc = sections.get("haproxy", ("", 1))
         ok_enabled, state = enabled_state(HAPROXY_UNIT)
-        items.append(Item(d.host, "service", "haproxy", IN_SYNC if rc == 0 and ok_enabled else DRIFTED,
-                          desired="running, enabled", live=f"{'running' if rc == 0 else 'stopped'}, enabled: {state}"))
+        items.append(
+            Item(
+                d.host,
+                "service",
+                "haproxy",
+                IN_SYNC if rc == 0 and ok_enabled else DRIFTED,
+                desired="running, enabled",
+                live=f"{'running' if rc == 0 else 'stopped'}, enabled: {state}",
+            )
+        )
     if has_firewall(d):
         ok_enabled, state = enabled_state(FIREWALL_UNIT)
-        items.append(Item(d.host, "service", FIREWALL_UNIT, IN_SYNC if ok_enabled else DRIFTED, desired="enabled (loads the rules at boot)",
-                          live=f"enabled: {state}"))
+        items.append(
+            Item(d.host, "service", FIREWALL_UNIT, IN_SYNC if ok_enabled else DRIFTED, desired="enabled (loads the rules at boot)", live=f"enabled: {state}")
+        )
     return items
 
 
@@ -185,14 +209,31 @@ def compare_instances(d: Desired, sections: Sections) -> list[Item]:
     for directory in sorted(set(d.instances) | set(live_instances)):
         name, on = live_instances.get(directory, ("", False))
         if directory not in d.instances:
-            items.append(Item(d.host, "instance", directory, UNEXPECTED, desired="absent", live=f"{name} ({'enabled' if on else 'disabled'})",
-                              detail="a Postfix instance the inventory does not render"))
+            items.append(
+                Item(
+                    d.host,
+                    "instance",
+                    directory,
+                    UNEXPECTED,
+                    desired="absent",
+                    live=f"{name} ({'enabled' if on else 'disabled'})",
+                    detail="a Postfix instance the inventory does not render",
+                )
+            )
         elif directory not in live_instances:
-            items.append(Item(d.host, "instance", directory, MISSING, desired="enabled", live="absent",
-                              detail="postmulti -l does not list it" if rc == 0 else "postmulti -l failed"))
+            items.append(
+                Item(
+                    d.host,
+                    "instance",
+                    directory,
+                    MISSING,
+                    desired="enabled",
+                    live="absent",
+                    detail="postmulti -l does not list it" if rc == 0 else "postmulti -l failed",
+                )
+            )
         else:
-            items.append(Item(d.host, "instance", directory, IN_SYNC if on else DRIFTED, desired="enabled",
-                              live=f"{name} ({'enabled' if on else 'disabled'})"))
+            items.append(Item(d.host, "instance", directory, IN_SYNC if on else DRIFTED, desired="enabled", live=f"{name} ({'enabled' if on else 'disabled'})"))
     return items
 
 
@@ -229,8 +270,18 @@ def compare_files(d: Desired, sections: Sections) -> tuple[list[Item], list[str]
         problems = installed.mismatches(live, meta, entry_database_path(path, meta))
         if installed.CONTENT_DIFFERS in problems:
             differing.append(path)
-        items.append(Item(d.host, kind, path, DRIFTED if problems else IN_SYNC, instance=meta.get("config_directory"),
-                          desired=meta["sha256"], live=live.sha256, detail="; ".join(problems)))
+        items.append(
+            Item(
+                d.host,
+                kind,
+                path,
+                DRIFTED if problems else IN_SYNC,
+                instance=meta.get("config_directory"),
+                desired=meta["sha256"],
+                live=live.sha256,
+                detail="; ".join(problems),
+            )
+        )
     return items, differing
 
 
@@ -254,16 +305,30 @@ def compare_firewall(d: Desired, sections: Sections) -> list[Item]:
         else:
             missing = sum(1 for line in want if line not in have and line.startswith(("-A", ":")))
             extra = sum(1 for line in have if line not in want and line.startswith(("-A", ":")))
-            items.append(Item(d.host, "firewall", tool, DRIFTED, desired=f"{path} loaded",
-                              live=f"{missing} rendered lines not loaded, {extra} loaded lines not rendered",
-                              detail=f"loaded ruleset differs ({method} canonical form)",
-                              diff=unified("\n".join(have), "\n".join(want), f"{d.host} {tool}-save")))
+            items.append(
+                Item(
+                    d.host,
+                    "firewall",
+                    tool,
+                    DRIFTED,
+                    desired=f"{path} loaded",
+                    live=f"{missing} rendered lines not loaded, {extra} loaded lines not rendered",
+                    detail=f"loaded ruleset differs ({method} canonical form)",
+                    diff=unified("\n".join(have), "\n".join(want), f"{d.host} {tool}-save"),
+                )
+            )
     return items
 
 
 def compare_host(d: Desired, sections: Sections) -> tuple[list[Item], list[str]]:
     """The items of one host, and the paths of files whose bytes differ (read back for a diff)."""
     files, differing = compare_files(d, sections)
-    items = (compare_packages(d, sections) + compare_services(d, sections) + compare_instances(d, sections)
-             + compare_postconf(d, sections) + files + compare_firewall(d, sections))
+    items = (
+        compare_packages(d, sections)
+        + compare_services(d, sections)
+        + compare_instances(d, sections)
+        + compare_postconf(d, sections)
+        + files
+        + compare_firewall(d, sections)
+    )
     return items, differing

@@ -38,9 +38,13 @@ def ruleset(text: str) -> dict[str, dict]:
             words = line.split(None, 2)
             if len(words) >= 2 and words[0] in ("-A", "-I"):
                 table["rules"].setdefault(words[1], []).append("-A " + " ".join(line.split()[1:]))
-    return {name: t for name, t in tables.items()
-            if any(t["rules"].values()) or any(p not in ("ACCEPT", "-") for p in t["policies"].values())
-            or set(t["policies"]) - {"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"}}
+    return {
+        name: t
+        for name, t in tables.items()
+        if any(t["rules"].values())
+        or any(p not in ("ACCEPT", "-") for p in t["policies"].values())
+        or set(t["policies"]) - {"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"}
+    }
 
 
 def canonical_lines(text: str) -> list[str]:
@@ -77,8 +81,11 @@ def _textual_rule(rule: str, family: int) -> str:
             protocol = words[i + 1]
             out += ["-p", protocol]
             i += 2
-            if protocol in ("tcp", "udp") and any(w in ("--dport", "--sport", "--dports") for w in words[i:]) \
-                    and not (i + 1 < len(words) and words[i] == "-m" and words[i + 1] == protocol):
+            if (
+                protocol in ("tcp", "udp")
+                and any(w in ("--dport", "--sport", "--dports") for w in words[i:])
+                and not (i + 1 < len(words) and words[i] == "-m" and words[i + 1] == protocol)
+            ):
                 out += ["-m", protocol]
             continue
         if word in ("--ctstate", "--state") and i + 1 < len(words):
@@ -111,8 +118,7 @@ def kernel_canonical(text: str, family: int) -> str | None:
     iptables on the controller); None where that cannot run."""
     tool = "iptables" if family == 4 else "ip6tables"
     try:
-        result = subprocess.run(["unshare", "--net", "sh", "-c", f"{tool}-restore && {tool}-save"], input=text,
-                                capture_output=True, text=True, timeout=30)
+        result = subprocess.run(["unshare", "--net", "sh", "-c", f"{tool}-restore && {tool}-save"], input=text, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout if result.returncode == 0 and "*" in result.stdout else None

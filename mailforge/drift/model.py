@@ -6,7 +6,7 @@ importing the package that imports them (no import cycle); the package re-export
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MailforgeError
@@ -36,7 +36,6 @@ class Item:
     def label(self) -> str:
         """How a table names the item: kind and name, and the instance for a parameter or service."""
         return f"{self.kind} {self.name}" + (f" ({self.instance})" if self.instance and self.kind in ("main.cf", "master.cf") else "")
-
 
 
 @dataclass

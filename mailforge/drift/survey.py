@@ -69,7 +69,7 @@ def survey_script(d: Desired) -> str:
     lines = [
         f"m={q(MARK)}",
         's() { printf "%s %s\\n" "$m" "$1"; shift; "$@" 2>/dev/null; printf "\\n%s rc %s\\n" "$m" "$?"; }',
-        'systemd_units() { if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then '
+        "systemd_units() { if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then "
         'for u in "$@"; do printf "%s %s\\n" "$u" "$(systemctl is-enabled "$u" 2>/dev/null || echo disabled)"; done; '
         'else echo "no-systemd"; fi; }',
     ]
@@ -107,7 +107,7 @@ def parse_sections(text: str) -> dict[str, tuple[str, int]]:
     body: list[str] = []
     for line in text.split("\n"):
         if line.startswith(MARK + " "):
-            rest = line[len(MARK) + 1:]
+            rest = line[len(MARK) + 1 :]
             if rest.startswith("rc ") and name is not None:
                 output = "\n".join(body)
                 sections[name] = (output[:-1] if output.endswith("\n") else output, int(rest[3:] or 1))
@@ -129,5 +129,5 @@ def read_back(shell: HostShell, paths: list[str]) -> dict[str, bytes]:
     lines = result.stdout.decode(errors="replace").split("\n")
     for i, line in enumerate(lines):
         if line.startswith(MARK + " ") and i + 1 < len(lines):
-            contents[line[len(MARK) + 1:]] = base64.b64decode(lines[i + 1] or b"")
+            contents[line[len(MARK) + 1 :]] = base64.b64decode(lines[i + 1] or b"")
     return contents

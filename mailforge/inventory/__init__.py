@@ -17,6 +17,19 @@ from .recipients import RecipientSet
 from .roles import GROUPS, Host, Role, hosts_of, rollout_order
 
 __all__ = [
-    "GROUPS", "TOPOLOGY_FILE", "Core", "Host", "Inventory", "LoadBalancer", "RecipientSet", "Relay", "Role", "Topology",
-    "hosts_of", "load_inventory", "load_topology", "resolve_topology_file", "rollout_order",
+    "GROUPS",
+    "TOPOLOGY_FILE",
+    "Core",
+    "Host",
+    "Inventory",
+    "LoadBalancer",
+    "RecipientSet",
+    "Relay",
+    "Role",
+    "Topology",
+    "hosts_of",
+    "load_inventory",
+    "load_topology",
+    "resolve_topology_file",
+    "rollout_order",
 ]

@@ -71,28 +71,51 @@ def balancers_are_usable(t: Topology, source: Located) -> Iterator[Finding]:
     for i, lb in balancers:
         path = ("load_balancers", i)
         if lb.proxy_protocol != "none" and lb.backend_port is None:
-            yield _error(source, path + ("proxy_protocol",), f"balancer {lb.name!r} speaks PROXY {lb.proxy_protocol} but names no relay port for it",
-                         "backend_port: the port the relays' postscreen listens on for this balancer, e.g. 10024")
+            yield _error(
+                source,
+                path + ("proxy_protocol",),
+                f"balancer {lb.name!r} speaks PROXY {lb.proxy_protocol} but names no relay port for it",
+                "backend_port: the port the relays' postscreen listens on for this balancer, e.g. 10024",
+            )
         if not lb.external and lb.address is None:
             yield _error(source, path, f"managed balancer {lb.name!r} has no address", "address: the balancer's IP address")
         if lb.external and not (lb.address or lb.source_networks):
-            yield _error(source, path, f"external balancer {lb.name!r} gives no address or source_networks, so the relays could not tell it from anyone else",
-                         "source_networks: the networks its connections come from")
+            yield _error(
+                source,
+                path,
+                f"external balancer {lb.name!r} gives no address or source_networks, so the relays could not tell it from anyone else",
+                "source_networks: the networks its connections come from",
+            )
         if lb.proxy_protocol == "none":
-            yield _warning(source, path + ("proxy_protocol",), f"balancer {lb.name!r} hides the client's address: RBL checks and logs on the relays only see the balancer",
-                           "proxy_protocol: v1 or v2")
+            yield _warning(
+                source,
+                path + ("proxy_protocol",),
+                f"balancer {lb.name!r} hides the client's address: RBL checks and logs on the relays only see the balancer",
+                "proxy_protocol: v1 or v2",
+            )
         first = balancers[0][1]
         if lb is not first and (lb.proxy_protocol, lb.backend_port) != (first.proxy_protocol, first.backend_port):
-            yield _error(source, path, f"balancer {lb.name!r} differs from {first.name!r} in proxy_protocol or backend_port",
-                         "every balancer to use the same proxy_protocol and backend_port")
+            yield _error(
+                source,
+                path,
+                f"balancer {lb.name!r} differs from {first.name!r} in proxy_protocol or backend_port",
+                "every balancer to use the same proxy_protocol and backend_port",
+            )
 
 
 def recipients_name_a_source(t: Topology, source: Located) -> Iterator[Finding]:
     spec = getattr(t, "recipients", None)
-    if isinstance(spec, Recipients) and not (spec.local_parts_file or spec.addresses_file or spec.addresses or spec.csv or spec.ldap) \
-            and not any((source.data.get("recipients") or {}).get(key) is not None for key in ("csv", "ldap")):  # given but invalid: reported already
-        yield _error(source, ("recipients",), "names no source, so the relays would refuse every recipient",
-                     "local_parts_file, addresses_file, addresses, csv or ldap; or leave recipients out to accept any local part")
+    if (
+        isinstance(spec, Recipients)
+        and not (spec.local_parts_file or spec.addresses_file or spec.addresses or spec.csv or spec.ldap)
+        and not any((source.data.get("recipients") or {}).get(key) is not None for key in ("csv", "ldap"))
+    ):  # given but invalid: reported already
+        yield _error(
+            source,
+            ("recipients",),
+            "names no source, so the relays would refuse every recipient",
+            "local_parts_file, addresses_file, addresses, csv or ldap; or leave recipients out to accept any local part",
+        )
 
 
 def ldap_settings_agree(t: Topology, source: Located) -> Iterator[Finding]:
@@ -105,11 +128,19 @@ def ldap_settings_agree(t: Topology, source: Located) -> Iterator[Finding]:
     if ldap.password_env and ldap.password_file:
         yield _error(source, path + ("password_file",), "both password_env and password_file are given", "one of them")
     if getattr(ldap, "bind_dn", None) and not any(path + (key,) in source.keys for key in ("password_env", "password_file", "password")):
-        yield _error(source, path + ("bind_dn",), f"binding as {ldap.bind_dn!r} needs a password, and none is named",
-                     "password_env: a variable holding it, or password_file: a file holding it")
+        yield _error(
+            source,
+            path + ("bind_dn",),
+            f"binding as {ldap.bind_dn!r} needs a password, and none is named",
+            "password_env: a variable holding it, or password_file: a file holding it",
+        )
     if not getattr(ldap, "bind_dn", None) and (ldap.password_env or ldap.password_file) and ("recipients", "ldap", "bind_dn") not in source.keys:
-        yield _error(source, path + ("password_env" if ldap.password_env else "password_file",), "a password is named but no bind_dn to use it with",
-                     "bind_dn: the DN to bind as; or no password for an anonymous search")
+        yield _error(
+            source,
+            path + ("password_env" if ldap.password_env else "password_file",),
+            "a password is named but no bind_dn to use it with",
+            "bind_dn: the DN to bind as; or no password for an anonymous search",
+        )
     if ldap.start_tls and str(getattr(ldap, "uri", "")).lower().startswith("ldaps:"):
         yield _error(source, path + ("start_tls",), "start_tls on an ldaps:// URI, which is already TLS", "start_tls: false, or an ldap:// URI")
 
@@ -119,11 +150,19 @@ def instances_are_usable(t: Topology, source: Located) -> Iterator[Finding]:
     for i, relay in present(t.relays):
         instances = relay.instances
         if instances and instances.inbound and instances.outbound and instances.inbound.port == instances.outbound.port:
-            yield _error(source, ("relays", i, "instances", "outbound", "port"), f"port {instances.outbound.port} is already the inbound instance's",
-                         "a different port for each instance, e.g. 25 and 587")
+            yield _error(
+                source,
+                ("relays", i, "instances", "outbound", "port"),
+                f"port {instances.outbound.port} is already the inbound instance's",
+                "a different port for each instance, e.g. 25 and 587",
+            )
         if relay.instances and t.load_balancers:
-            yield _error(source, ("relays", i, "instances"), f"relay {relay.name!r} runs postmulti instances behind a load balancer, which mailforge does not support",
-                         "either instances or load_balancers, not both")
+            yield _error(
+                source,
+                ("relays", i, "instances"),
+                f"relay {relay.name!r} runs postmulti instances behind a load balancer, which mailforge does not support",
+                "either instances or load_balancers, not both",
+            )
         if relay.instances and not relay.instances.inbound and not relay.instances.outbound:
             yield _error(source, ("relays", i, "instances"), "no instance is defined", "inbound, outbound or both")
 
@@ -134,8 +173,12 @@ def no_open_relay_networks(t: Topology, source: Located) -> Iterator[Finding]:
     def guard_open(path, network, what):
         net = ipaddress.ip_network(network)
         if net.prefixlen < (8 if net.version == 4 else 16):
-            yield _error(source, path, f"{what} {network} covers a large part of the Internet and would make this host an open relay",
-                         "the networks of your own users only")
+            yield _error(
+                source,
+                path,
+                f"{what} {network} covers a large part of the Internet and would make this host an open relay",
+                "the networks of your own users only",
+            )
 
     for i, core in present(t.cores):
         for j, net in enumerate(core.user_networks):
@@ -154,8 +197,12 @@ def header_checks_are_sound(t: Topology, source: Located) -> Iterator[Finding]:
         if error:
             yield _error(source, path + ("match",), error, "a Postfix regexp pattern such as /^Subject: =\\?big5\\?/")
         if error is None and check.example and not header_check_syntax.matches(check.match, check.example):
-            yield _error(source, path + ("example",), f"the pattern {check.match} does not match its example {check.example!r}",
-                         "an example header line the pattern matches")
+            yield _error(
+                source,
+                path + ("example",),
+                f"the pattern {check.match} does not match its example {check.example!r}",
+                "an example header line the pattern matches",
+            )
         error = header_check_syntax.action_error(check.action)
         if error:
             yield _error(source, path + ("action",), error, "an action such as 'REJECT reason', 'WARN', 'DISCARD' or 'HOLD'")
@@ -166,12 +213,17 @@ def main_cf_parameters_exist(t: Topology, source: Located) -> Iterator[Finding]:
     for name, value in t.policy.main_cf.items():
         path = ("policy", "main_cf", name)
         if name in GUARDED_PARAMETERS:
-            yield _error(source, path, f"{name!r} is set by mailforge from the topology and may not be overridden (it decides who may relay)",
-                         "the topology keys: domains, recipients, load_balancers, cores, instances")
+            yield _error(
+                source,
+                path,
+                f"{name!r} is set by mailforge from the topology and may not be overridden (it decides who may relay)",
+                "the topology keys: domains, recipients, load_balancers, cores, instances",
+            )
         elif name not in POSTFIX_PARAMETERS:
             hint = difflib.get_close_matches(name, POSTFIX_PARAMETERS, n=1)
-            yield _error(source, path, f"{name!r} is not a Postfix parameter" + (f"; did you mean {hint[0]!r}?" if hint else ""),
-                         "a parameter name that postconf knows")
+            yield _error(
+                source, path, f"{name!r} is not a Postfix parameter" + (f"; did you mean {hint[0]!r}?" if hint else ""), "a parameter name that postconf knows"
+            )
         if any(c in str(value) for c in "\r\n"):
             yield _error(source, path, "value spans lines", "a single-line value")
 

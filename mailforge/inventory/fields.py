@@ -55,8 +55,10 @@ def _name(value: str) -> str:
 def _config_text(value: str) -> str:
     """Text that ends up inside a Postfix or HAProxy file: one line, no control characters."""
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise fail(f"{value!r} contains a line break or control character, which would inject lines into the rendered files",
-                    "text on a single line with no control characters")
+        raise fail(
+            f"{value!r} contains a line break or control character, which would inject lines into the rendered files",
+            "text on a single line with no control characters",
+        )
     return value
 
 
@@ -92,8 +94,10 @@ MainCfValue = Annotated[object, AfterValidator(_main_cf_value)]
 
 
 def _csv_delimiter(value: str) -> str:
-    if len(value) != 1 or value in "\"\r\n" or value.isalnum():
-        raise fail(f"{value!r} is not a usable CSV delimiter", "one character that is not a letter, digit, quote or line break, e.g. ',' ';' or \"\\t\" for a tab")
+    if len(value) != 1 or value in '"\r\n' or value.isalnum():
+        raise fail(
+            f"{value!r} is not a usable CSV delimiter", "one character that is not a letter, digit, quote or line break, e.g. ',' ';' or \"\\t\" for a tab"
+        )
     return value
 
 
@@ -101,22 +105,26 @@ def _ldap_uri(value: str) -> str:
     _config_text(value)
     parts = urllib.parse.urlsplit(value)
     try:
-        parts.port
+        _ = parts.port  # urlsplit checks the port only when asked
     except ValueError:
         raise fail(f"{value!r} has an invalid port", "a port from 1 to 65535, e.g. ldap://ldap.example.com:389") from None
     if parts.scheme.lower() not in ("ldap", "ldaps") or not parts.hostname:
         raise fail(f"{value!r} is not an ldap:// or ldaps:// URI with a host", "a URI such as ldap://ldap.example.com or ldaps://ldap.example.com:636")
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
-        raise fail(f"{value!r} holds more than the server's address",
-                    "only scheme, host and port, e.g. ldaps://ldap.example.com:636 (the search base goes under 'base', the bind DN under 'bind_dn')")
+        raise fail(
+            f"{value!r} holds more than the server's address",
+            "only scheme, host and port, e.g. ldaps://ldap.example.com:636 (the search base goes under 'base', the bind DN under 'bind_dn')",
+        )
     return value
 
 
 def _env_name(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
         # The value is not shown: a password put here by mistake must not be printed.
-        raise fail("is not the name of an environment variable (the value is not shown, in case it is the password itself)",
-                    "a variable name such as MAILFORGE_LDAP_PASSWORD; its value is the password")
+        raise fail(
+            "is not the name of an environment variable (the value is not shown, in case it is the password itself)",
+            "a variable name such as MAILFORGE_LDAP_PASSWORD; its value is the password",
+        )
     return value
 
 

@@ -61,8 +61,19 @@ def _cause(exc: BaseException, password: str | None) -> str:
     return _scrub(text, password)
 
 
-def search(*, uri: str, bind_dn: str | None, password: str | None, base: str, filter: str, attributes: list[str],
-           page_size: int, start_tls: bool, ca_file: str | None, timeout: float) -> Iterator[Entry]:
+def search(
+    *,
+    uri: str,
+    bind_dn: str | None,
+    password: str | None,
+    base: str,
+    filter: str,
+    attributes: list[str],
+    page_size: int,
+    start_tls: bool,
+    ca_file: str | None,
+    timeout: float,
+) -> Iterator[Entry]:
     """Every entry under `base` matching `filter` that has one of `attributes`; raises LdapSourceError."""
     import ldap3
     from ldap3.core import exceptions as lx
@@ -71,10 +82,16 @@ def search(*, uri: str, bind_dn: str | None, password: str | None, base: str, fi
     tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=ca_file) if secure else None
     server = ldap3.Server(uri, connect_timeout=timeout, get_info=ldap3.NONE, tls=tls)
     connection = ldap3.Connection(
-        server, user=bind_dn, password=password,
+        server,
+        user=bind_dn,
+        password=password,
         authentication=ldap3.SIMPLE if bind_dn else ldap3.ANONYMOUS,
-        auto_bind=ldap3.AUTO_BIND_NONE, receive_timeout=timeout, read_only=True,
-        auto_referrals=False, raise_exceptions=False, check_names=False,
+        auto_bind=ldap3.AUTO_BIND_NONE,
+        receive_timeout=timeout,
+        read_only=True,
+        auto_referrals=False,
+        raise_exceptions=False,
+        check_names=False,
     )
     wanted = {name.lower(): name for name in attributes}
 
@@ -88,8 +105,9 @@ def search(*, uri: str, bind_dn: str | None, password: str | None, base: str, fi
         try:
             connection.open()
         except lx.LDAPSocketOpenError as exc:
-            raise LdapSourceError("uri", f"cannot connect: {_cause(exc, password)}",
-                                  "a reachable LDAP server: check the host, the port and any firewall in between") from None
+            raise LdapSourceError(
+                "uri", f"cannot connect: {_cause(exc, password)}", "a reachable LDAP server: check the host, the port and any firewall in between"
+            ) from None
         if start_tls and not connection.start_tls():
             raise failed("start_tls", "StartTLS failed", "a server that offers StartTLS with a certificate the CAs trust (ca_file)")
         if not connection.bind():
@@ -97,15 +115,17 @@ def search(*, uri: str, bind_dn: str | None, password: str | None, base: str, fi
             raise failed("bind_dn" if bind_dn else "uri", who, "the right bind_dn and password")
         cookie = None
         while True:
-            connection.search(base, filter, search_scope=ldap3.SUBTREE, attributes=list(attributes),
-                              paged_size=page_size, paged_cookie=cookie)
+            connection.search(base, filter, search_scope=ldap3.SUBTREE, attributes=list(attributes), paged_size=page_size, paged_cookie=cookie)
             result = connection.result or {}
             code = result.get("result")
             if code == 32:  # noSuchObject
                 raise failed("base", f"search base {base!r} does not exist", "the DN of an existing entry, e.g. ou=people,dc=example,dc=com")
             if code == 4:  # sizeLimitExceeded
-                raise failed("page_size", "the server stopped the search at its size limit although the search was paged",
-                             "a page_size below the server's size limit, or a server that supports paged results")
+                raise failed(
+                    "page_size",
+                    "the server stopped the search at its size limit although the search was paged",
+                    "a page_size below the server's size limit, or a server that supports paged results",
+                )
             if code == 11:  # adminLimitExceeded: the page is bigger than the server allows
                 raise failed("page_size", f"the server refused pages of {page_size} entries", "a smaller page_size")
             if code != 0:
@@ -126,11 +146,11 @@ def search(*, uri: str, bind_dn: str | None, password: str | None, base: str, fi
     except LdapSourceError:
         raise
     except lx.LDAPInvalidFilterError as exc:
-        raise LdapSourceError("filter", f"invalid search filter {filter!r}: {_cause(exc, password)}",
-                              "a filter such as (objectClass=inetOrgPerson)") from None
+        raise LdapSourceError("filter", f"invalid search filter {filter!r}: {_cause(exc, password)}", "a filter such as (objectClass=inetOrgPerson)") from None
     except lx.LDAPStartTLSError as exc:
-        raise LdapSourceError("start_tls", f"StartTLS failed: {_cause(exc, password)}",
-                              "a certificate the CAs trust (ca_file) for the host in the uri") from None
+        raise LdapSourceError(
+            "start_tls", f"StartTLS failed: {_cause(exc, password)}", "a certificate the CAs trust (ca_file) for the host in the uri"
+        ) from None
     except (lx.LDAPResponseTimeoutError, lx.LDAPSocketReceiveError, TimeoutError, ssl.SSLError, OSError, lx.LDAPException) as exc:
         if isinstance(exc, (lx.LDAPResponseTimeoutError, TimeoutError)) or "timed out" in str(exc):
             cause = f"no answer within {timeout:g} s"
@@ -138,8 +158,9 @@ def search(*, uri: str, bind_dn: str | None, password: str | None, base: str, fi
             cause = _cause(exc, password)
         raise LdapSourceError("uri", f"the connection failed: {cause}", "a reachable LDAP server that answers within timeout") from None
     except Exception as exc:  # noqa: BLE001 - ldap3 fails with KeyError & co. on answers that are not LDAP
-        raise LdapSourceError("uri", f"the answer is not LDAP ({type(exc).__name__} while decoding it)",
-                              "the host and port of an LDAP server (ldaps:// for a TLS port)") from None
+        raise LdapSourceError(
+            "uri", f"the answer is not LDAP ({type(exc).__name__} while decoding it)", "the host and port of an LDAP server (ldaps:// for a TLS port)"
+        ) from None
     finally:
         try:
             connection.unbind()

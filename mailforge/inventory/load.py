@@ -71,7 +71,9 @@ def _read_topology(file: Path) -> tuple[Located, Topology, list[Problem], list[P
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise InventoryError([Problem(file, None, None, "", "no such file", f"an inventory directory holding {TOPOLOGY_FILE}, or the path of that file")]) from None
+        raise InventoryError(
+            [Problem(file, None, None, "", "no such file", f"an inventory directory holding {TOPOLOGY_FILE}, or the path of that file")]
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InventoryError([Problem(file, None, None, "", f"cannot be read: {exc}", "a readable UTF-8 YAML file")]) from None
     source, problems = load_yaml(file, text)
@@ -90,8 +92,13 @@ def _read_topology(file: Path) -> tuple[Located, Topology, list[Problem], list[P
     semantic, warnings = checks.run(topology, source)
     problems.extend(semantic)
     if source.data.get("recipients") is None:
-        warnings.append(source.problem((), "no recipient list: the relays would accept any local part of the hosted domains and bounce later (backscatter)",
-                                       "recipients: with local_parts_file, addresses_file, addresses, csv or ldap"))
+        warnings.append(
+            source.problem(
+                (),
+                "no recipient list: the relays would accept any local part of the hosted domains and bounce later (backscatter)",
+                "recipients: with local_parts_file, addresses_file, addresses, csv or ldap",
+            )
+        )
     return source, topology, problems, warnings
 
 
@@ -102,8 +109,7 @@ def _read_recipients(file: Path, source: Located, topology: Topology, problems: 
     # A CSV or LDAP source whose own settings are wrong is not read: its problems are already reported.
     broken = {name for name in ("csv", "ldap") for p in problems if p.key == f"recipients.{name}" or p.key.startswith(f"recipients.{name}.")}
     assert topology.recipients is not None
-    return load_recipients(topology.recipients, [d for d in domains if d], file.parent, source,
-                           check_domains=all(domains) and bool(domains), skip=broken)
+    return load_recipients(topology.recipients, [d for d in domains if d], file.parent, source, check_domains=all(domains) and bool(domains), skip=broken)
 
 
 def load_topology(path: Path) -> Inventory:

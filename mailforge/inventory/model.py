@@ -32,7 +32,6 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-
 class CsvSource(Strict):
     """A CSV export (spreadsheet, HR system): one address per row, in the column named by its header."""
 
@@ -143,8 +142,10 @@ class Policy(Strict):
     message_size_limit: Annotated[StrictInt, Field(gt=0)] = 20480000
     main_cf: dict[str, MainCfValue] = Field(default_factory=dict, description="Extra main.cf parameters for the relays; names are checked against Postfix's.")
     map_type: Literal["hash", "lmdb"] = Field(
-        "hash", description="Indexed table type of the maps postmap compiles (recipients, domains, transport, access maps, "
-                            "the cores' mailboxes): hash (Berkeley DB) or lmdb (Debian's postfix-lmdb; builds big maps faster).")
+        "hash",
+        description="Indexed table type of the maps postmap compiles (recipients, domains, transport, access maps, "
+        "the cores' mailboxes): hash (Berkeley DB) or lmdb (Debian's postfix-lmdb; builds big maps faster).",
+    )
 
 
 class Firewall(Strict):
@@ -196,4 +197,3 @@ class Topology(Strict):
                 sources.append(str(ipaddress.ip_network(lb.address)))
             sources.extend(lb.source_networks)
         return list(dict.fromkeys(sources))
-

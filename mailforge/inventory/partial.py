@@ -65,4 +65,3 @@ def present(items):
 def identified(items):
     """(index, item) for every item with at least some valid fields, for duplicate checks."""
     return [(i, item) for i, item in enumerate(items) if item is not None]
-

@@ -118,8 +118,15 @@ def load_yaml(file: Path, text: str) -> tuple[Located | None, list[Problem]]:
         except (yaml.YAMLError, ValueError, TypeError) as exc:
             what = getattr(exc, "problem", None) or str(exc)
             located.unreadable.add(path)
-            problems.append(Problem(file, *_mark(node), format_path(path), f"value {node.value!r} cannot be read: {what}",
-                                    "a plain string, number, yes/no, list or mapping (no tags such as !vault)"))
+            problems.append(
+                Problem(
+                    file,
+                    *_mark(node),
+                    format_path(path),
+                    f"value {node.value!r} cannot be read: {what}",
+                    "a plain string, number, yes/no, list or mapping (no tags such as !vault)",
+                )
+            )
             return None
 
     located.data = build(node, ())

@@ -52,8 +52,11 @@ def from_pydantic(source: Located, error: dict) -> Problem:
     kind = error["type"]
     if kind == "extra_forbidden" and loc[-1] == "password" and _model_at(loc[:-1]) is LdapSource:
         # The value is never shown: it is a password.
-        return source.problem(loc, "a password may not be written in the inventory (it would end up in version control and logs)",
-                              "password_env: the name of an environment variable holding it, or password_file: a file holding it")
+        return source.problem(
+            loc,
+            "a password may not be written in the inventory (it would end up in version control and logs)",
+            "password_env: the name of an environment variable holding it, or password_file: a file holding it",
+        )
     if kind == "extra_forbidden":
         parent = _model_at(loc[:-1])
         allowed = sorted(parent.model_fields) if parent else []

@@ -125,8 +125,16 @@ def _read_csv(spec: CsvSource, path: Path, add, problems: list[Problem]) -> None
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        problems.append(Problem(path, line, column, key, f"file is not UTF-8 text (byte {data[exc.start]:#04x})",
-                                "a CSV file saved as UTF-8 (with or without a byte order mark)"))
+        problems.append(
+            Problem(
+                path,
+                line,
+                column,
+                key,
+                f"file is not UTF-8 text (byte {data[exc.start]:#04x})",
+                "a CSV file saved as UTF-8 (with or without a byte order mark)",
+            )
+        )
         return
     lines: list[str] | None = None
 
@@ -147,28 +155,50 @@ def _read_csv(spec: CsvSource, path: Path, add, problems: list[Problem]) -> None
                 continue
             if header is None:
                 header = [cell.strip() for cell in row]
-                matches = [i for i, name in enumerate(header) if name == spec.column] or \
-                          [i for i, name in enumerate(header) if name.casefold() == spec.column.casefold()]
+                matches = [i for i, name in enumerate(header) if name == spec.column] or [
+                    i for i, name in enumerate(header) if name.casefold() == spec.column.casefold()
+                ]
                 if not matches:
                     hint = ""
                     others = [d for d in ",;\t|" if d != spec.delimiter and d in row[0]]
                     if len(header) == 1 and others:
                         hint = f"; the header holds {others[0]!r}: is that the delimiter?"
-                    problems.append(Problem(path, line, 1, f"{key}.column",
-                                            f"no column {spec.column!r} in the header line; its columns are: {', '.join(map(repr, header))}{hint}",
-                                            "column: the header of the column holding the addresses"))
+                    problems.append(
+                        Problem(
+                            path,
+                            line,
+                            1,
+                            f"{key}.column",
+                            f"no column {spec.column!r} in the header line; its columns are: {', '.join(map(repr, header))}{hint}",
+                            "column: the header of the column holding the addresses",
+                        )
+                    )
                     return
                 if len(matches) > 1:
-                    problems.append(Problem(path, line, column_of(line, matches[1]), f"{key}.column",
-                                            f"column {spec.column!r} appears {len(matches)} times in the header line (fields {', '.join(str(i + 1) for i in matches)})",
-                                            "a header naming the address column once"))
+                    problems.append(
+                        Problem(
+                            path,
+                            line,
+                            column_of(line, matches[1]),
+                            f"{key}.column",
+                            f"column {spec.column!r} appears {len(matches)} times in the header line (fields {', '.join(str(i + 1) for i in matches)})",
+                            "a header naming the address column once",
+                        )
+                    )
                     return
                 index = matches[0]
                 continue
             if index >= len(row):
-                problems.append(Problem(path, line, None, key,
-                                        f"the row has {len(row)} field{'s' if len(row) != 1 else ''}, so no column {spec.column!r} (field {index + 1} of {len(header)})",
-                                        f"a row with the header's {len(header)} fields"))
+                problems.append(
+                    Problem(
+                        path,
+                        line,
+                        None,
+                        key,
+                        f"the row has {len(row)} field{'s' if len(row) != 1 else ''}, so no column {spec.column!r} (field {index + 1} of {len(header)})",
+                        f"a row with the header's {len(header)} fields",
+                    )
+                )
                 continue
             value = row[index].strip()
             if not value:
@@ -179,8 +209,16 @@ def _read_csv(spec: CsvSource, path: Path, add, problems: list[Problem]) -> None
                 where = column_of(line, index) if line == reader.line_num else None
                 problems.append(Problem(path, line, where, key, f"column {spec.column!r}: {exc}", exc.expected))
     except csv.Error as exc:
-        problems.append(Problem(path, reader.line_num or start, None, key, f"not valid CSV: {exc}",
-                                'fields separated by the delimiter, a field holding the delimiter or a quote put in "double quotes" with quotes doubled'))
+        problems.append(
+            Problem(
+                path,
+                reader.line_num or start,
+                None,
+                key,
+                f"not valid CSV: {exc}",
+                'fields separated by the delimiter, a field holding the delimiter or a quote put in "double quotes" with quotes doubled',
+            )
+        )
 
 
 def _ldap_password(spec: LdapSource, directory: Path, source: Located, problems: list[Problem]) -> tuple[bool, str | None]:
@@ -189,8 +227,11 @@ def _ldap_password(spec: LdapSource, directory: Path, source: Located, problems:
     if spec.password_env:
         value = os.environ.get(spec.password_env)
         if not value:
-            problems.append(source.problem(path + ("password_env",), f"environment variable {spec.password_env!r} is not set or is empty",
-                                           f"the bind password in {spec.password_env}"))
+            problems.append(
+                source.problem(
+                    path + ("password_env",), f"environment variable {spec.password_env!r} is not set or is empty", f"the bind password in {spec.password_env}"
+                )
+            )
             return False, None
         return True, value
     if spec.password_file:
@@ -198,19 +239,30 @@ def _ldap_password(spec: LdapSource, directory: Path, source: Located, problems:
         try:
             text = file.read_text(encoding="utf-8")
         except FileNotFoundError:
-            problems.append(source.problem(path + ("password_file",), f"file {spec.password_file!r} not found (looked for {file})",
-                                           "a path relative to the inventory directory"))
+            problems.append(
+                source.problem(
+                    path + ("password_file",), f"file {spec.password_file!r} not found (looked for {file})", "a path relative to the inventory directory"
+                )
+            )
             return False, None
         except (OSError, UnicodeDecodeError) as exc:
-            problems.append(source.problem(path + ("password_file",), f"file {spec.password_file!r} cannot be read: {type(exc).__name__}",
-                                           "a readable UTF-8 file holding the password on its first line"))
+            problems.append(
+                source.problem(
+                    path + ("password_file",),
+                    f"file {spec.password_file!r} cannot be read: {type(exc).__name__}",
+                    "a readable UTF-8 file holding the password on its first line",
+                )
+            )
             return False, None
         lines = text.splitlines()
         value = lines[0] if lines else ""
         if not value:
             # An empty password would make the bind an unauthenticated one, which servers accept.
-            problems.append(source.problem(path + ("password_file",), f"file {spec.password_file!r} holds no password on its first line",
-                                           "the bind password on the file's first line"))
+            problems.append(
+                source.problem(
+                    path + ("password_file",), f"file {spec.password_file!r} holds no password on its first line", "the bind password on the file's first line"
+                )
+            )
             return False, None
         return True, value
     return True, None
@@ -234,9 +286,18 @@ def _read_ldap(spec: LdapSource, directory: Path, source: Located, add, problems
     label = f"LDAP {spec.uri}"
     position = {name: index for index, name in enumerate(spec.attributes)}
     try:
-        for entry in search(uri=spec.uri, bind_dn=spec.bind_dn, password=password, base=spec.base, filter=spec.filter,
-                            attributes=list(spec.attributes), page_size=spec.page_size, start_tls=spec.start_tls,
-                            ca_file=ca_file, timeout=spec.timeout):
+        for entry in search(
+            uri=spec.uri,
+            bind_dn=spec.bind_dn,
+            password=password,
+            base=spec.base,
+            filter=spec.filter,
+            attributes=list(spec.attributes),
+            page_size=spec.page_size,
+            start_tls=spec.start_tls,
+            ca_file=ca_file,
+            timeout=spec.timeout,
+        ):
             for attribute, values in entry.values.items():
                 for raw in values:
                     try:
@@ -247,8 +308,11 @@ def _read_ldap(spec: LdapSource, directory: Path, source: Located, add, problems
                         if value:
                             add(value)
                     except NameError_ as exc:
-                        problems.append(source.problem(path + ("attributes", position[attribute]),
-                                                       f"{label}: entry {entry.dn!r}, attribute {attribute}: {exc}", exc.expected))
+                        problems.append(
+                            source.problem(
+                                path + ("attributes", position[attribute]), f"{label}: entry {entry.dn!r}, attribute {attribute}: {exc}", exc.expected
+                            )
+                        )
     except LdapSourceError as exc:
         problems.append(source.problem(path + (exc.key,), f"{label}: {exc}", exc.expected))
 
@@ -276,8 +340,9 @@ def _plain_local_parts(path: Path) -> dict[str, None] | None:
     return dict.fromkeys(found)  # in file order: an export that is already sorted sorts in linear time
 
 
-def load_recipients(spec: Recipients, domains: list[str], directory: Path, source: Located,
-                    check_domains: bool = True, skip: set[str] | frozenset[str] = frozenset()) -> tuple[RecipientSet, list[Problem]]:
+def load_recipients(
+    spec: Recipients, domains: list[str], directory: Path, source: Located, check_domains: bool = True, skip: set[str] | frozenset[str] = frozenset()
+) -> tuple[RecipientSet, list[Problem]]:
     """Read every recipient source of `spec`; problems name the file and line, the LDAP entry, or the inline entry.
 
     `check_domains` is False when the hosted domains themselves are invalid: then
@@ -292,8 +357,13 @@ def load_recipients(spec: Recipients, domains: list[str], directory: Path, sourc
     def open_list(key: str | tuple, name: str) -> Path | None:
         path = (directory / name) if not Path(name).is_absolute() else Path(name)
         if not path.is_file():
-            problems.append(source.problem(("recipients",) + ((key,) if isinstance(key, str) else key), f"file {name!r} not found (looked for {path})",
-                                           "a path relative to the inventory directory"))
+            problems.append(
+                source.problem(
+                    ("recipients",) + ((key,) if isinstance(key, str) else key),
+                    f"file {name!r} not found (looked for {path})",
+                    "a path relative to the inventory directory",
+                )
+            )
             return None
         return path
 
@@ -343,7 +413,9 @@ def load_recipients(spec: Recipients, domains: list[str], directory: Path, sourc
             try:
                 _read_csv(spec.csv, path, add_address, problems)
             except OSError as exc:
-                problems.append(source.problem(("recipients", "csv", "file"), f"file {spec.csv.file!r} cannot be read: {exc.strerror or exc}", "a readable file"))
+                problems.append(
+                    source.problem(("recipients", "csv", "file"), f"file {spec.csv.file!r} cannot be read: {exc.strerror or exc}", "a readable file")
+                )
 
     if getattr(spec, "ldap", None) is not None and "ldap" not in skip:
         _read_ldap(spec.ldap, directory, source, add_address, problems)

@@ -4,12 +4,12 @@ and place in a rollout. Every command that needs "which hosts exist and what is 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from .model import Core, LoadBalancer, Relay, Topology
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     """A host's job in the cluster, named as the Ansible group its hosts are in."""
 
     BALANCER = "balancer"
@@ -67,8 +67,11 @@ class Host:
         if self.role is Role.MX_PROXY:
             relay = self.entry
             assert isinstance(relay, Relay) and relay.instances is not None
-            return ["/etc/postfix"] + (["/etc/postfix-inbound"] if relay.instances.inbound else []) \
+            return (
+                ["/etc/postfix"]
+                + (["/etc/postfix-inbound"] if relay.instances.inbound else [])
                 + (["/etc/postfix-outbound"] if relay.instances.outbound else [])
+            )
         return ["/etc/postfix"] if self.role.runs_postfix else []
 
     @property
@@ -104,5 +107,5 @@ def rollout_order(hosts: list[Host], batch: int = 1) -> list[list[str]]:
     if cores:
         order.append(cores)
     relays = [h.name for h in hosts if h.stage == 1]
-    order += [relays[i:i + batch] for i in range(0, len(relays), batch)]
+    order += [relays[i : i + batch] for i in range(0, len(relays), batch)]
     return order

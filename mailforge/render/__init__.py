@@ -31,8 +31,13 @@ def render(inventory: Inventory) -> Tree:
             if relay.instances.inbound:
                 openings.append(firewall.Opening(relay.instances.inbound.port, firewall.ANYWHERE, "public smtp to postfix-inbound"))
             if relay.instances.outbound:
-                openings.append(firewall.Opening(relay.instances.outbound.port, tuple(relay.instances.outbound.trusted_networks),
-                                                 "submission from the trusted networks to postfix-outbound"))
+                openings.append(
+                    firewall.Opening(
+                        relay.instances.outbound.port,
+                        tuple(relay.instances.outbound.trusted_networks),
+                        "submission from the trusted networks to postfix-outbound",
+                    )
+                )
         else:
             instances = [postfix.relay_instance(t, relay, t.cores, recipients=recipients)]
             if t.load_balancers:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from ..inventory import RecipientSet
-from ..inventory import Core, Topology
+from ..inventory import Core, RecipientSet, Topology
 from .files import Pieces, header
+
 
 def relay_domains(t: Topology) -> str:
     return header(t.cluster) + "".join(f"{domain} OK\n" for domain in sorted(t.domains))
@@ -87,7 +87,6 @@ def virtual_mailboxes(t: Topology, recipients: RecipientSet | None) -> str | Pie
         yield header(t.cluster)
         for domain in domains:
             middle = f"@{domain} {domain}/"
-            yield "".join([f"{local}{middle}{local.replace('/', '_') if '/' in local else local}/\n"
-                           for local in recipients.local_parts_at(domain)])
+            yield "".join([f"{local}{middle}{local.replace('/', '_') if '/' in local else local}/\n" for local in recipients.local_parts_at(domain)])
 
     return Pieces(produce)

@@ -18,6 +18,8 @@ Value = str | list[str]
 Section = tuple[str, list[tuple[str, Value]]]
 
 LOOPBACK = "127.0.0.0/8 [::1]/128"
+
+
 @dataclass(frozen=True)
 class Service:
     """One master.cf entry; `args` are its -o lines."""
@@ -76,18 +78,23 @@ class PostfixInstance:
 
     def files(self, cluster: str) -> dict[str, RenderedFile]:
         result = {
-            self.path("main.cf"): RenderedFile(template("etc/postfix/main.cf", header=header(cluster), sections=self.sections),
-                                               POSTFIX_RELOAD, config_directory=self.config_directory),
-            self.path("master.cf"): RenderedFile(template("etc/postfix/master.cf", header=header(cluster), services=self.services),
-                                                 POSTFIX_RELOAD, config_directory=self.config_directory),
+            self.path("main.cf"): RenderedFile(
+                template("etc/postfix/main.cf", header=header(cluster), sections=self.sections), POSTFIX_RELOAD, config_directory=self.config_directory
+            ),
+            self.path("master.cf"): RenderedFile(
+                template("etc/postfix/master.cf", header=header(cluster), services=self.services), POSTFIX_RELOAD, config_directory=self.config_directory
+            ),
         }
         for name, (text, action, table_type) in sorted(self.maps.items()):
             result[self.path(name)] = RenderedFile(text, action, config_directory=self.config_directory, table_type=table_type)
         return result
 
 
-def _port_service(port: int, well_known: dict[int, str] = {25: "smtp", 587: "submission"}) -> str:
-    return well_known.get(port, str(port))
+_WELL_KNOWN_SERVICES = {25: "smtp", 587: "submission"}
+
+
+def _port_service(port: int) -> str:
+    return _WELL_KNOWN_SERVICES.get(port, str(port))
 
 
 def _uses_ipv6(*addresses: str) -> bool:
@@ -141,9 +148,17 @@ def _overrides(t: Topology, sections: list[Section]) -> list[Section]:
     return result
 
 
-def relay_instance(t: Topology, relay: Relay, cores: list[Core], *, config_directory: str = "/etc/postfix",
-                   port: int | None = None, inet_interfaces: str = "all", instance: list[tuple[str, Value]] | None = None,
-                   recipients=None) -> PostfixInstance:
+def relay_instance(
+    t: Topology,
+    relay: Relay,
+    cores: list[Core],
+    *,
+    config_directory: str = "/etc/postfix",
+    port: int | None = None,
+    inet_interfaces: str = "all",
+    instance: list[tuple[str, Value]] | None = None,
+    recipients=None,
+) -> PostfixInstance:
     """A public relay: accepts mail for listed recipients of the hosted domains, forwards it to the cores."""
     policy = t.policy
     cfg = config_directory
@@ -208,12 +223,17 @@ def relay_instance(t: Topology, relay: Relay, cores: list[Core], *, config_direc
         ("Checks of a public relay", hardening),
     ]
     if behind_proxy:
-        sections.append(("postscreen takes connections from the load balancer, PROXY header first", [
-            ("postscreen_upstream_proxy_protocol", "haproxy"),
-            ("postscreen_upstream_proxy_timeout", "5s"),
-            ("postscreen_access_list", ["permit_mynetworks", f"cidr:{cfg}/postscreen_access.cidr"]),
-            ("postscreen_greet_action", "enforce"),
-        ]))
+        sections.append(
+            (
+                "postscreen takes connections from the load balancer, PROXY header first",
+                [
+                    ("postscreen_upstream_proxy_protocol", "haproxy"),
+                    ("postscreen_upstream_proxy_timeout", "5s"),
+                    ("postscreen_access_list", ["permit_mynetworks", f"cidr:{cfg}/postscreen_access.cidr"]),
+                    ("postscreen_greet_action", "enforce"),
+                ],
+            )
+        )
     sections.append(("TLS", _tls(t)))
     sections = _overrides(t, sections)
 
@@ -266,8 +286,14 @@ def mx_proxy_instances(t: Topology, relay: Relay, cores: list[Core], recipients)
     names = []
     if relay.instances.inbound:
         inbound = relay_instance(
-            t, relay, cores, config_directory="/etc/postfix-inbound", port=relay.instances.inbound.port,
-            inet_interfaces=relay.address, instance=multi_instance_settings("postfix-inbound"), recipients=recipients,
+            t,
+            relay,
+            cores,
+            config_directory="/etc/postfix-inbound",
+            port=relay.instances.inbound.port,
+            inet_interfaces=relay.address,
+            instance=multi_instance_settings("postfix-inbound"),
+            recipients=recipients,
         )
         instances.append(inbound)
         names.append("/etc/postfix-inbound")
@@ -277,37 +303,45 @@ def mx_proxy_instances(t: Topology, relay: Relay, cores: list[Core], recipients)
             ("This instance, as postmulti manages it", multi_instance_settings("postfix-outbound")),
             ("Identity", _identity(relay.fqdn, relay.address, _uses_ipv6(relay.address, *outbound.trusted_networks))),
             ("No local delivery: this instance only sends out", _no_local_delivery("outbound instance")),
-            ("Only the trusted networks may send, and only through here", [
-                ("mynetworks", " ".join([LOOPBACK, *outbound.trusted_networks])),
-                ("relay_domains", ""),
-                ("smtpd_client_restrictions", ["permit_mynetworks", "reject"]),
-                ("smtpd_relay_restrictions", ["permit_mynetworks", "reject"]),
-                ("smtpd_recipient_restrictions", ["permit_mynetworks", "reject"]),
-                ("disable_vrfy_command", "yes"),
-                ("smtpd_helo_required", "yes"),
-                ("message_size_limit", str(t.policy.message_size_limit)),
-            ]),
+            (
+                "Only the trusted networks may send, and only through here",
+                [
+                    ("mynetworks", " ".join([LOOPBACK, *outbound.trusted_networks])),
+                    ("relay_domains", ""),
+                    ("smtpd_client_restrictions", ["permit_mynetworks", "reject"]),
+                    ("smtpd_relay_restrictions", ["permit_mynetworks", "reject"]),
+                    ("smtpd_recipient_restrictions", ["permit_mynetworks", "reject"]),
+                    ("disable_vrfy_command", "yes"),
+                    ("smtpd_helo_required", "yes"),
+                    ("message_size_limit", str(t.policy.message_size_limit)),
+                ],
+            ),
             ("TLS", _tls(t)),
         ]
-        submission = Service(_port_service(outbound.port), "inet", "n", command="smtpd",
-                             args=("-o syslog_name=postfix-outbound/submission",))
+        submission = Service(_port_service(outbound.port), "inet", "n", command="smtpd", args=("-o syslog_name=postfix-outbound/submission",))
         instances.append(PostfixInstance("/etc/postfix-outbound", sections, [submission] + _STANDARD_SERVICES))
         names.append("/etc/postfix-outbound")
 
     default_sections: list[Section] = [
-        ("postmulti: this default instance manages the others", [
-            ("multi_instance_enable", "yes"),
-            ("multi_instance_wrapper", "${command_directory}/postmulti -p --"),
-            ("multi_instance_directories", " ".join(names)),
-        ]),
+        (
+            "postmulti: this default instance manages the others",
+            [
+                ("multi_instance_enable", "yes"),
+                ("multi_instance_wrapper", "${command_directory}/postmulti -p --"),
+                ("multi_instance_directories", " ".join(names)),
+            ],
+        ),
         ("Identity", _identity(relay.fqdn, "loopback-only", False)),
-        ("Local mail of this host only", [
-            ("mydestination", "$myhostname, localhost.localdomain, localhost"),
-            ("mynetworks", LOOPBACK),
-            ("alias_maps", "hash:/etc/aliases"),
-            ("alias_database", "hash:/etc/aliases"),
-            ("smtpd_relay_restrictions", ["permit_mynetworks", "reject_unauth_destination"]),
-        ]),
+        (
+            "Local mail of this host only",
+            [
+                ("mydestination", "$myhostname, localhost.localdomain, localhost"),
+                ("mynetworks", LOOPBACK),
+                ("alias_maps", "hash:/etc/aliases"),
+                ("alias_database", "hash:/etc/aliases"),
+                ("smtpd_relay_restrictions", ["permit_mynetworks", "reject_unauth_destination"]),
+            ],
+        ),
     ]
     loopback_smtp = Service("smtp", "inet", "n", command="smtpd")
     return [PostfixInstance("/etc/postfix", default_sections, [loopback_smtp] + _STANDARD_SERVICES)] + instances
@@ -318,27 +352,33 @@ def core_instance(t: Topology, core: Core, recipients) -> PostfixInstance:
     cfg = "/etc/postfix"
     sections: list[Section] = [
         ("Identity", _identity(core.fqdn, "all", _uses_ipv6(core.address, *core.user_networks, *(r.address for r in t.relays)))),
-        ("Delivery: one Maildir per recipient under /var/mail/vhosts", [
-            ("mydestination", "$myhostname, localhost.localdomain, localhost"),
-            ("alias_maps", "hash:/etc/aliases"),
-            ("alias_database", "hash:/etc/aliases"),
-            ("virtual_mailbox_domains", " ".join(sorted(t.domains))),
-            ("virtual_mailbox_maps", f"{t.policy.map_type}:{cfg}/virtual_mailboxes"),
-            ("virtual_mailbox_base", "/var/mail/vhosts"),
-            ("virtual_uid_maps", "static:8"),
-            ("virtual_gid_maps", "static:8"),
-            ("virtual_minimum_uid", "8"),
-            ("virtual_mailbox_limit", str(t.policy.message_size_limit)),
-            ("message_size_limit", str(t.policy.message_size_limit)),
-        ]),
-        ("Who may hand mail over: the relays, and the user networks for outbound mail", [
-            ("mynetworks", " ".join([LOOPBACK, *core.user_networks])),
-            ("smtpd_client_restrictions", ["permit_mynetworks", f"check_client_access cidr:{cfg}/relay_clients.cidr", "reject"]),
-            ("smtpd_relay_restrictions", ["permit_mynetworks", "reject_unauth_destination"]),
-            ("smtpd_recipient_restrictions", ["permit_mynetworks", "reject_unauth_destination", "reject_unlisted_recipient", "permit"]),
-            ("smtpd_helo_required", "yes"),
-            ("disable_vrfy_command", "yes"),
-        ]),
+        (
+            "Delivery: one Maildir per recipient under /var/mail/vhosts",
+            [
+                ("mydestination", "$myhostname, localhost.localdomain, localhost"),
+                ("alias_maps", "hash:/etc/aliases"),
+                ("alias_database", "hash:/etc/aliases"),
+                ("virtual_mailbox_domains", " ".join(sorted(t.domains))),
+                ("virtual_mailbox_maps", f"{t.policy.map_type}:{cfg}/virtual_mailboxes"),
+                ("virtual_mailbox_base", "/var/mail/vhosts"),
+                ("virtual_uid_maps", "static:8"),
+                ("virtual_gid_maps", "static:8"),
+                ("virtual_minimum_uid", "8"),
+                ("virtual_mailbox_limit", str(t.policy.message_size_limit)),
+                ("message_size_limit", str(t.policy.message_size_limit)),
+            ],
+        ),
+        (
+            "Who may hand mail over: the relays, and the user networks for outbound mail",
+            [
+                ("mynetworks", " ".join([LOOPBACK, *core.user_networks])),
+                ("smtpd_client_restrictions", ["permit_mynetworks", f"check_client_access cidr:{cfg}/relay_clients.cidr", "reject"]),
+                ("smtpd_relay_restrictions", ["permit_mynetworks", "reject_unauth_destination"]),
+                ("smtpd_recipient_restrictions", ["permit_mynetworks", "reject_unauth_destination", "reject_unlisted_recipient", "permit"]),
+                ("smtpd_helo_required", "yes"),
+                ("disable_vrfy_command", "yes"),
+            ],
+        ),
         ("TLS", _tls(t)),
     ]
     services = [Service("smtp", "inet", "n", command="smtpd")] + _STANDARD_SERVICES
