@@ -107,12 +107,23 @@ def ansible_inventory_file(directory: Path) -> Path | None:
 def _ansible_inventory_vars(file: Path, names: list[str]) -> dict[str, dict[str, object]]:
     """{host: its variables} from an Ansible inventory file, as Ansible merges them (all < parent
     groups < child groups < the host's own)."""
+    import yaml
     from ansible.errors import AnsibleError
     from ansible.inventory.helpers import get_group_vars
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
     from ansible.utils.vars import combine_vars
 
+    try:  # read it as YAML first: a YAML error is named with its line, instead of Ansible's parser warnings
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HostsError(f"{file}: cannot be read: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(file)
+        raise HostsError(f"{where}: not YAML ({getattr(exc, 'problem', None) or exc}); expected an Ansible inventory in YAML") from None
+    if data is not None and not isinstance(data, dict):
+        raise HostsError(f"{file}: the top level is not a mapping; expected an Ansible inventory in YAML (all: hosts: ...)")
     try:
         manager = InventoryManager(loader=DataLoader(), sources=[str(file)], parse=False)
         manager.parse_source(str(file))

@@ -16,6 +16,7 @@ import shlex
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from . import dns
 from .errors import MailforgeError
@@ -58,7 +59,7 @@ def _subnet(addresses: list[str]) -> ipaddress.IPv4Network:
     for prefix in range(24, 7, -1):
         net = ipaddress.ip_network(f"{first}/{prefix}", strict=False)
         if all(ipaddress.ip_address(a) in net for a in addresses):
-            return net
+            return cast(ipaddress.IPv4Network, net)  # plan() lets only IPv4 addresses through
     raise LabError("the inventory's addresses are too far apart for one lab network")
 
 
@@ -242,10 +243,10 @@ def mirror_hosts(image_sources: str) -> dict[str, str]:
     import socket
 
     names = sorted(set(re.findall(r"https?://([^/\s:]+)", image_sources)))
-    found = {}
+    found: dict[str, str] = {}
     for name in names:
         try:
-            found[name] = socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+            found[name] = cast(str, socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])  # AF_INET: (address, port)
         except OSError as exc:
             raise LabError(f"cannot resolve the package mirror {name} on this machine: {exc}") from None
     return found

@@ -147,6 +147,7 @@ def survey(shells: dict[str, HostShell], tables: dict[str, dict[str, RenderedFil
             pending.setdefault((change.live_sha256, change.sha256), []).append(change)
 
     def live_text(change: MapChange) -> bytes:
+        assert change.live_sha256 is not None  # only asked for maps the host has
         cached = cache / change.live_sha256 if cache is not None else None
         if cached is not None and cached.is_file():
             data = cached.read_bytes()
@@ -225,6 +226,7 @@ def _stage_script(change: MapChange) -> str:
     check it with postmap (compiled for indexed types, looked up for cidr/regexp): any warning fails."""
     f = change.rendered
     staged = shlex.quote(change.path + STAGED)
+    assert f.config_directory is not None  # map_files keeps only tables of a Postfix instance
     conf = shlex.quote(f.config_directory)
     if f.action == POSTMAP:
         check = f"postmap -c {conf} {f.table_type}:{staged}"
@@ -241,7 +243,7 @@ def _go_live_script(changes: list[MapChange]) -> str:
     """Rename every staged database, then its source, into place; reload the instances that read a
     changed cidr/regexp map into memory; then look one entry of each changed indexed map up live."""
     lines = ["set -eu"]
-    reload = set()
+    reload: set[str] = set()
     for c in changes:
         f = c.rendered
         path, staged = shlex.quote(c.path), shlex.quote(c.path + STAGED)
@@ -250,6 +252,7 @@ def _go_live_script(changes: list[MapChange]) -> str:
             lines.append(f"mv -f {staged}{suffix} {path}{suffix}")
         lines.append(f"mv -f {staged} {path}")
         if f.action == POSTFIX_RELOAD:
+            assert f.config_directory is not None  # map_files keeps only tables of a Postfix instance
             reload.add(f.config_directory)
     for conf in sorted(reload):
         lines.append(f"postfix -c {shlex.quote(conf)} reload 2>&1")
@@ -311,6 +314,7 @@ def push(shells: dict[str, HostShell], changes: list[MapChange], order: list[lis
             if sample is None:
                 continue
             key, value = sample
+            assert c.rendered.config_directory is not None  # map_files keeps only tables of a Postfix instance
             probe = shells[host].run(
                 f"postmap -c {shlex.quote(c.rendered.config_directory)} -q {shlex.quote(key)} {c.rendered.table_type}:{shlex.quote(c.path)}"
             )

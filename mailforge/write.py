@@ -58,6 +58,7 @@ def write_file(target: Path, rendered, digests: dict[int, str] | None) -> None:
         import threading
 
         chunks: queue.SimpleQueue = queue.SimpleQueue()
+        assert hasher is not None  # background implies a hasher
 
         def consume() -> None:  # hashlib raises nothing on bytes: no error can be lost in this thread
             for data in iter(chunks.get, None):
@@ -79,6 +80,7 @@ def write_file(target: Path, rendered, digests: dict[int, str] | None) -> None:
             chunks.put(None)
             worker.join()
     if hasher:
+        assert digests is not None  # a hasher is made only with digests
         digests[key] = hasher.hexdigest()
 
 

@@ -184,3 +184,54 @@ def test_lab_down_and_status_work_while_the_directory_is_down(ldap_down):
     assert "ldap" not in status.stderr.lower()
     down = mailforge("lab", "down", str(ldap_down))
     assert down.returncode == 0 and "nothing was there" in down.stdout, down.stderr
+
+
+# --- the lab: a hosts.yml that reaches the example's containers, and --limit relays -----------------
+
+LAB_HOSTS_YML = """\
+# Every host reached through its lab container by Ansible's docker connection: no --lab anywhere.
+all:
+  vars:
+    ansible_connection: community.docker.docker
+    ansible_docker_timeout: 60
+  hosts:
+    lb: {ansible_host: mf-example-lb}
+    relay1: {ansible_host: mf-example-relay1}
+    relay2: {ansible_host: mf-example-relay2}
+    core: {ansible_host: mf-example-core}
+"""
+
+
+@pytest.mark.lab
+@pytest.mark.skipif(os.environ.get("MAILFORGE_LAB") != "1", reason="lab tests run with MAILFORGE_LAB=1 (they start containers)")
+def test_deploy_maps_drift_and_verify_reach_the_same_hosts(lab, tmp_path):
+    """With the same hosts.yml and --limit relays, each command covers exactly relay1 and relay2, and
+    reaches them the way hosts.yml says (the topology alone would mean SSH to addresses where no sshd runs)."""
+    from conftest import engine_env
+
+    directory = tmp_path / "example"
+    shutil.copytree(EXAMPLE, directory, ignore=shutil.ignore_patterns(".mailforge"))
+    (directory / "hosts.yml").write_text(LAB_HOSTS_YML)
+    env = engine_env()
+
+    def run(*args: str) -> dict:
+        result = subprocess.run(
+            [str(REPO / ".venv" / "bin" / "mailforge"), *args, str(directory), "--limit", "relays", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=env,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return json.loads(result.stdout)
+
+    relays = {"relay1", "relay2"}
+    deployed = run("deploy", "--check")
+    assert set(deployed["hosts"]) == relays and deployed["summary"]["totals"]["changed"] == 0
+    drifted = run("drift")
+    assert set(drifted["hosts"]) == relays and drifted["status"] == "ok"
+    mapped = run("maps", "--check")
+    assert set(mapped["hosts"]) == relays and mapped["summary"]["changed"] is False
+    verified = run("verify", "--probe-from", "docker://mf-example-client", "--wait", "20")
+    assert set(verified["hosts"]) == relays | {"probe"}, verified["hosts"].keys()
+    assert verified["status"] == "ok"

@@ -11,6 +11,7 @@ import difflib
 import ipaddress
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import cast
 
 from ..errors import Problem
 from . import header_checks as header_check_syntax
@@ -108,7 +109,7 @@ def recipients_name_a_source(t: Topology, source: Located) -> Iterator[Finding]:
     if (
         isinstance(spec, Recipients)
         and not (spec.local_parts_file or spec.addresses_file or spec.addresses or spec.csv or spec.ldap)
-        and not any((source.data.get("recipients") or {}).get(key) is not None for key in ("csv", "ldap"))
+        and not any((cast(dict, source.data).get("recipients") or {}).get(key) is not None for key in ("csv", "ldap"))  # a mapping: load checked
     ):  # given but invalid: reported already
         yield _error(
             source,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import re
+from typing import cast
 
 REG_EXTENDED, REG_ICASE, REG_NEWLINE = 1, 2, 4
 ACTIONS_WITH_ARGUMENT = {"BCC", "FILTER", "PREPEND", "REDIRECT", "REPLACE"}
@@ -61,7 +62,7 @@ def _compile_flags(flags: str) -> int:
 def matches(text: str, line: str) -> bool:
     """Whether the header_checks pattern `text` (already known to compile) matches `line`."""
     negated = text.startswith("!")
-    regex, flags = split_pattern(text)
+    regex, flags = cast(tuple[str, str], split_pattern(text))  # a pattern that compiles splits
     compiled = ctypes.create_string_buffer(4096)
     if _libc.regcomp(compiled, regex.encode("utf-8"), _compile_flags(flags) | 8) != 0:  # 8: REG_NOSUB
         raise ValueError(f"{text!r} does not compile")

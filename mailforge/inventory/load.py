@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import cast
 
 from pydantic import ValidationError
 
@@ -103,7 +104,8 @@ def _read_topology(file: Path) -> tuple[Located, Topology, list[Problem], list[P
 
 
 def _read_recipients(file: Path, source: Located, topology: Topology, problems: list[Problem]) -> tuple[RecipientSet | None, list[Problem]]:
-    if source.data.get("recipients") is None or not isinstance(getattr(topology, "recipients", None), Recipients):
+    # _read_topology made sure the data is a mapping
+    if cast(dict, source.data).get("recipients") is None or not isinstance(getattr(topology, "recipients", None), Recipients):
         return None, []
     domains = getattr(topology, "domains", [])
     # A CSV or LDAP source whose own settings are wrong is not read: its problems are already reported.

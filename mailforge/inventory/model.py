@@ -142,7 +142,7 @@ class Policy(Strict):
     message_size_limit: Annotated[StrictInt, Field(gt=0)] = 20480000
     main_cf: dict[str, MainCfValue] = Field(default_factory=dict, description="Extra main.cf parameters for the relays; names are checked against Postfix's.")
     map_type: Literal["hash", "lmdb"] = Field(
-        "hash",
+        default="hash",  # by keyword: mypy reads a field's default only from default=
         description="Indexed table type of the maps postmap compiles (recipients, domains, transport, access maps, "
         "the cores' mailboxes): hash (Berkeley DB) or lmdb (Debian's postfix-lmdb; builds big maps faster).",
     )

@@ -15,7 +15,7 @@ from .problems import unwrap
 
 def partial(model: type[BaseModel], data: dict) -> BaseModel:
     """`model` built field by field from `data`, skipping what fails: list items that fail become None."""
-    values = {}
+    values: dict[str, typing.Any] = {}
     for name, info in model.model_fields.items():
         if name not in data:
             continue
@@ -35,6 +35,7 @@ def partial(model: type[BaseModel], data: dict) -> BaseModel:
         elif nested is not None and typing.get_origin(annotation) is not dict and isinstance(raw, dict):
             values[name] = partial(nested, raw)
         else:
+            assert annotation is not None  # pydantic gives every model field an annotation
             try:
                 values[name] = TypeAdapter(annotation).validate_python(raw)
             except ValidationError:

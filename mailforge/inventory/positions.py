@@ -65,7 +65,7 @@ def load_yaml(file: Path, text: str) -> tuple[Located | None, list[Problem]]:
         parser = yaml.SafeLoader(text)  # checks every character up front
         node = parser.get_single_node()
     except yaml.reader.ReaderError as exc:
-        line = text.count("\n", 0, exc.position) + 1
+        line: int | None = text.count("\n", 0, exc.position) + 1
         column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
         return None, [Problem(file, line, column, "", f"not valid YAML: character {exc.character!r} is not allowed", "printable text")]
     except yaml.MarkedYAMLError as exc:

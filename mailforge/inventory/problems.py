@@ -8,6 +8,7 @@ import typing
 from typing import Annotated
 
 from pydantic import BaseModel
+from pydantic_core import ErrorDetails
 
 from ..errors import Problem
 from .model import LdapSource, Topology
@@ -47,7 +48,7 @@ def _model_at(path: tuple) -> type[BaseModel] | None:
     return model
 
 
-def from_pydantic(source: Located, error: dict) -> Problem:
+def from_pydantic(source: Located, error: ErrorDetails) -> Problem:
     loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and "[" in part) and part not in ("str", "int", "bool"))
     kind = error["type"]
     if kind == "extra_forbidden" and loc[-1] == "password" and _model_at(loc[:-1]) is LdapSource:

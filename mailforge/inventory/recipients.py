@@ -407,18 +407,20 @@ def load_recipients(
         except NameError_ as exc:
             problems.append(source.problem(("recipients", "addresses", index), str(exc), exc.expected))
 
-    if getattr(spec, "csv", None) is not None and "csv" not in skip:
-        path = open_list(("csv", "file"), spec.csv.file)
+    csv_spec: CsvSource | None = getattr(spec, "csv", None)
+    if csv_spec is not None and "csv" not in skip:
+        path = open_list(("csv", "file"), csv_spec.file)
         if path:
             try:
-                _read_csv(spec.csv, path, add_address, problems)
+                _read_csv(csv_spec, path, add_address, problems)
             except OSError as exc:
                 problems.append(
-                    source.problem(("recipients", "csv", "file"), f"file {spec.csv.file!r} cannot be read: {exc.strerror or exc}", "a readable file")
+                    source.problem(("recipients", "csv", "file"), f"file {csv_spec.file!r} cannot be read: {exc.strerror or exc}", "a readable file")
                 )
 
-    if getattr(spec, "ldap", None) is not None and "ldap" not in skip:
-        _read_ldap(spec.ldap, directory, source, add_address, problems)
+    ldap_spec: LdapSource | None = getattr(spec, "ldap", None)
+    if ldap_spec is not None and "ldap" not in skip:
+        _read_ldap(ldap_spec, directory, source, add_address, problems)
 
     result = RecipientSet(
         tuple(sorted(local_parts)),

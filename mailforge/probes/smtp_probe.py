@@ -14,7 +14,7 @@ import time
 
 def smtp(probe):
     """One SMTP transaction; records the reply code of each stage it reached."""
-    result = {"stages": {}}
+    result = {"stages": {}}  # type: dict
     started = time.monotonic()
     try:
         client = smtplib.SMTP(timeout=probe.get("timeout", 30))
@@ -35,7 +35,8 @@ def smtp(probe):
         except (smtplib.SMTPException, OSError):
             pass
     except smtplib.SMTPResponseException as exc:
-        result["stages"]["error"] = [exc.smtp_code, exc.smtp_error.decode("utf-8", "replace")]
+        # smtplib raises these with the server's reply, always bytes (typeshed also allows str)
+        result["stages"]["error"] = [exc.smtp_code, exc.smtp_error.decode("utf-8", "replace")]  # type: ignore[union-attr]
     except (smtplib.SMTPException, OSError) as exc:
         result["stages"]["error"] = [0, f"{type(exc).__name__}: {exc}"]
     result["seconds"] = round(time.monotonic() - started, 2)

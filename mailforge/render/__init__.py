@@ -19,12 +19,12 @@ def render(inventory: Inventory) -> Tree:
     tree: Tree = {}
 
     for lb in t.managed_balancers:
-        files = {"/etc/haproxy/haproxy.cfg": balancer.haproxy_cfg(t, lb)}
+        files: dict[str, RenderedFile] = {"/etc/haproxy/haproxy.cfg": balancer.haproxy_cfg(t, lb)}
         files.update(firewall.rules_files(t, [firewall.Opening(lb.frontend_port, firewall.ANYWHERE, "public smtp")]))
         tree[lb.name] = files
 
     for relay in t.relays:
-        files: dict[str, RenderedFile] = {}
+        files = {}
         if relay.instances:
             instances = postfix.mx_proxy_instances(t, relay, t.cores, recipients)
             openings = []

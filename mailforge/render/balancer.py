@@ -16,6 +16,7 @@ SEND_PROXY = {"v1": "send-proxy", "v2": "send-proxy-v2", "none": ""}
 def haproxy_cfg(t: Topology, balancer: LoadBalancer) -> RenderedFile:
     proxy = SEND_PROXY[balancer.proxy_protocol]
     server_options = "check inter 10s fall 3 rise 2" + (f" {proxy} check-send-proxy" if proxy else "")
+    assert balancer.address is not None  # checks.py: a managed balancer has an address
     bind = f"[{balancer.address}]" if ":" in balancer.address else balancer.address
     text = template(
         "etc/haproxy/haproxy.cfg",

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 
 from ..inventory import Core, Relay, Topology
 from . import maps
-from .files import POSTFIX_RELOAD, POSTMAP, RenderedFile, header, template
+from .files import POSTFIX_RELOAD, POSTMAP, Pieces, RenderedFile, header, template
 
 Value = str | list[str]
 Section = tuple[str, list[tuple[str, Value]]]
+MapEntry = tuple[str | Pieces, str, str]  # (text, action, Postfix table type)
 
 LOOPBACK = "127.0.0.0/8 [::1]/128"
 
@@ -71,7 +72,7 @@ class PostfixInstance:
     config_directory: str
     sections: list[Section]
     services: list[Service]
-    maps: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # name -> (text, action, Postfix table type)
+    maps: dict[str, MapEntry] = field(default_factory=dict)  # name -> (text, action, Postfix table type)
 
     def path(self, name: str) -> str:
         return f"{self.config_directory}/{name}"
@@ -247,7 +248,7 @@ def relay_instance(
     else:
         front = [Service(_port_service(port), "inet", "n", command="smtpd")]
 
-    instance_maps: dict[str, tuple[str, str, str]] = {
+    instance_maps: dict[str, MapEntry] = {
         "relay_domains": (maps.relay_domains(t), POSTMAP, map_type),
         "transport": (maps.transport(t, cores), POSTMAP, map_type),
     }
@@ -284,6 +285,7 @@ def mx_proxy_instances(t: Topology, relay: Relay, cores: list[Core], recipients)
     """The postmulti layout: default instance on loopback, postfix-inbound, postfix-outbound."""
     instances: list[PostfixInstance] = []
     names = []
+    assert relay.instances is not None  # render() calls this only for a relay with instances
     if relay.instances.inbound:
         inbound = relay_instance(
             t,
@@ -382,7 +384,7 @@ def core_instance(t: Topology, core: Core, recipients) -> PostfixInstance:
         ("TLS", _tls(t)),
     ]
     services = [Service("smtp", "inet", "n", command="smtpd")] + _STANDARD_SERVICES
-    core_maps = {
+    core_maps: dict[str, MapEntry] = {
         "virtual_mailboxes": (maps.virtual_mailboxes(t, recipients), POSTMAP, t.policy.map_type),
         "relay_clients.cidr": (maps.relay_clients(t), POSTFIX_RELOAD, "cidr"),
     }
