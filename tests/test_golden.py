@@ -46,3 +46,13 @@ def test_render_is_deterministic(name, tmp_path):
         inventory = load_inventory(INVENTORIES[name])
         write_tree(render(inventory), inventory.topology.cluster, tmp_path / attempt)
     assert tree_files(tmp_path / "first") == tree_files(tmp_path / "second")
+
+
+def test_the_relays_share_one_recipients_map():
+    """What maps.py and write.py count on to make, hash and compare a million-line map once, not per relay."""
+    from mailforge.inventory import load_inventory
+    from mailforge.render import render
+
+    tree = render(load_inventory(INVENTORIES["example"]))
+    first, second = (tree[relay]["/etc/postfix/relay_recipients"].content for relay in ("relay1", "relay2"))
+    assert first is second

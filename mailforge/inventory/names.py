@@ -76,12 +76,3 @@ def check_local_part(value: str) -> str:
     if len(value) > 64:
         raise NameError_(f"{value!r} is longer than 64 characters", expected)
     return value.lower()
-
-
-def normalize_address(value: str) -> tuple[str, str]:
-    """Split a full address into (local part, domain), both normalised, or raise NameError_."""
-    expected = "a full address such as alice@example.com"
-    if not isinstance(value, str) or value.count("@") != 1:
-        raise NameError_(f"{value!r} is not an address with exactly one '@'", expected)
-    local, domain = value.split("@")
-    return check_local_part(local), normalize_domain(domain)

@@ -85,10 +85,10 @@ class RenderedFile:
 Tree = dict[str, dict[str, RenderedFile]]
 
 
-def header(cluster: str, comment: str = "#") -> str:
+def header(cluster: str) -> str:
     return (
-        f"{comment} Managed by mailforge for cluster '{cluster}'. Do not edit: changes are overwritten.\n"
-        f"{comment} Change the inventory and run `mailforge render` / `mailforge deploy` instead.\n"
+        f"# Managed by mailforge for cluster '{cluster}'. Do not edit: changes are overwritten.\n"
+        "# Change the inventory and run `mailforge render` / `mailforge deploy` instead.\n"
     )
 
 

@@ -159,6 +159,7 @@ def relay_instance(
     inet_interfaces: str = "all",
     instance: list[tuple[str, Value]] | None = None,
     recipients=None,
+    recipients_map: Pieces | None = None,
 ) -> PostfixInstance:
     """A public relay: accepts mail for listed recipients of the hosted domains, forwards it to the cores."""
     policy = t.policy
@@ -253,7 +254,8 @@ def relay_instance(
         "transport": (maps.transport(t, cores), POSTMAP, map_type),
     }
     if has_recipients:
-        instance_maps["relay_recipients"] = (maps.relay_recipients(t, recipients), POSTMAP, map_type)
+        # One map object for every relay (`recipients_map`, made once by `render`): written and hashed once.
+        instance_maps["relay_recipients"] = (recipients_map or maps.relay_recipients(t, recipients), POSTMAP, map_type)
     if policy.reject_forged_helo:
         names = [r.fqdn for r in t.relays] + [lb.fqdn for lb in t.load_balancers if lb.fqdn]
         addresses = [r.address for r in t.relays] + [lb.address for lb in t.load_balancers if lb.address]
@@ -281,7 +283,7 @@ def multi_instance_settings(name: str) -> list[tuple[str, Value]]:
     ]
 
 
-def mx_proxy_instances(t: Topology, relay: Relay, cores: list[Core], recipients) -> list[PostfixInstance]:
+def mx_proxy_instances(t: Topology, relay: Relay, cores: list[Core], recipients, recipients_map: Pieces | None = None) -> list[PostfixInstance]:
     """The postmulti layout: default instance on loopback, postfix-inbound, postfix-outbound."""
     instances: list[PostfixInstance] = []
     names = []
@@ -296,6 +298,7 @@ def mx_proxy_instances(t: Topology, relay: Relay, cores: list[Core], recipients)
             inet_interfaces=relay.address,
             instance=multi_instance_settings("postfix-inbound"),
             recipients=recipients,
+            recipients_map=recipients_map,
         )
         instances.append(inbound)
         names.append("/etc/postfix-inbound")
