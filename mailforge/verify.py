@@ -143,20 +143,11 @@ def host_rows(items: list[Item]) -> list[Check]:
     return checks
 
 
-def wanted_ports(inventory: Inventory, host: str, items: list[Item]) -> set[int]:
-    """The TCP ports `host` must listen on: a balancer's frontend port; a Postfix host's inet
-    services as its live `postconf -M` lists them (drift's master.cf items)."""
-    t = inventory.topology
-    want = {lb.frontend_port for lb in t.managed_balancers if lb.name == host}
-    for item in items:
-        if item.host != host or item.kind != "master.cf" or item.live is None or "/" not in item.name:
-            continue
-        service, kind = item.name.rsplit("/", 1)
-        if kind == "inet":
-            service = service.rsplit(":", 1)[-1]
-            want.add({"smtp": 25, "submission": 587}.get(service, int(service) if service.isdigit() else 0))
-    want.discard(0)
-    return want
+def wanted_ports(inventory: Inventory, host: str) -> set[int]:
+    """The TCP ports `host` must take mail on, as the host model says (a balancer's frontend port, a
+    relay's postscreen or port 25, an MX proxy's instances, a core's 25): from the inventory, so a
+    host whose live master.cf cannot be read still has ports to be checked for."""
+    return set(inventory.host(host).ports)
 
 
 def listening(ss_output: str) -> set[int]:
@@ -190,7 +181,7 @@ def host_checks(inventory: Inventory, render_dir: Path, manifest: dict, shells: 
         items = [i for i in report.items if i.host == host]
         rows = host_rows(items)
         at = next((n for n, c in enumerate(rows) if c.name == FIREWALL), len(rows))
-        rows.insert(at, ports_check(host, wanted_ports(inventory, host, items), ports[host]))
+        rows.insert(at, ports_check(host, wanted_ports(inventory, host), ports[host]))
         checks += rows
     return checks
 

@@ -283,3 +283,37 @@ def test_render_of_bad_inventory_leaves_output_untouched(tmp_path):
         bad = run("render", INVALID / case, "-o", fresh)
         assert bad.returncode == 2, f"{case}: {bad.stdout}{bad.stderr}"
         assert not fresh.exists() and not fresh.parent.exists(), f"{case}: a failed render created the output directory"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["validate"],
+        ["render", "-o", "{out}"],
+        ["deploy"],
+        ["verify", "--lab"],
+        ["maps"],
+        ["drift"],
+        ["dns", "check"],
+        ["dns", "zone"],
+        ["lab", "up"],
+        ["lab", "down"],
+        ["lab", "status"],
+    ],
+)
+def test_every_command_answers_bad_input_in_the_json_envelope(command, tmp_path):
+    """The same envelope for every command: status error, exit 2, every problem with its place; nothing written.
+    The commands that need no recipients (dns, lab down/status) do not read the recipient sources, so they
+    report the six problems of the topology and not the two of its recipients (inline and users.txt)."""
+    case = INVALID / "multiple_problems_semantic"
+    out = tmp_path / "out"
+    result = run(*[part.format(out=out) for part in command], "--json", case)
+    assert result.returncode == 2, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert (data["command"], data["status"], data["exit_code"]) == (" ".join(c for c in command if not c.startswith(("-", "{"))), "error", 2)
+    keys = [p["key"] for p in data["problems"]]
+    reads_recipients = command[0] not in ("dns",) and command[-1] not in ("down", "status")
+    assert len([k for k in keys if not k.startswith("recipients.")]) == 6, keys
+    assert len([k for k in keys if k.startswith("recipients.")]) == (2 if reads_recipients else 0), keys
+    assert all(p["line"] for p in data["problems"])
+    assert not out.exists()
