@@ -337,9 +337,12 @@ def down(inventory: Inventory, env: dict[str, str]) -> list[str]:
     """Remove every container and the network of this inventory's lab; returns what was removed."""
     lab = plan(inventory)
     removed = []
+    # Only what is there: `rm -f` of a missing container succeeds on Podman (and on recent Docker).
     for c in lab.containers:
-        if docker(env, "rm", "-f", c.name, check=False).returncode == 0:
+        if docker(env, "inspect", "--format", "{{.Id}}", c.name, check=False).returncode == 0:
+            docker(env, "rm", "-f", c.name)
             removed.append(c.name)
-    if docker(env, "network", "rm", lab.network, check=False).returncode == 0:
+    if docker(env, "network", "inspect", lab.network, check=False).returncode == 0:
+        docker(env, "network", "rm", lab.network)
         removed.append(lab.network)
     return removed
