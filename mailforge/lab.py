@@ -339,7 +339,7 @@ def down(inventory: Inventory, env: dict[str, str]) -> list[str]:
     removed = []
     # Only what is there: `rm -f` of a missing container succeeds on Podman (and on recent Docker).
     for c in lab.containers:
-        if docker(env, "inspect", "--format", "{{.Id}}", c.name, check=False).returncode == 0:
+        if docker(env, "container", "inspect", "--format", "{{.Id}}", c.name, check=False).returncode == 0:
             docker(env, "rm", "-f", c.name)
             removed.append(c.name)
     if docker(env, "network", "inspect", lab.network, check=False).returncode == 0:
