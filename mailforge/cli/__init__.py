@@ -10,6 +10,10 @@ from .app import app
 
 __all__ = ["app", "main"]
 
+# `mailforge --help` lists the commands in the order a cluster's life uses them.
+_ORDER = ["validate", "render", "deploy", "verify", "maps", "drift", "schema"]
+app.registered_commands.sort(key=lambda c: _ORDER.index(getattr(c.callback, "__name__", "")))
+
 
 def main() -> None:
     try:
