@@ -282,7 +282,7 @@ def mail_checks(inventory: Inventory, shells: dict[str, HostShell], client: Host
             Check(
                 "mail",
                 f"message arrives in the core's mailbox of {recipient}",
-                delivered_on or ",".join(cores),
+                delivered_on or client.name,  # a row is under one host: the core it reached, else the prober
                 delivered_on is not None,
                 f"found on {delivered_on}" if delivered_on else f"not delivered within {wait} s" if accepted else "not accepted, so not delivered",
             )
@@ -301,7 +301,7 @@ def mail_checks(inventory: Inventory, shells: dict[str, HostShell], client: Host
             Check(
                 "proxy",
                 "relay logs show the client's own address",
-                ",".join(seen) or "relays",
+                seen[0] if len(seen) == 1 else client.name,  # one host per row: the relay that logged it, else the prober
                 bool(seen),
                 f"postscreen logged CONNECT from [{client_address}] on {', '.join(seen)}" if seen else f"no relay logged CONNECT from [{client_address}]",
             )
