@@ -92,3 +92,14 @@ def rows(envelope: dict) -> list[dict]:
             fields = {k: v for k, v in result.items() if k != "data"}
             flat.append({**fields, **result["data"]})
     return flat
+
+
+def unreachable_example(tmp_path: Path) -> Path:
+    """A copy of the example whose every host is reached by SSH at a closed port of this machine."""
+    import shutil
+
+    inventory = tmp_path / "unreachable"
+    shutil.copytree(INVENTORIES["example"], inventory, ignore=shutil.ignore_patterns(".mailforge"))
+    topology = inventory / "topology.yml"
+    topology.write_text(topology.read_text() + "\nconnection:\n  host: 127.0.0.1\n  port: 1\n")
+    return inventory

@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import INVENTORIES, mailforge
+from conftest import INVENTORIES, mailforge, unreachable_example
 
 from mailforge import drift
 from mailforge.inventory import load_inventory
@@ -180,11 +180,7 @@ def test_the_survey_script_is_valid_shell_and_reads_only(example):
 def test_unreachable_host_exits_2_naming_it(tmp_path):
     if shutil.which("ssh") is None:
         pytest.skip("no ssh client here")
-    inventory = tmp_path / "inv"
-    shutil.copytree(INVENTORIES["example"], inventory, ignore=shutil.ignore_patterns(".mailforge"))
-    topology = inventory / "topology.yml"
-    topology.write_text(topology.read_text() + "\nconnection:\n  host: 127.0.0.1\n  port: 1\n")
-    result = mailforge("drift", str(inventory), "--limit", "relay1")
+    result = mailforge("drift", str(unreachable_example(tmp_path)), "--limit", "relay1")
     assert result.returncode == 2, result.stdout + result.stderr
     assert "relay1" in result.stderr and "Traceback" not in result.stderr
 

@@ -11,7 +11,7 @@ import sys
 import threading
 
 import pytest
-from conftest import INVENTORIES
+from conftest import INVENTORIES, unreachable_example
 
 from mailforge import verify
 from mailforge.remote import HostShell, ShellSpecError, shell_from_spec
@@ -106,10 +106,7 @@ def test_verify_needs_a_probing_host_and_a_good_spec(tmp_path):
 def test_verify_of_unreachable_hosts_exits_2_naming_one(tmp_path):
     if shutil.which("ssh") is None:
         pytest.skip("no ssh client here")
-    inventory = tmp_path / "inv"
-    shutil.copytree(INVENTORIES["example"], inventory, ignore=shutil.ignore_patterns(".mailforge"))
-    topology = inventory / "topology.yml"
-    topology.write_text(topology.read_text() + "\nconnection:\n  host: 127.0.0.1\n  port: 1\n")
+    inventory = unreachable_example(tmp_path)
     result = mailforge_without_pytest("verify", str(inventory), "--probe-from", "ssh://nobody@127.0.0.1:1")
     assert result.returncode == 2, result.stdout + result.stderr
     assert "cannot reach lb" in result.stderr and "Traceback" not in result.stderr
