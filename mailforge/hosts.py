@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import MailforgeError
@@ -104,7 +104,7 @@ def ansible_inventory_file(directory: Path) -> Path | None:
     return next((directory / name for name in ANSIBLE_INVENTORIES if (directory / name).is_file()), None)
 
 
-def _ansible_inventory_vars(file: Path, names: list[str]) -> dict[str, dict[str, object]]:
+def _ansible_inventory_vars(file: Path, names: list[str], warn: Callable[[str], None] | None = None) -> dict[str, dict[str, object]]:
     """{host: its variables} from an Ansible inventory file, as Ansible merges them (all < parent
     groups < child groups < the host's own)."""
     import yaml
@@ -139,6 +139,12 @@ def _ansible_inventory_vars(file: Path, names: list[str]) -> dict[str, dict[str,
             continue
         merged = combine_vars(get_group_vars(host.get_groups()), host.get_vars())
         found[name] = {k: v for k, v in merged.items() if k not in _MAGIC}
+    strangers = sorted(h for h in manager.hosts if h not in names)
+    if strangers and warn is not None:  # a misspelt host name would otherwise leave its host reached by the topology alone
+        warn(
+            f"{file}: {', '.join(strangers)} {'is' if len(strangers) == 1 else 'are'} not a host of the topology "
+            f"(hosts: {', '.join(names)}); its settings are not used"
+        )
     return found
 
 
@@ -154,11 +160,12 @@ def _from_ansible(variables: Mapping[str, object]) -> tuple[dict[str, object], d
     return settings, extra
 
 
-def reach_all(inventory: Inventory, lab: Mapping[str, Reach] | None = None) -> dict[str, Reach]:
-    """How every host of the inventory is reached, merged in the order of this module's docstring."""
+def reach_all(inventory: Inventory, lab: Mapping[str, Reach] | None = None, warn: Callable[[str], None] | None = None) -> dict[str, Reach]:
+    """How every host of the inventory is reached, merged in the order of this module's docstring
+    (with `lab`, the lab's containers: the Ansible inventory beside the topology is not read)."""
     t = inventory.topology
-    file = ansible_inventory_file(inventory.directory)
-    overrides = _ansible_inventory_vars(file, inventory.names) if file is not None else {}
+    file = ansible_inventory_file(inventory.directory) if lab is None else None
+    overrides = _ansible_inventory_vars(file, inventory.names, warn) if file is not None else {}
     reaches = {}
     for host in inventory.hosts:
         if lab is not None:
@@ -171,10 +178,6 @@ def reach_all(inventory: Inventory, lab: Mapping[str, Reach] | None = None) -> d
             settings.update(more)
         reaches[host.name] = Reach(host.name, host.address, settings, extra)
     return reaches
-
-
-def with_env(reaches: Mapping[str, Reach], env: Mapping[str, str] | None) -> dict[str, Reach]:
-    return {name: replace(r, env=env) for name, r in reaches.items()}
 
 
 # --- --limit ---------------------------------------------------------------------------------------

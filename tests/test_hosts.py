@@ -138,6 +138,29 @@ def test_a_broken_hosts_yml_is_named(tmp_path):
     assert result.returncode == 2 and f"{directory / 'hosts.yml'}" in result.stderr, result.stderr
 
 
+def test_a_host_the_topology_does_not_have_is_named(with_hosts_yml):
+    """A misspelt name in hosts.yml would leave its host reached by the topology's settings alone: say so."""
+    (with_hosts_yml / "hosts.yml").write_text(HOSTS_YML + "    balancers:\n      hosts:\n        lb2: {ansible_host: 192.0.2.99}\n")
+    said: list[str] = []
+    reaches = hosts.reach_all(load_inventory(with_hosts_yml), warn=said.append)
+    assert said == [f"{with_hosts_yml / 'hosts.yml'}: lb2 is not a host of the topology (hosts: lb, relay1, relay2, relay3, core); its settings are not used"]
+    assert reaches["lb"].target == "10.232.9.10"
+    result = mailforge("maps", str(with_hosts_yml), "--limit", "nosuch")  # the CLI prints it as a warning, then refuses the limit
+    assert "warning: " in result.stderr and "lb2 is not a host of the topology" in result.stderr, result.stderr
+
+
+def test_lab_does_not_read_hosts_yml(tmp_path):
+    from mailforge import lab
+
+    directory = tmp_path / "broken"
+    shutil.copytree(CONNECTIONS, directory)
+    (directory / "hosts.yml").write_text("all: [this, is, not, an, inventory\n")
+    inventory = load_inventory(directory)
+    with pytest.raises(hosts.HostsError):
+        hosts.reach_all(inventory)
+    assert hosts.reach_all(inventory, lab=lab.reaches(inventory))["relay1"].target == "mf-conn-relay1"
+
+
 # --- commands that need no recipients never read them --------------------------------------------
 
 

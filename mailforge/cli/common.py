@@ -44,6 +44,11 @@ def print_problems(problems: list[Problem], style: str, label: str) -> None:
         err.print(str(problem), markup=False)
 
 
+def warn(message: str) -> None:
+    err.print("[yellow]warning:[/yellow] ", end="")
+    err.print(message, markup=False)
+
+
 def emit(run: Run) -> None:
     """The JSON envelope on stdout."""
     print(json.dumps(run.envelope(), indent=2))
@@ -137,15 +142,15 @@ def reach(inv, lab: bool, limit: str | None):
     way deploy, verify, maps and drift find their hosts."""
     from .. import hosts
 
-    selected = [h.name for h in hosts.select(inv, limit)]
     env = None
-    if lab:
+    if not lab:  # hosts.yml first: its problems and warnings come before a --limit that fails
+        reaches = hosts.reach_all(inv, warn=warn)
+    selected = [h.name for h in hosts.select(inv, limit)]
+    if lab:  # the limit is checked before the engine is started
         from .. import lab as lab_module
 
         env = lab_module.engine_environment()
         reaches = hosts.reach_all(inv, lab=lab_module.reaches(inv, env))
-    else:
-        reaches = hosts.reach_all(inv)
     return selected, reaches, env
 
 
