@@ -32,7 +32,7 @@ from pathlib import Path
 
 from .errors import MailforgeError
 from .inventory import GROUPS, Host, Inventory
-from .remote import HostShell, ssh_argv
+from .remote import HostShell, docker_argv, ssh_argv
 
 # A standard Ansible inventory beside topology.yml adds or overrides connection settings.
 ANSIBLE_INVENTORIES = ("ansible_inventory.yml", "ansible_inventory.yaml", "hosts.yml")
@@ -88,7 +88,7 @@ class Reach:
         `docker exec` and a local shell where the connection plugin says so."""
         env = dict(self.env) if self.env is not None else None
         if self.plugin == "docker":
-            return HostShell(self.name, ["docker", "exec", "-i", self.target], env=env, become=self.become)
+            return HostShell(self.name, docker_argv(self.target), env=env, become=self.become)
         if self.plugin == "local":
             return HostShell(self.name, ["env"], env=env, become=self.become)
         s = self.settings

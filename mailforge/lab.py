@@ -200,25 +200,20 @@ def ansible_environment(env: dict[str, str]) -> dict[str, str] | None:
     return {"DOCKER_HOST": env["DOCKER_HOST"]} if env.get("DOCKER_HOST") else None
 
 
+def _container_reach(c: LabContainer, env: dict[str, str] | None, extra: dict[str, object] | None = None) -> Reach:
+    """`docker exec` into the container as root (Ansible's docker connection)."""
+    return Reach(c.host, c.address, {"plugin": "community.docker.docker", "host": c.name}, extra or {}, env=env)
+
+
 def reaches(inventory: Inventory, env: dict[str, str] | None = None) -> dict[str, Reach]:
-    """How `--lab` reaches each host: `docker exec` into its container as root, replacing every
-    connection setting of the topology and of hosts.yml (see `hosts`)."""
-    lab = plan(inventory)
-    return {
-        c.host: Reach(c.host, c.address, {"plugin": "community.docker.docker", "host": c.name}, {"ansible_docker_timeout": 60}, env=env)
-        for c in lab.containers
-        if c.role not in ("client", "dns")
-    }
+    """How `--lab` reaches each host: its container, replacing every connection setting of the
+    topology and of hosts.yml (see `hosts`)."""
+    return {c.host: _container_reach(c, env, {"ansible_docker_timeout": 60}) for c in plan(inventory).containers if c.role not in ("client", "dns")}
 
 
 def probes(inventory: Inventory, env: dict[str, str] | None = None) -> dict[str, Reach]:
     """The lab's client and listed "spammer" containers, which `verify --lab` sends its probes from."""
-    lab = plan(inventory)
-    return {
-        c.host: Reach(c.host, c.address, {"plugin": "community.docker.docker", "host": c.name}, env=env)
-        for c in lab.containers
-        if c.host in ("client", "spammer")
-    }
+    return {c.host: _container_reach(c, env) for c in plan(inventory).containers if c.host in ("client", "spammer")}
 
 
 def status(inventory: Inventory, env: dict[str, str]) -> list[dict]:

@@ -63,6 +63,11 @@ class HostShell:
         )
 
 
+def docker_argv(container: str) -> list[str]:
+    """A shell in a container of the engine the docker CLI reaches (`sh -c SCRIPT` is appended)."""
+    return ["docker", "exec", "-i", container]
+
+
 def ssh_argv(target: str, user: str | None = None, port: int | str | None = None, key: str | None = None, connect_timeout: int = 10) -> list[str]:
     """ssh in batch mode (a key or an agent, never a password prompt) to `target`."""
     argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}"]
@@ -87,7 +92,7 @@ def shell_from_spec(spec: str, name: str = "probe", env: dict[str, str] | None =
         container = parts.netloc
         if not container or container.startswith("-") or parts.path not in ("", "/") or parts.query or any(c in container for c in "@: "):
             raise ShellSpecError(f"bad host spec {spec!r}: name one container, as docker://NAME")
-        return HostShell(name, ["docker", "exec", "-i", container], env=env)
+        return HostShell(name, docker_argv(container), env=env)
     if parts.scheme == "ssh":
         if (
             not parts.hostname

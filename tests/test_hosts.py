@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE, REPO, mailforge
+from conftest import EXAMPLE, INVENTORIES, REPO, mailforge
 
 from mailforge import hosts
 from mailforge.deploy import ansible_inventory
@@ -258,3 +258,12 @@ def test_deploy_maps_drift_and_verify_reach_the_same_hosts(lab, tmp_path):
     verified = run("verify", "--probe-from", "docker://mf-example-client", "--wait", "20")
     assert set(verified["hosts"]) == relays | {"probe"}, verified["hosts"].keys()
     assert verified["status"] == "ok"
+
+
+@pytest.mark.parametrize("name", sorted(INVENTORIES))
+def test_each_host_s_instances_are_the_ones_rendered(name):
+    """The host model's answer to "which Postfix instances does this host run" is what render writes."""
+    inventory = load_inventory(INVENTORIES[name])
+    tree = render(inventory)
+    rendered = {host: sorted({f.config_directory for f in files.values() if f.config_directory}) for host, files in tree.items()}
+    assert {h.name: sorted(h.instances) for h in inventory.hosts} == rendered

@@ -31,6 +31,12 @@ class Role(StrEnum):
 STAGES = {Role.CORE: 0, Role.MX_PROXY: 1, Role.RELAY: 1, Role.BALANCER: 2}
 GROUPS = tuple(role.group for role in Role)
 
+# Where each Postfix instance's configuration lives: the default one, and an MX proxy's postmulti
+# instances. Render writes them here; `Host.instances` lists them.
+DEFAULT_INSTANCE = "/etc/postfix"
+INBOUND_INSTANCE = "/etc/postfix-inbound"
+OUTBOUND_INSTANCE = "/etc/postfix-outbound"
+
 
 @dataclass(frozen=True)
 class Host:
@@ -44,10 +50,6 @@ class Host:
     @property
     def address(self) -> str | None:
         return self.entry.address
-
-    @property
-    def addresses(self) -> list[str]:
-        return [self.entry.address] if self.entry.address else []
 
     @property
     def fqdn(self) -> str | None:
@@ -67,12 +69,8 @@ class Host:
         if self.role is Role.MX_PROXY:
             relay = self.entry
             assert isinstance(relay, Relay) and relay.instances is not None
-            return (
-                ["/etc/postfix"]
-                + (["/etc/postfix-inbound"] if relay.instances.inbound else [])
-                + (["/etc/postfix-outbound"] if relay.instances.outbound else [])
-            )
-        return ["/etc/postfix"] if self.role.runs_postfix else []
+            return [DEFAULT_INSTANCE] + ([INBOUND_INSTANCE] if relay.instances.inbound else []) + ([OUTBOUND_INSTANCE] if relay.instances.outbound else [])
+        return [DEFAULT_INSTANCE] if self.role.runs_postfix else []
 
     @property
     def ports(self) -> list[int]:

@@ -11,6 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from ..inventory import Core, Relay, Topology
+from ..inventory.roles import DEFAULT_INSTANCE, INBOUND_INSTANCE, OUTBOUND_INSTANCE
 from . import maps
 from .files import POSTFIX_RELOAD, POSTMAP, Pieces, RenderedFile, header, template
 
@@ -154,7 +155,7 @@ def relay_instance(
     relay: Relay,
     cores: list[Core],
     *,
-    config_directory: str = "/etc/postfix",
+    config_directory: str = DEFAULT_INSTANCE,
     port: int | None = None,
     inet_interfaces: str = "all",
     instance: list[tuple[str, Value]] | None = None,
@@ -293,7 +294,7 @@ def mx_proxy_instances(t: Topology, relay: Relay, cores: list[Core], recipients,
             t,
             relay,
             cores,
-            config_directory="/etc/postfix-inbound",
+            config_directory=INBOUND_INSTANCE,
             port=relay.instances.inbound.port,
             inet_interfaces=relay.address,
             instance=multi_instance_settings("postfix-inbound"),
@@ -301,7 +302,7 @@ def mx_proxy_instances(t: Topology, relay: Relay, cores: list[Core], recipients,
             recipients_map=recipients_map,
         )
         instances.append(inbound)
-        names.append("/etc/postfix-inbound")
+        names.append(INBOUND_INSTANCE)
     if relay.instances.outbound:
         outbound = relay.instances.outbound
         sections: list[Section] = [
@@ -324,8 +325,8 @@ def mx_proxy_instances(t: Topology, relay: Relay, cores: list[Core], recipients,
             ("TLS", _tls(t)),
         ]
         submission = Service(_port_service(outbound.port), "inet", "n", command="smtpd", args=("-o syslog_name=postfix-outbound/submission",))
-        instances.append(PostfixInstance("/etc/postfix-outbound", sections, [submission] + _STANDARD_SERVICES))
-        names.append("/etc/postfix-outbound")
+        instances.append(PostfixInstance(OUTBOUND_INSTANCE, sections, [submission] + _STANDARD_SERVICES))
+        names.append(OUTBOUND_INSTANCE)
 
     default_sections: list[Section] = [
         (
@@ -349,12 +350,12 @@ def mx_proxy_instances(t: Topology, relay: Relay, cores: list[Core], recipients,
         ),
     ]
     loopback_smtp = Service("smtp", "inet", "n", command="smtpd")
-    return [PostfixInstance("/etc/postfix", default_sections, [loopback_smtp] + _STANDARD_SERVICES)] + instances
+    return [PostfixInstance(DEFAULT_INSTANCE, default_sections, [loopback_smtp] + _STANDARD_SERVICES)] + instances
 
 
 def core_instance(t: Topology, core: Core, recipients) -> PostfixInstance:
     """A hidden core: takes mail from the relays (and users' outbound mail), delivers it to Maildirs."""
-    cfg = "/etc/postfix"
+    cfg = DEFAULT_INSTANCE
     sections: list[Section] = [
         ("Identity", _identity(core.fqdn, "all", _uses_ipv6(core.address, *core.user_networks, *(r.address for r in t.relays)))),
         (
