@@ -1,17 +1,20 @@
-"""Where mailforge's own files are: the Ansible roles and playbooks it drives and the scripts the lab
-runs. The only module that knows; everything else asks here."""
+"""Where mailforge's own files are: the Ansible collection (roles and playbooks) it drives and the
+scripts the lab runs, all inside the installed package. The only module that knows; everything
+else asks here."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parent.parent
-ROLES = PROJECT / "roles"
-PLAYBOOKS = PROJECT / "playbooks"
+PACKAGE = Path(__file__).resolve().parent
+COLLECTIONS = PACKAGE  # holds ansible_collections/: what ANSIBLE_COLLECTIONS_PATH names
+COLLECTION = PACKAGE / "ansible_collections" / "mailforge" / "cluster"
+ROLES = COLLECTION / "roles"
+PLAYBOOKS = COLLECTION / "playbooks"
 SITE_PLAYBOOK = PLAYBOOKS / "site.yml"
-SCRIPTS = PROJECT / "scripts"
+LAB_FILES = PACKAGE / "data" / "lab"
 
 
 def script(name: str) -> Path:
     """One of the lab's scripts (container-engine, lab-image)."""
-    return SCRIPTS / name
+    return LAB_FILES / name

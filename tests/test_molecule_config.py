@@ -11,6 +11,7 @@ from conftest import REPO
 
 from mailforge import lab
 from mailforge.inventory import load_inventory
+from mailforge.resources import ROLES
 
 SCENARIOS = REPO / "molecule"
 
@@ -41,6 +42,6 @@ def test_cluster_network_is_the_lab_network():
 
 
 def test_every_role_has_a_molecule_scenario():
-    roles = sorted(p.name for p in (REPO / "roles").iterdir() if (p / "tasks" / "main.yml").is_file())
+    roles = sorted(p.name for p in (ROLES).iterdir() if (p / "tasks" / "main.yml").is_file())
     scenarios = sorted(p.parent.name for p in SCENARIOS.glob("*/molecule.yml"))
     assert set(roles) <= set(scenarios), f"roles without a scenario: {sorted(set(roles) - set(scenarios))}"

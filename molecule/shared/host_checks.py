@@ -22,7 +22,7 @@ def topology(path: Path = ROLES_INVENTORY) -> dict:
 
 
 def role_defaults(role: str) -> dict:
-    return yaml.safe_load((PROJECT / "roles" / role / "defaults/main.yml").read_text())
+    return yaml.safe_load((PROJECT / "mailforge/ansible_collections/mailforge/cluster/roles" / role / "defaults/main.yml").read_text())
 
 
 def rendered_files(host_name: str) -> dict:
