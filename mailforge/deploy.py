@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import MailforgeError
-from .hosts import Reach
+from .hosts import Access, Reach
 from .inventory import GROUPS, Inventory
 from .resources import ROLES, SITE_PLAYBOOK
 from .results import Result, Run
@@ -47,6 +47,24 @@ def ansible_inventory(inventory: Inventory, render_dir: Path, manifest: dict, re
             "children": {name: {"hosts": members} for name, members in groups.items()},
         }
     }
+
+
+def refuse_lockout(inventory: Inventory, accesses: dict[str, Access]) -> None:
+    """Stop before anything is applied if a host's rendered firewall would not admit the SSH connection
+    this deploy itself uses: after the firewall loads, nobody could finish the rollout, nor undo it."""
+    from .render.firewall import ssh_admits
+
+    t = inventory.topology
+    shut_out = [a for a in accesses.values() if a.seen_from is not None and a.port is not None and not ssh_admits(t, a.seen_from, a.port)]
+    if shut_out:
+        admitted = ", ".join(t.firewall.admin_networks) or "any address"
+        raise DeployError(
+            "this deploy would lock mailforge out: "
+            + "; ".join(f"{a.name} sees this controller's SSH connection come from {a.seen_from} to port {a.port}" for a in shut_out)
+            + f", but its firewall will admit SSH only from {admitted} to port {t.firewall.ssh_port}. Nothing was applied. "
+            f"Add that address (or its network) to firewall.admin_networks (or set firewall.ssh_port) in "
+            f"{inventory.directory / 'topology.yml'}, or deploy from one of the admin networks"
+        )
 
 
 @dataclass
@@ -194,7 +212,6 @@ def run_playbook(
             extravars={"mailforge_relay_batch": batch},
             envvars={
                 "ANSIBLE_ROLES_PATH": str(ROLES),
-                "ANSIBLE_HOST_KEY_CHECKING": "False",
                 "ANSIBLE_RETRY_FILES_ENABLED": "False",
                 "ANSIBLE_NOCOLOR": "True",
                 "ANSIBLE_PIPELINING": "True",

@@ -8,14 +8,20 @@ Precedence, lowest first (a later layer overrides only what it sets):
 3. an Ansible inventory beside topology.yml (`ansible_inventory.yml`, `ansible_inventory.yaml` or
    `hosts.yml`): the variables it gives that host, its groups' and `all`'s included, read by Ansible's
    own inventory parser;
-4. `--lab`: the host's lab container, which replaces every connection setting (a lab container is
-   entered with `docker exec` as root, whatever user, port or key the real host takes).
+4. `--lab`: the host's lab container, which replaces every connection setting: it is reached over SSH
+   exactly as a real host is, as the lab's admin user with sudo, with the key pair and known_hosts
+   file that `lab up` made for that lab (`lab.reaches`).
 
 A worked example. topology.yml says `connection: {user: admin, become: true}` and, for relay2,
 `connection: {port: 2222}`; hosts.yml gives relay2 `ansible_host: 192.0.2.22` and `all` the variable
 `ansible_user: deploy`. Then relay2 is reached as `ssh -p 2222 deploy@192.0.2.22` and runs its
-commands with sudo; relay1 as `ssh deploy@<its address>`, also with sudo; with `--lab`, both with
-`docker exec -i mf-example-relay2` (and relay1's container) as root.
+commands with sudo; relay1 as `ssh deploy@<its address>`, also with sudo; with `--lab`, both as
+`ssh -i <lab key> -o UserKnownHostsFile=<lab known_hosts> mailforge@<container address>`, with sudo.
+
+Host keys are always checked (`StrictHostKeyChecking=yes`, against `known_hosts_file` or ssh's own
+file), and `check_access` asks every selected host before a command does anything: an unknown or
+changed key, a refused login, a closed port, a name that does not resolve or a user without sudo
+stops the command with exit 2, naming the host and what to do.
 
 `--limit` means the same to every command: host names, the groups `balancers`, `relays`, `mxproxies`
 and `cores` (and `all`), in Ansible's pattern grammar (`a,b` or `a:b` union, `&g` intersection, `!x`
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +52,7 @@ ANSIBLE_NAMES = {
     "private_key_file": "ansible_ssh_private_key_file",
     "become": "ansible_become",
 }
+KNOWN_HOSTS = "known_hosts_file"  # no Ansible variable of its own: it goes into ansible_ssh_common_args
 _ALIASES = {"ansible_private_key_file": "private_key_file", "ansible_ssh_host": "host", "ansible_ssh_user": "user", "ansible_ssh_port": "port"}
 _MAGIC = {"inventory_hostname", "inventory_hostname_short", "group_names"}
 
@@ -79,8 +87,13 @@ class Reach:
 
     def ansible_vars(self) -> dict[str, object]:
         hostvars: dict[str, object] = {"ansible_host": self.address}
-        hostvars.update({ANSIBLE_NAMES[k]: v for k, v in self.settings.items()})
+        hostvars.update({ANSIBLE_NAMES[k]: v for k, v in self.settings.items() if k in ANSIBLE_NAMES})
         hostvars.update(self.extra)
+        if self.plugin == "ssh":  # the same host key checking as the shell transport's, whatever ~/.ssh/config says
+            known = self.settings.get(KNOWN_HOSTS)
+            options = "-o StrictHostKeyChecking=yes" + (f" -o UserKnownHostsFile={shlex.quote(str(known))}" if known else "")
+            common = str(hostvars.get("ansible_ssh_common_args") or "")
+            hostvars["ansible_ssh_common_args"] = f"{common} {options}".strip()
         return hostvars
 
     def shell(self, connect_timeout: int = 10) -> HostShell:
@@ -92,7 +105,7 @@ class Reach:
         if self.plugin == "local":
             return HostShell(self.name, ["env"], env=env, become=self.become)
         s = self.settings
-        argv = ssh_argv(self.target, s.get("user"), s.get("port"), s.get("private_key_file"), connect_timeout)  # type: ignore[arg-type]
+        argv = ssh_argv(self.target, s.get("user"), s.get("port"), s.get("private_key_file"), connect_timeout, s.get(KNOWN_HOSTS))  # type: ignore[arg-type]
         return HostShell(self.name, argv, env=env, remote_command_is_string=True, become=self.become)
 
 
@@ -236,3 +249,47 @@ def select(inventory: Inventory, limit: str | None) -> list[Host]:
     if not chosen:
         raise HostsError(f"--limit {limit!r} leaves no host")
     return [h for h in hosts if h.name in chosen]
+
+
+# --- before anything is done: every host answers, as the user that will act there -------------------
+
+
+@dataclass(frozen=True)
+class Access:
+    """A host that answered: where it sees this controller's SSH connection come from (None when it is
+    not reached over SSH), and the port it took the connection on."""
+
+    name: str
+    seen_from: str | None = None
+    port: int | None = None
+
+
+def check_access(reaches: Mapping[str, Reach], names: list[str], workers: int = 32) -> dict[str, Access]:
+    """Ask every host in `names`, at once, whether it takes this controller's connection with a host key
+    we know and lets the user become root: before any command changes or reads anything. Every host
+    that does not is named in one HostUnreachable (exit 2), with what to do about it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .remote import HostUnreachable
+
+    def ask(name: str) -> Access | str:
+        shell = reaches[name].shell()
+        try:
+            answer = shell.run('echo "$SSH_CONNECTION"', timeout=60, become=False)
+            if shell.become:
+                shell.run("true", timeout=60)  # sudo -n: refused sudo raises, with the fix
+        except HostUnreachable as exc:
+            return str(exc)
+        if answer.returncode != 0:
+            return f"{name}: a shell there fails: {answer.stderr.decode(errors='replace').strip()[-300:]}"
+        fields = answer.stdout.decode(errors="replace").split()
+        if len(fields) == 4:  # client address, client port, server address, server port
+            return Access(name, fields[0], int(fields[3]))
+        return Access(name)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(names)))) as pool:
+        answers = dict(zip(names, pool.map(ask, names), strict=True))
+    problems = [a for a in answers.values() if isinstance(a, str)]
+    if problems:
+        raise HostUnreachable("; ".join(problems))
+    return {name: a for name, a in answers.items() if isinstance(a, Access)}

@@ -22,6 +22,7 @@ from . import dns
 from .errors import MailforgeError
 from .hosts import Reach
 from .inventory import Inventory
+from .remote import close_master
 from .resources import script
 
 IMAGE = "mailforge-lab/bookworm:latest"
@@ -196,24 +197,123 @@ def build_image(env: dict[str, str]) -> None:
 
 
 def ansible_environment(env: dict[str, str]) -> dict[str, str] | None:
-    """What Ansible's docker connection needs from the engine's environment."""
+    """What Ansible's docker connection needs from the engine's environment (a hosts.yml that reaches
+    lab containers with community.docker.docker; `--lab` itself goes over SSH)."""
     return {"DOCKER_HOST": env["DOCKER_HOST"]} if env.get("DOCKER_HOST") else None
 
 
-def _container_reach(c: LabContainer, env: dict[str, str] | None, extra: dict[str, object] | None = None) -> Reach:
-    """`docker exec` into the container as root (Ansible's docker connection)."""
-    return Reach(c.host, c.address, {"plugin": "community.docker.docker", "host": c.name}, extra or {}, env=env)
+# --- SSH: the lab's hosts are reached as real hosts are ------------------------------------------------
+
+ADMIN_USER = "mailforge"  # the lab's non-root admin user, allowed sudo without a password, as on a real host
 
 
-def reaches(inventory: Inventory, env: dict[str, str] | None = None) -> dict[str, Reach]:
-    """How `--lab` reaches each host: its container, replacing every connection setting of the
-    topology and of hosts.yml (see `hosts`)."""
-    return {c.host: _container_reach(c, env, {"ansible_docker_timeout": 60}) for c in plan(inventory).containers if c.role not in ("client", "dns")}
+@dataclass(frozen=True)
+class LabKeys:
+    """The lab's own SSH client key pair and known_hosts file, in its state directory (mode 0700)."""
+
+    directory: Path
+
+    @property
+    def private_key(self) -> Path:
+        return self.directory / "id_ed25519"
+
+    @property
+    def public_key(self) -> Path:
+        return self.directory / "id_ed25519.pub"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.directory / "known_hosts"
 
 
-def probes(inventory: Inventory, env: dict[str, str] | None = None) -> dict[str, Reach]:
-    """The lab's client and listed "spammer" containers, which `verify --lab` sends its probes from."""
-    return {c.host: _container_reach(c, env) for c in plan(inventory).containers if c.host in ("client", "spammer")}
+def keys(inventory: Inventory) -> LabKeys:
+    """Where this inventory's lab keeps its keys: one directory per inventory directory (two inventories
+    with the same cluster name do not share keys), under $XDG_STATE_HOME or ~/.local/state."""
+    import hashlib
+
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    owner = hashlib.sha256(str(inventory.directory.resolve()).encode()).hexdigest()[:10]
+    return LabKeys(base / "mailforge" / "labs" / f"{inventory.topology.cluster}-{owner}")
+
+
+def make_key(lab_keys: LabKeys) -> str:
+    """The lab's client key pair, made once (ed25519, no passphrase: it opens only throwaway containers);
+    returns the public key."""
+    lab_keys.directory.mkdir(parents=True, exist_ok=True)
+    lab_keys.directory.chmod(0o700)
+    if not lab_keys.private_key.is_file():
+        result = subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"mailforge lab {lab_keys.directory.name}", "-f", str(lab_keys.private_key)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if result.returncode != 0:
+            raise LabError(f"ssh-keygen could not make the lab's key in {lab_keys.directory}: {result.stderr.strip()}")
+    lab_keys.private_key.chmod(0o600)
+    return lab_keys.public_key.read_text().strip()
+
+
+def ssh_port(inventory: Inventory) -> int:
+    """The port sshd listens on in the lab: the one the rendered firewall opens to the admin networks."""
+    return inventory.topology.firewall.ssh_port
+
+
+def start_sshd(env: dict[str, str], container: LabContainer, public_key: str, port: int) -> str:
+    """Give the container the lab's admin user (its key authorised, sudo without a password), start sshd
+    on `port`, and return the known_hosts line of its host key, read through `docker exec`: the trusted
+    channel a real site has in its provisioning system."""
+    script = (
+        "set -e; "
+        f"id -u {ADMIN_USER} >/dev/null 2>&1 || useradd -m -s /bin/sh {ADMIN_USER}; "
+        f"install -d -m 700 -o {ADMIN_USER} -g {ADMIN_USER} /home/{ADMIN_USER}/.ssh; "
+        f"printf '%s\\n' {shlex.quote(public_key)} > /home/{ADMIN_USER}/.ssh/authorized_keys; "
+        f"chown {ADMIN_USER}:{ADMIN_USER} /home/{ADMIN_USER}/.ssh/authorized_keys; chmod 600 /home/{ADMIN_USER}/.ssh/authorized_keys; "
+        f"printf '%s\\n' '{ADMIN_USER} ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/{ADMIN_USER}; chmod 440 /etc/sudoers.d/{ADMIN_USER}; "
+        "test -s /etc/ssh/ssh_host_ed25519_key || ssh-keygen -q -A; mkdir -p /run/sshd; "
+        f"ss -Hltn 'sport = :{port}' | grep -q . || /usr/sbin/sshd -p {port} -o PasswordAuthentication=no -o PermitRootLogin=no; "
+        "cat /etc/ssh/ssh_host_ed25519_key.pub"
+    )
+    result = docker(env, "exec", container.name, "sh", "-c", script, check=False, timeout=120)
+    if result.returncode != 0:
+        raise LabError(f"sshd could not be started in {container.name}: {(result.stderr or result.stdout).strip()[-400:]}")
+    key_type, key = result.stdout.split()[:2]
+    where = container.address if port == 22 else f"[{container.address}]:{port}"
+    return f"{where} {key_type} {key}"
+
+
+def write_known_hosts(lab_keys: LabKeys, lines: list[str]) -> None:
+    """The lab's known_hosts, replaced whole and atomically: a container made again has a new host key."""
+    tmp = lab_keys.known_hosts.with_suffix(".new")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.chmod(0o600)
+    tmp.replace(lab_keys.known_hosts)
+
+
+def _ssh_reach(c: LabContainer, lab_keys: LabKeys, port: int, become: bool) -> Reach:
+    settings = {
+        "plugin": "ssh",
+        "user": ADMIN_USER,
+        "port": port,
+        "private_key_file": str(lab_keys.private_key),
+        "known_hosts_file": str(lab_keys.known_hosts),
+        "become": become,
+    }
+    return Reach(c.host, c.address, settings)
+
+
+def reaches(inventory: Inventory) -> dict[str, Reach]:
+    """How `--lab` reaches each host: over SSH as the lab's admin user with sudo, checked against the
+    lab's known_hosts, replacing every connection setting of the topology and of hosts.yml (see `hosts`)."""
+    lab_keys, port = keys(inventory), ssh_port(inventory)
+    return {c.host: _ssh_reach(c, lab_keys, port, True) for c in plan(inventory).containers if c.role not in ("client", "dns")}
+
+
+def probes(inventory: Inventory) -> dict[str, Reach]:
+    """The lab's client and listed "spammer" containers, which `verify --lab` sends its probes from (over
+    SSH too, as the lab's admin user, no sudo: a probe needs none)."""
+    lab_keys, port = keys(inventory), ssh_port(inventory)
+    return {c.host: _ssh_reach(c, lab_keys, port, False) for c in plan(inventory).containers if c.host in ("client", "spammer")}
 
 
 def status(inventory: Inventory, env: dict[str, str]) -> list[dict]:
@@ -325,12 +425,21 @@ def up(inventory: Inventory, env: dict[str, str], say=lambda message: None) -> L
         _exec(env, c.name, hosts_lines + "pgrep rsyslogd >/dev/null || rsyslogd")
     say("lab DNS (NSD, serving `mailforge dns zone` output)")
     start_dns(env, lab, dns_files(inventory, lab))
+    say(f"sshd in every host and client: user {ADMIN_USER} with sudo, keys in {keys(inventory).directory}")
+    lab_keys, port = keys(inventory), ssh_port(inventory)
+    public_key = make_key(lab_keys)
+    known = [start_sshd(env, c, public_key, port) for c in lab.containers if c.role != "dns"]
+    write_known_hosts(lab_keys, known)
+    for reach in [*reaches(inventory).values(), *probes(inventory).values()]:
+        close_master(reach.shell().argv)  # a container made again at an address must not be reached through an old connection
     return lab
 
 
 def down(inventory: Inventory, env: dict[str, str]) -> list[str]:
     """Remove every container and the network of this inventory's lab; returns what was removed."""
     lab = plan(inventory)
+    for reach in [*reaches(inventory).values(), *probes(inventory).values()]:
+        close_master(reach.shell().argv)
     removed = []
     # Only what is there: `rm -f` of a missing container succeeds on Podman (and on recent Docker).
     for c in lab.containers:

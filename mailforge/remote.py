@@ -10,12 +10,15 @@ host named on the command line (verify's `--probe-from`) by a spec,
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from .errors import MailforgeError
+
+_SUDO_REFUSED = re.compile(r"^sudo: .*(password is required|not in the sudoers|may not run sudo|not allowed to execute)", re.M)
 
 
 class HostUnreachable(MailforgeError):
@@ -36,10 +39,12 @@ class HostShell:
     remote_command_is_string: bool = False  # ssh joins its arguments into one remote command line
     become: bool = False
 
-    def run(self, script: str, stdin: bytes | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
-        """Run `script` with /bin/sh on the host; returns the completed process (bytes). Unreachable raises."""
+    def run(self, script: str, stdin: bytes | None = None, timeout: float = 900, become: bool | None = None) -> subprocess.CompletedProcess:
+        """Run `script` with /bin/sh on the host (as root with sudo when the host is reached with
+        become); returns the completed process (bytes). Unreachable, or sudo refused, raises."""
         command = ["sh", "-c", script]
-        if self.become:
+        become = self.become if become is None else become
+        if become:
             command = ["sudo", "-n", *command]
         if self.remote_command_is_string:
             command = [shlex.join(command)]
@@ -50,9 +55,57 @@ class HostShell:
         except FileNotFoundError as exc:
             raise HostUnreachable(f"{self.name}: {exc.filename} is not installed on this machine") from None
         if self._unreachable(result):
-            message = result.stderr.decode(errors="replace").strip().splitlines()
-            raise HostUnreachable(f"cannot reach {self.name}: {message[-1] if message else f'exit {result.returncode}'}")
+            raise HostUnreachable(f"cannot reach {self.name}: {self.why_unreachable(result.stderr.decode(errors='replace'), result.returncode)}")
+        if become and result.returncode == 1 and _SUDO_REFUSED.search(result.stderr.decode(errors="replace")):
+            raise HostUnreachable(
+                f"{self.name}: {self.login} may not use sudo without a password ({result.stderr.decode(errors='replace').strip().splitlines()[-1]}); "
+                f"mailforge runs its commands as root with `sudo -n`: give {self.login} a sudoers rule such as "
+                f"`{self.login.split('@')[0]} ALL=(ALL) NOPASSWD: ALL` in /etc/sudoers.d/, or connect as a user that has one"
+            )
         return result
+
+    @property
+    def login(self) -> str:
+        """user@host as ssh is asked to reach it (the argv's last word), or the container's name."""
+        return self.argv[-1]
+
+    def why_unreachable(self, stderr: str, returncode: int) -> str:
+        """What went wrong, in words that say what to do: ssh's own messages are terse and scattered."""
+        lines = [line for line in stderr.strip().splitlines() if line.strip()]
+        last = lines[-1] if lines else f"exit {returncode}"
+        if self.argv[0] != "ssh":
+            return last
+        target = self.login.rsplit("@", 1)[-1]
+        port = self.argv[self.argv.index("-p") + 1] if "-p" in self.argv else "22"
+        known = self.option("UserKnownHostsFile") or "~/.ssh/known_hosts"
+        keyed = f"[{target}]:{port}" if port != "22" else target
+        if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr or "Host key for" in stderr and "has changed" in stderr:
+            return (
+                f"its SSH host key has CHANGED since it was recorded in {known}: nothing was done. If the host was rebuilt and you have "
+                f"checked its new key's fingerprint out of band, remove the old one with `ssh-keygen -R '{keyed}' -f {known}` and accept the new one"
+            )
+        if "Host key verification failed" in stderr or "No ED25519 host key is known" in stderr or "host key is known for" in stderr:
+            return (
+                f"its SSH host key is not known (not in {known}): nothing was done. Check the key's fingerprint out of band, then accept it: "
+                f"`ssh-keyscan -p {port} {target} >> {known}` (or connect once with ssh and answer yes)"
+            )
+        if "Permission denied" in stderr:
+            key = self.argv[self.argv.index("-i") + 1] if "-i" in self.argv else "your ssh keys or agent"
+            return f"{self.login} refused the login ({last}): the key ({key}) or the user is wrong; set connection.user / private_key_file"
+        if "Connection refused" in stderr:
+            return f"nothing accepts SSH on {target} port {port} ({last}): is sshd running, and is connection.port right?"
+        if "Could not resolve hostname" in stderr or "Name or service not known" in stderr or "Temporary failure in name resolution" in stderr:
+            return f"the name {target} does not resolve ({last}): fix the host's address or connection.host"
+        if "timed out" in stderr:
+            return f"no answer from {target} port {port} ({last}): a firewall, a wrong address, or the host is down"
+        return last
+
+    def option(self, name: str) -> str | None:
+        """The value of an `-o Name=value` option in the ssh command line."""
+        for word in self.argv:
+            if word.startswith(name + "="):
+                return word.split("=", 1)[1]
+        return None
 
     def _unreachable(self, result: subprocess.CompletedProcess) -> bool:
         if self.argv[0] == "ssh":
@@ -63,14 +116,44 @@ class HostShell:
         )
 
 
+def control_directory() -> str:
+    """Where ssh keeps its master connections: Ansible's own directory (~/.ansible/cp, made 0700 as
+    ssh insists), so a deploy and the commands after it share one connection per host."""
+    import os
+
+    path = os.path.expanduser("~/.ansible/cp")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def close_master(argv: list[str]) -> None:
+    """End ssh's master connection for the host `argv` reaches, if there is one (a lab host about to be
+    replaced at the same address must not be reached through the old one's connection)."""
+    if argv and argv[0] == "ssh":
+        subprocess.run([*argv[:-1], "-O", "exit", argv[-1]], capture_output=True, timeout=30)
+
+
 def docker_argv(container: str) -> list[str]:
     """A shell in a container of the engine the docker CLI reaches (`sh -c SCRIPT` is appended)."""
     return ["docker", "exec", "-i", container]
 
 
-def ssh_argv(target: str, user: str | None = None, port: int | str | None = None, key: str | None = None, connect_timeout: int = 10) -> list[str]:
-    """ssh in batch mode (a key or an agent, never a password prompt) to `target`."""
-    argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}"]
+def ssh_argv(
+    target: str,
+    user: str | None = None,
+    port: int | str | None = None,
+    key: str | None = None,
+    connect_timeout: int = 10,
+    known_hosts: str | None = None,
+) -> list[str]:
+    """ssh in batch mode (a key or an agent, never a password prompt) to `target`, its host key checked
+    against `known_hosts` (ssh's own file by default), whatever ~/.ssh/config says: a host whose key
+    is unknown or changed is not talked to. One master connection per host, kept for a minute, so
+    the many short commands of maps, drift and verify pay for one handshake."""
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}", "-o", "StrictHostKeyChecking=yes"]
+    if known_hosts:
+        argv += ["-o", f"UserKnownHostsFile={known_hosts}"]
+    argv += ["-o", "ControlMaster=auto", "-o", f"ControlPath={control_directory()}/%C", "-o", "ControlPersist=60"]
     if port:
         argv += ["-p", str(port)]
     if key:

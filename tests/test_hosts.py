@@ -52,18 +52,10 @@ def test_the_precedence_topology_host_hosts_yml(with_hosts_yml):
     inventory = load_inventory(with_hosts_yml)
     reaches = hosts.reach_all(inventory)
     # topology (admin, sudo, key) < relay2's own (host, port 2222) < hosts.yml (relays: user deploy; relay2: ansible_host)
-    assert reaches["relay2"].shell().argv == [
-        "ssh",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "ConnectTimeout=10",
-        "-p",
-        "2222",
-        "-i",
-        "/home/admin/.ssh/mailforge",
-        "deploy@192.0.2.22",
-    ]
+    argv = reaches["relay2"].shell().argv
+    assert [w for i, w in enumerate(argv) if w != "-o" and argv[i - 1] != "-o"] == ["ssh", "-p", "2222", "-i", "/home/admin/.ssh/mailforge", "deploy@192.0.2.22"]
+    # host keys are checked, whatever ~/.ssh/config says, and never by a prompt
+    assert {"BatchMode=yes", "StrictHostKeyChecking=yes"} <= set(argv)
     assert reaches["relay2"].become
     # relay3's own settings (root, no sudo) lose to hosts.yml's group variable, and its other variables reach Ansible
     assert reaches["relay3"].shell().argv[-1] == "deploy@10.232.9.23" and not reaches["relay3"].become
@@ -78,9 +70,14 @@ def test_lab_replaces_every_connection_setting(with_hosts_yml):
 
     inventory = load_inventory(with_hosts_yml)
     reaches = hosts.reach_all(inventory, lab=lab.reaches(inventory))
+    lab_keys = lab.keys(inventory)
     for name, reach in reaches.items():
-        assert reach.shell().argv == ["docker", "exec", "-i", f"mf-conn-{name}"] and not reach.become
-        assert "ansible_user" not in reach.ansible_vars() and "ansible_port" not in reach.ansible_vars()
+        # over SSH as the lab's admin user with sudo, checked against the lab's own known_hosts
+        argv = reach.shell().argv
+        assert argv[-1] == f"{lab.ADMIN_USER}@{inventory.host(name).address}" and reach.become
+        assert f"UserKnownHostsFile={lab_keys.known_hosts}" in argv and argv[argv.index("-i") + 1] == str(lab_keys.private_key)
+        assert reach.ansible_vars()["ansible_user"] == lab.ADMIN_USER and reach.ansible_vars()["ansible_connection"] == "ssh"
+        assert f"-o UserKnownHostsFile={lab_keys.known_hosts}" in str(reach.ansible_vars()["ansible_ssh_common_args"])
 
 
 def test_deploy_and_the_shell_commands_reach_the_same_hosts(with_hosts_yml):
@@ -158,7 +155,7 @@ def test_lab_does_not_read_hosts_yml(tmp_path):
     inventory = load_inventory(directory)
     with pytest.raises(hosts.HostsError):
         hosts.reach_all(inventory)
-    assert hosts.reach_all(inventory, lab=lab.reaches(inventory))["relay1"].target == "mf-conn-relay1"
+    assert hosts.reach_all(inventory, lab=lab.reaches(inventory))["relay1"].settings["user"] == lab.ADMIN_USER
 
 
 # --- commands that need no recipients never read them --------------------------------------------

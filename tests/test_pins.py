@@ -36,6 +36,16 @@ def pinned(name: str, value) -> None:
 # --- adapters: the only part that follows the code's names ----------------------------------------
 
 
+def portable(value, inventory):
+    """`value` with this machine's paths (the ssh control directory, the lab's key directory, which
+    depends on where the checkout is) in words, so a pin holds on every machine."""
+    from mailforge import lab as lab_module
+    from mailforge.remote import control_directory
+
+    text = json.dumps(value).replace(str(lab_module.keys(inventory).directory), "<lab keys>").replace(control_directory(), "<ssh control>")
+    return json.loads(text)
+
+
 def load(path: Path):
     from mailforge.inventory import load_inventory
 
@@ -51,16 +61,19 @@ def ansible_inventory(inventory, lab: bool = False) -> dict:
 
     manifest_ = manifest(render(inventory), inventory.topology.cluster)
     reaches = hosts.reach_all(inventory, lab=lab_module.reaches(inventory) if lab else None)
-    return ansible_inventory(inventory, RENDER_DIR, manifest_, reaches)
+    return portable(ansible_inventory(inventory, RENDER_DIR, manifest_, reaches), inventory)
 
 
 def shells(inventory) -> dict:
     from mailforge import hosts
 
-    return {
-        name: {"argv": s.argv, "become": s.become, "remote_command_is_string": s.remote_command_is_string}
-        for name, s in ((n, r.shell()) for n, r in hosts.reach_all(inventory).items())
-    }
+    return portable(
+        {
+            name: {"argv": s.argv, "become": s.become, "remote_command_is_string": s.remote_command_is_string}
+            for name, s in ((n, r.shell()) for n, r in hosts.reach_all(inventory).items())
+        },
+        inventory,
+    )
 
 
 def rollout(inventory, batch: int) -> list[list[str]]:

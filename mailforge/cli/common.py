@@ -28,7 +28,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 InventoryArg = typer.Argument(..., help="Inventory directory, or the path of its topology.yml.", show_default=False)
 JsonOption = typer.Option(False, "--json", help="Print the result as mailforge's JSON envelope on stdout (docs/json.md); progress goes to stderr.")
-LabOption = typer.Option(False, "--lab", help="This inventory's lab containers (see `mailforge lab up`), reached with docker exec.")
+LabOption = typer.Option(False, "--lab", help="This inventory's lab containers (see `mailforge lab up`), reached over SSH as the lab's admin user with sudo.")
 LimitOption = typer.Option(
     None,
     "--limit",
@@ -138,20 +138,18 @@ def render_for_hosts(inventory: Path, render_dir: Path | None):
 
 
 def reach(inv, lab: bool, limit: str | None):
-    """(the hosts --limit selects, how each is reached, the lab engine's environment or None): the one
-    way deploy, verify, maps and drift find their hosts."""
+    """(the hosts --limit selects, how each is reached, how each answered `hosts.check_access`): the one
+    way deploy, verify, maps and drift find their hosts, and make sure of them before doing anything."""
     from .. import hosts
 
-    env = None
     if not lab:  # hosts.yml first: its problems and warnings come before a --limit that fails
         reaches = hosts.reach_all(inv, warn=warn)
     selected = [h.name for h in hosts.select(inv, limit)]
-    if lab:  # the limit is checked before the engine is started
+    if lab:  # the limit is checked before the lab is looked at
         from .. import lab as lab_module
 
-        env = lab_module.engine_environment()
-        reaches = hosts.reach_all(inv, lab=lab_module.reaches(inv, env))
-    return selected, reaches, env
+        reaches = hosts.reach_all(inv, lab=lab_module.reaches(inv))
+    return selected, reaches, hosts.check_access(reaches, selected)
 
 
 def summary_line(inv) -> str:

@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..lab import ansible_environment
 from ..results import Run
 from .app import app
 from .common import BatchOption, InventoryArg, JsonOption, LabOption, LimitOption, RenderDirOption, command, err, finish, out, reach, render_for_hosts
@@ -27,25 +26,17 @@ def deploy(
 ):
     """Render, then apply the result with Ansible: checked before it goes live, reloaded not restarted."""
     inv, directory, manifest = render_for_hosts(inventory, render_dir)
-    selected, reaches, env = reach(inv, lab, limit)
-    run_deploy(
-        inv,
-        directory,
-        manifest,
-        reaches,
-        hosts=selected if limit else None,
-        as_json=as_json,
-        check=check,
-        diff=diff,
-        batch=batch,
-        environment=ansible_environment(env) if env is not None else None,
-    )
+    selected, reaches, accesses = reach(inv, lab, limit)
+    run_deploy(inv, directory, manifest, reaches, accesses, hosts=selected if limit else None, as_json=as_json, check=check, diff=diff, batch=batch)
 
 
-def run_deploy(inv, directory, manifest, reaches, *, hosts: list[str] | None = None, as_json: bool = False, **options) -> Run:
+def run_deploy(inv, directory, manifest, reaches, accesses, *, hosts: list[str] | None = None, as_json: bool = False, **options) -> Run:
+    """Refuse a deploy that would lock this controller out, then run the playbook with a progress bar."""
     from rich.progress import BarColumn, Progress, TextColumn
 
-    from ..deploy import results_of, run_playbook
+    from ..deploy import refuse_lockout, results_of, run_playbook
+
+    refuse_lockout(inv, accesses)
 
     with Progress(
         TextColumn("{task.description:<12}"),

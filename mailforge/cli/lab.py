@@ -37,8 +37,8 @@ def lab_up(
         if as_json:
             emit(_status_run("lab up", inv, lab.status(inv, env)))
         return
-    reaches = hosts.reach_all(inv, lab=lab.reaches(inv, env))
-    run = run_deploy(inv, directory, manifest, reaches, as_json=as_json, environment=lab.ansible_environment(env))
+    reaches = hosts.reach_all(inv, lab=lab.reaches(inv))
+    run = run_deploy(inv, directory, manifest, reaches, hosts.check_access(reaches, inv.names), as_json=as_json)
     run.command = "lab up"
     console.print(f"lab {plan.network} ({plan.subnet}) is up and deployed in {time.monotonic() - started:.0f} s")
 

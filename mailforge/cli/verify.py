@@ -32,17 +32,17 @@ def verify(
     if probe is None and not lab:
         raise verifying.VerifyError("name the probing host with --probe-from (or use --lab)")
     inv, directory, manifest = render_for_hosts(inventory, render_dir)
-    selected, reaches, env = reach(inv, lab, limit)
+    selected, reaches, _ = reach(inv, lab, limit)
     spammer = None
     if lab:
         from .. import lab as lab_module
 
-        probes = lab_module.probes(inv, env)
+        probes = lab_module.probes(inv)
         client = probes["client"].shell()
         spammer = probes["spammer"].shell()
         if probe is not None:
             if probe.argv[0] == "docker":
-                probe.env = env  # a container next to the lab's: the same engine
+                probe.env = lab_module.engine_environment()  # a container next to the lab's: the same engine
             client = probe
     else:
         assert probe is not None

@@ -74,6 +74,9 @@ class Connection(Strict):
     user: ConfigText | None = None
     port: Port | None = None
     private_key_file: ConfigText | None = None
+    known_hosts_file: ConfigText | None = Field(
+        None, description="The known_hosts file the hosts' SSH keys are checked against (default: ssh's own, ~/.ssh/known_hosts). Never skipped."
+    )
     become: bool | None = Field(None, description="Use sudo (or the plugin's equivalent) to become root.")
 
 

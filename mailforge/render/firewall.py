@@ -30,9 +30,23 @@ def _for_family(sources: tuple[str, ...], version: int) -> list[str]:
     return [s for s in sources if ipaddress.ip_network(s).version == version]
 
 
+def ssh_opening(t: Topology) -> Opening:
+    """SSH, on every host: from the admin networks, or from anywhere when none are named."""
+    return Opening(t.firewall.ssh_port, tuple(t.firewall.admin_networks) or ANYWHERE, "ssh from the admin networks")
+
+
+def ssh_admits(t: Topology, address: str, port: int) -> bool:
+    """Whether the rendered firewall lets an SSH connection from `address` to `port` through: the check
+    that keeps a deploy from locking out the controller that runs it."""
+    opening = ssh_opening(t)
+    client = ipaddress.ip_address(address)
+    if isinstance(client, ipaddress.IPv6Address) and client.ipv4_mapped is not None:  # sshd on a dual-stack socket
+        client = client.ipv4_mapped
+    return port == opening.port and any(client in ipaddress.ip_network(s) for s in opening.sources if ipaddress.ip_network(s).version == client.version)
+
+
 def rules_files(t: Topology, openings: list[Opening]) -> dict[str, RenderedFile]:
-    admin = tuple(t.firewall.admin_networks) or ANYWHERE
-    openings = [Opening(t.firewall.ssh_port, admin, "ssh from the admin networks")] + openings
+    openings = [ssh_opening(t)] + openings
     files = {}
     for version, path, action in ((4, "/etc/iptables/rules.v4", IPTABLES_RESTORE), (6, "/etc/iptables/rules.v6", IP6TABLES_RESTORE)):
         rules = []
