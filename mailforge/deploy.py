@@ -212,6 +212,8 @@ def run_playbook(
             extravars={"mailforge_relay_batch": batch},
             envvars={
                 "ANSIBLE_ROLES_PATH": str(ROLES),
+                # ansible-runner sets ANSIBLE_HOST_KEY_CHECKING=False unless told otherwise: a host key is always checked.
+                "ANSIBLE_HOST_KEY_CHECKING": "True",
                 "ANSIBLE_RETRY_FILES_ENABLED": "False",
                 "ANSIBLE_NOCOLOR": "True",
                 "ANSIBLE_PIPELINING": "True",

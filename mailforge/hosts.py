@@ -39,7 +39,7 @@ from pathlib import Path
 
 from .errors import MailforgeError
 from .inventory import GROUPS, Host, Inventory
-from .remote import HostShell, docker_argv, ssh_argv
+from .remote import HostShell, control_path, docker_argv, ssh_argv
 
 # A standard Ansible inventory beside topology.yml adds or overrides connection settings.
 ANSIBLE_INVENTORIES = ("ansible_inventory.yml", "ansible_inventory.yaml", "hosts.yml")
@@ -94,6 +94,10 @@ class Reach:
             options = "-o StrictHostKeyChecking=yes" + (f" -o UserKnownHostsFile={shlex.quote(str(known))}" if known else "")
             common = str(hostvars.get("ansible_ssh_common_args") or "")
             hostvars["ansible_ssh_common_args"] = f"{common} {options}".strip()
+            # Ansible's master connections and the shell transport's are one and the same, and never
+            # shared with a run that uses another key or known_hosts file (see remote.control_path).
+            key = self.settings.get("private_key_file")
+            hostvars.setdefault("ansible_control_path", control_path(str(key) if key else None, str(known) if known else None).replace("%C", "%%C"))
         return hostvars
 
     def shell(self, connect_timeout: int = 10) -> HostShell:

@@ -126,6 +126,16 @@ def control_directory() -> str:
     return path
 
 
+def control_path(key: str | None, known_hosts: str | None) -> str:
+    """ssh's ControlPath for connections made with this key and known_hosts file (%C: this machine, the
+    host, port and user). A master connection skips the login and the host key check, so a command
+    asked to use another key or another known_hosts file must never be handed one made with these."""
+    import hashlib
+
+    which = hashlib.sha256(f"{key or ''}\0{known_hosts or ''}".encode()).hexdigest()[:8]
+    return f"{control_directory()}/mf-{which}-%C"
+
+
 def close_master(argv: list[str]) -> None:
     """End ssh's master connection for the host `argv` reaches, if there is one (a lab host about to be
     replaced at the same address must not be reached through the old one's connection)."""
@@ -153,7 +163,7 @@ def ssh_argv(
     argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}", "-o", "StrictHostKeyChecking=yes"]
     if known_hosts:
         argv += ["-o", f"UserKnownHostsFile={known_hosts}"]
-    argv += ["-o", "ControlMaster=auto", "-o", f"ControlPath={control_directory()}/%C", "-o", "ControlPersist=60"]
+    argv += ["-o", "ControlMaster=auto", "-o", f"ControlPath={control_path(key, known_hosts)}", "-o", "ControlPersist=60"]
     if port:
         argv += ["-p", str(port)]
     if key:
@@ -164,7 +174,7 @@ def ssh_argv(
 
 def shell_from_spec(spec: str, name: str = "probe", env: dict[str, str] | None = None, connect_timeout: int = 10) -> HostShell:
     """A host named on the command line: `ssh://[user@]host[:port]` (an IPv6 address in brackets;
-    `?ssh_identity_file=PATH` names a key) or `docker://container` (run with `env`, the engine's)."""
+    `?ssh_identity_file=PATH` names a key, `known_hosts_file=PATH` the file its host key is checked against) or `docker://container` (run with `env`, the engine's)."""
     usage = "expected ssh://[user@]host[:port] or docker://container"
     try:
         parts = urlsplit(spec)
@@ -187,10 +197,13 @@ def shell_from_spec(spec: str, name: str = "probe", env: dict[str, str] | None =
         ):
             raise ShellSpecError(f"bad host spec {spec!r}: {usage}")
         query = parse_qs(parts.query, keep_blank_values=True)
-        unknown = sorted(set(query) - {"ssh_identity_file"})
+        unknown = sorted(set(query) - {"ssh_identity_file", "known_hosts_file"})
         if unknown or any(len(v) != 1 or not v[0] for v in query.values()):
-            raise ShellSpecError(f"bad host spec {spec!r}: the only option is ?ssh_identity_file=PATH" + (f", not {', '.join(unknown)}" if unknown else ""))
+            raise ShellSpecError(
+                f"bad host spec {spec!r}: the options are ?ssh_identity_file=PATH and &known_hosts_file=PATH" + (f", not {', '.join(unknown)}" if unknown else "")
+            )
         key = query.get("ssh_identity_file", [None])[0]
-        argv = ssh_argv(parts.hostname, parts.username, port, key, connect_timeout)
+        known = query.get("known_hosts_file", [None])[0]
+        argv = ssh_argv(parts.hostname, parts.username, port, key, connect_timeout, known)
         return HostShell(name, argv, remote_command_is_string=True)
     raise ShellSpecError(f"bad host spec {spec!r}: {usage}")

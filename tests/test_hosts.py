@@ -264,3 +264,29 @@ def test_each_host_s_instances_are_the_ones_rendered(name):
     tree = render(inventory)
     rendered = {host: sorted({f.config_directory for f in files.values() if f.config_directory}) for host, files in tree.items()}
     assert {h.name: sorted(h.instances) for h in inventory.hosts} == rendered
+
+
+# --- what every command says when a host cannot be reached (before it does anything) -----------------
+
+
+@pytest.mark.parametrize(
+    ("command", "host", "says"),
+    [
+        ("deploy", "127.0.0.1", "nothing accepts SSH on 127.0.0.1 port {port}"),
+        ("drift", "127.0.0.1", "nothing accepts SSH on 127.0.0.1 port {port}"),
+        ("maps", "no-such-host.invalid", "the name no-such-host.invalid does not resolve"),
+        ("deploy", "no-such-host.invalid", "the name no-such-host.invalid does not resolve"),
+    ],
+)
+def test_a_host_that_cannot_be_reached_is_named_with_what_to_do(tmp_path, command, host, says):
+    port = closed_port()
+    directory = tmp_path / "cut-off"
+    shutil.copytree(EXAMPLE, directory, ignore=shutil.ignore_patterns(".mailforge"))
+    topology = directory / "topology.yml"
+    topology.write_text(topology.read_text() + f"\nconnection:\n  host: {host}\n  port: {port}\n  user: admin\n  become: true\n")
+    result = mailforge(command, str(directory))
+    assert result.returncode == 2, result.stdout + result.stderr
+    message = " ".join(result.stderr.split())
+    for name in ("lb", "relay1", "relay2", "core"):  # every host at once, not only the first
+        assert f"cannot reach {name}: {says.format(port=port)}" in message, message
+    assert "Traceback" not in result.stderr and "Deploy summary" not in result.stdout
