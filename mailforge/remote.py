@@ -200,7 +200,8 @@ def shell_from_spec(spec: str, name: str = "probe", env: dict[str, str] | None =
         unknown = sorted(set(query) - {"ssh_identity_file", "known_hosts_file"})
         if unknown or any(len(v) != 1 or not v[0] for v in query.values()):
             raise ShellSpecError(
-                f"bad host spec {spec!r}: the options are ?ssh_identity_file=PATH and &known_hosts_file=PATH" + (f", not {', '.join(unknown)}" if unknown else "")
+                f"bad host spec {spec!r}: the options are ?ssh_identity_file=PATH and &known_hosts_file=PATH"
+                + (f", not {', '.join(unknown)}" if unknown else "")
             )
         key = query.get("ssh_identity_file", [None])[0]
         known = query.get("known_hosts_file", [None])[0]

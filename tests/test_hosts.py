@@ -53,7 +53,14 @@ def test_the_precedence_topology_host_hosts_yml(with_hosts_yml):
     reaches = hosts.reach_all(inventory)
     # topology (admin, sudo, key) < relay2's own (host, port 2222) < hosts.yml (relays: user deploy; relay2: ansible_host)
     argv = reaches["relay2"].shell().argv
-    assert [w for i, w in enumerate(argv) if w != "-o" and argv[i - 1] != "-o"] == ["ssh", "-p", "2222", "-i", "/home/admin/.ssh/mailforge", "deploy@192.0.2.22"]
+    assert [w for i, w in enumerate(argv) if w != "-o" and argv[i - 1] != "-o"] == [
+        "ssh",
+        "-p",
+        "2222",
+        "-i",
+        "/home/admin/.ssh/mailforge",
+        "deploy@192.0.2.22",
+    ]
     # host keys are checked, whatever ~/.ssh/config says, and never by a prompt
     assert {"BatchMode=yes", "StrictHostKeyChecking=yes"} <= set(argv)
     assert reaches["relay2"].become
