@@ -19,7 +19,7 @@ from pathlib import Path
 from .errors import MailforgeError
 from .hosts import Reach
 from .inventory import GROUPS, Inventory
-from .resources import ROLES, SITE_PLAYBOOK
+from .resources import COLLECTIONS, SITE_PLAYBOOK
 from .results import Result, Run
 
 
@@ -69,6 +69,8 @@ class DeployResult:
     hosts: dict[str, HostResult]
     status: str
     rc: int
+    log: Path | None = None  # the whole Ansible log, kept when the run failed (runlog)
+    log_note: str = ""  # where it is, or why it could not be kept
 
     @property
     def failed(self) -> bool:
@@ -98,15 +100,24 @@ class EventTally:
     """Per-host results built from ansible-runner's events as they arrive (for the progress bar), then
     its final stats: results come from structured events, never from parsing Ansible's output."""
 
-    def __init__(self, hosts: list[str], progress: Progress | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        hosts: list[str],
+        progress: Progress | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        output: Callable[[str], None] | None = None,
+    ):
         self.hosts = {name: HostResult() for name in hosts}
         self.done = {name: 0 for name in hosts}
         self.seen = {name: 0 for name in hosts}
         self.progress = progress
         self.clock = clock
+        self.output = output  # given Ansible's own text of each event (-v)
         self.started = clock()
 
     def __call__(self, event: dict) -> bool:
+        if self.output is not None and event.get("stdout"):
+            self.output(event["stdout"])
         data = event.get("event_data", {})
         host = data.get("host")
         kind = event.get("event")
@@ -146,6 +157,83 @@ class EventTally:
         return dict(self.hosts)
 
 
+# What mailforge runs Ansible with unless the ansible.cfg in use (or an ANSIBLE_* variable) says
+# otherwise: Ansible's configuration key -> the environment variable that sets it.
+# (ansible-runner itself fixes a few more: its stdout callback, no retry files, a fact cache per run.)
+SOFT_DEFAULTS = {"ANSIBLE_PIPELINING": ("ANSIBLE_PIPELINING", "True")}
+
+
+def config_file(inventory_dir: Path) -> Path | None:
+    """The ansible.cfg a deploy runs with, in Ansible's own order with the inventory directory in the
+    place of the current one: $ANSIBLE_CONFIG, INVENTORY/ansible.cfg, then ./ansible.cfg,
+    ~/.ansible.cfg, /etc/ansible/ansible.cfg (the first that exists)."""
+    from ansible.config.manager import find_ini_config_file
+
+    named = os.environ.get("ANSIBLE_CONFIG")
+    if named:
+        path = Path(named).expanduser()
+        path = path / "ansible.cfg" if path.is_dir() else path
+        if path.is_file():
+            return path.resolve()
+    beside = inventory_dir.resolve() / "ansible.cfg"
+    if beside.is_file():
+        if beside.parent.stat().st_mode & 0o002:  # Ansible's own rule for ./ansible.cfg
+            raise DeployError(
+                f"{beside}: not used, because {beside.parent} is world-writable (anyone could have written it): "
+                f"chmod o-w {beside.parent}, or name the file in ANSIBLE_CONFIG"
+            )
+        return beside
+    found = find_ini_config_file()
+    return Path(found).resolve() if found else None
+
+
+def ansible_settings(inventory_dir: Path) -> tuple[dict[str, str], Path | None]:
+    """(the environment that runs Ansible with the ansible.cfg `config_file` chose, that file): its
+    settings stand; mailforge adds its collection in front of the collections path and its
+    SOFT_DEFAULTS where neither the file nor the environment sets them."""
+    from ansible.config.manager import ConfigManager
+
+    cfg = config_file(inventory_dir)
+    manager = ConfigManager(str(cfg) if cfg else None)
+    env: dict[str, str] = {}
+    if cfg is not None:
+        env["ANSIBLE_CONFIG"] = str(cfg)
+    for key, (variable, value) in SOFT_DEFAULTS.items():
+        if manager.get_config_value_and_origin(key)[1] == "default":
+            env[variable] = value
+    paths, origin = manager.get_config_value_and_origin("COLLECTIONS_PATHS")
+    if origin == "default":  # Ansible's default, whose template ConfigManager leaves unrendered
+        paths = [str(Path(manager.get_config_value("ANSIBLE_HOME")).expanduser() / "collections"), "/usr/share/ansible/collections"]
+    env["ANSIBLE_COLLECTIONS_PATH"] = os.pathsep.join([str(COLLECTIONS), *[str(p) for p in paths or []]])
+    return env, cfg
+
+
+DOCKER_COLLECTION = ("community", "docker")
+
+
+def _has_collection(namespace: str, name: str, paths: list[str]) -> bool:
+    """Whether Ansible finds the collection on `paths` (ANSIBLE_COLLECTIONS_PATH) or, as it also
+    does, in an ansible_collections directory on Python's path (where the `ansible` package puts it)."""
+    for entry in [*paths, *sys.path]:
+        base = Path(entry or ".").expanduser()
+        root = base if base.name == "ansible_collections" else base / "ansible_collections"
+        if (root / namespace / name).is_dir():
+            return True
+    return False
+
+
+def check_connections(reaches: dict[str, Reach], names: list[str], collections_path: str) -> None:
+    """Refuse, before anything runs, a connection whose Ansible plugin is not installed (the docker
+    connection comes with the `ansible` package: mailforge's `docker` extra)."""
+    docker = [name for name in names if reaches[name].plugin == "docker"]
+    if docker and not _has_collection(*DOCKER_COLLECTION, collections_path.split(os.pathsep)):
+        raise DeployError(
+            f"{', '.join(docker)} {'is' if len(docker) == 1 else 'are'} reached with Ansible's docker connection "
+            "(community.docker.docker), which is not installed: install mailforge with its docker extra "
+            "(pipx install 'mailforge[docker]', or pip install 'mailforge[docker]'), or reach the hosts over SSH"
+        )
+
+
 def run_playbook(
     inventory: Inventory,
     render_dir: Path,
@@ -158,18 +246,25 @@ def run_playbook(
     batch: int = 1,
     progress: Progress | None = None,
     environment: dict[str, str] | None = None,
+    verbosity: int = 0,
+    output: Callable[[str], None] | None = None,
+    command: str = "deploy",
 ) -> DeployResult:
     """Run playbooks/site.yml through ansible-runner against the topology's hosts (or `hosts`, which
-    `hosts.select` chose from --limit), reached as `reaches` says."""
+    `hosts.select` chose from --limit), reached as `reaches` says, with the ansible.cfg
+    `config_file` chooses. `verbosity` is Ansible's -v count; `output` gets Ansible's own text as
+    it comes. When the run fails, its whole log is kept (runlog) and named in the result."""
     try:
         import ansible_runner
     except ImportError as exc:  # pragma: no cover - a broken install
         raise DeployError(f"ansible-runner is not installed ({exc}); run scripts/setup") from None
     if not SITE_PLAYBOOK.is_file():
-        raise DeployError(f"the playbooks are missing ({SITE_PLAYBOOK}); mailforge must run from its source tree")
+        raise DeployError(f"mailforge's Ansible collection is missing ({SITE_PLAYBOOK}): the installation is broken; install mailforge again")
 
     names = hosts if hosts is not None else inventory.names
-    tally = EventTally(names, progress)
+    settings, cfg = ansible_settings(inventory.directory)
+    check_connections(reaches, names, settings["ANSIBLE_COLLECTIONS_PATH"])
+    tally = EventTally(names, progress, output=output)
 
     with tempfile.TemporaryDirectory(prefix="mailforge-ansible-") as private:
         private_dir = Path(private)
@@ -182,6 +277,8 @@ def run_playbook(
             cmdline.append("--check")
         if diff:
             cmdline.append("--diff")
+        if verbosity:
+            cmdline.append("-" + "v" * min(verbosity, 6))
         # ansible-runner looks ansible-playbook up on PATH: prefer the one installed beside mailforge.
         scripts = str(Path(sys.executable).parent)
         if scripts not in os.environ.get("PATH", "").split(os.pathsep):
@@ -193,21 +290,38 @@ def run_playbook(
             cmdline=" ".join(cmdline) or None,
             extravars={"mailforge_relay_batch": batch},
             envvars={
-                "ANSIBLE_ROLES_PATH": str(ROLES),
+                **settings,
                 "ANSIBLE_HOST_KEY_CHECKING": "False",
-                "ANSIBLE_RETRY_FILES_ENABLED": "False",
                 "ANSIBLE_NOCOLOR": "True",
-                "ANSIBLE_PIPELINING": "True",
                 **(environment or {}),
             },
             event_handler=tally,
             quiet=True,
         )
+        text = runner.stdout.read() if runner.stdout else ""
         if runner.rc != 0 and not any(tally.seen.values()):
-            tail = runner.stdout.read()[-2000:] if runner.stdout else ""
-            raise DeployError(f"ansible-playbook failed before reaching any host (status {runner.status}):\n{tail.strip()}")
-        results = tally.results(runner.stats or {}, limited=hosts is not None)
-        return DeployResult(results, runner.status, runner.rc)
+            log, where = _keep_log(text, command, cmdline, cfg)
+            raise DeployError(f"ansible-playbook failed before reaching any host (status {runner.status}):\n{text[-2000:].strip()}\n{where}")
+        result = DeployResult(tally.results(runner.stats or {}, limited=hosts is not None), runner.status, runner.rc)
+        if result.failed:
+            result.log, result.log_note = _keep_log(text, command, cmdline, cfg)
+        return result
+
+
+def _keep_log(text: str, command: str, cmdline: list[str], cfg: Path | None) -> tuple[Path | None, str]:
+    """Keep a failed run's whole log: (its path, a sentence saying where, or why it could not be kept)."""
+    from . import runlog
+
+    header = (
+        f"# mailforge {command}: ansible-playbook {' '.join([*cmdline, str(SITE_PLAYBOOK)])}\n"
+        f"# ansible.cfg: {cfg or 'none (Ansible defaults)'}\n"
+        f"# at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}\n\n"
+    )
+    try:
+        path = runlog.keep(header + text, command)
+    except OSError as exc:
+        return None, f"the Ansible log could not be kept in {runlog.runs_directory()}: {exc}"
+    return path, f"the whole Ansible log: {path}"
 
 
 def results_of(result: DeployResult, cluster: str, warnings: list | None = None) -> Run:
@@ -224,7 +338,7 @@ def results_of(result: DeployResult, cluster: str, warnings: list | None = None)
         results,
         warnings=list(warnings or []),
         hosts=list(result.hosts),
-        summary={"ansible_status": result.status, "rc": result.rc, "totals": totals},
+        summary={"ansible_status": result.status, "rc": result.rc, "totals": totals, **({"log": str(result.log)} if result.log else {})},
     )
     if any(r.unreachable for r in result.hosts.values()):
         run.error = "unreachable: " + ", ".join(h for h, r in result.hosts.items() if r.unreachable)

@@ -36,6 +36,7 @@ LimitOption = typer.Option(
 )
 RenderDirOption = typer.Option(None, "--render-dir", help="Where to render the desired state (default INVENTORY/.mailforge/render).")
 BatchOption = typer.Option(1, "--batch", min=1, help="How many relays change at once.")
+VerboseOption = typer.Option(0, "--verbose", "-v", count=True, help="Show Ansible's own output, with its verbosity: -v, -vv, ... (as ansible-playbook's -v).")
 
 
 def print_problems(problems: list[Problem], style: str, label: str) -> None:

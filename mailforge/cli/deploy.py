@@ -10,7 +10,21 @@ from rich.table import Table
 from ..lab import ansible_environment
 from ..results import Run
 from .app import app
-from .common import BatchOption, InventoryArg, JsonOption, LabOption, LimitOption, RenderDirOption, command, err, finish, out, reach, render_for_hosts
+from .common import (
+    BatchOption,
+    InventoryArg,
+    JsonOption,
+    LabOption,
+    LimitOption,
+    RenderDirOption,
+    VerboseOption,
+    command,
+    err,
+    finish,
+    out,
+    reach,
+    render_for_hosts,
+)
 
 
 @app.command()
@@ -23,6 +37,7 @@ def deploy(
     lab: bool = LabOption,
     batch: int = BatchOption,
     render_dir: Path = RenderDirOption,
+    verbose: int = VerboseOption,
     as_json: bool = JsonOption,
 ):
     """Render, then apply the result with Ansible: checked before it goes live, reloaded not restarted."""
@@ -38,11 +53,13 @@ def deploy(
         check=check,
         diff=diff,
         batch=batch,
+        verbosity=verbose,
         environment=ansible_environment(env) if env is not None else None,
     )
 
 
-def run_deploy(inv, directory, manifest, reaches, *, hosts: list[str] | None = None, as_json: bool = False, **options) -> Run:
+def run_deploy(inv, directory, manifest, reaches, *, hosts: list[str] | None = None, as_json: bool = False, verbosity: int = 0, **options) -> Run:
+    """Run the playbook with a progress bar per host (and, with -v, Ansible's own output above it)."""
     from rich.progress import BarColumn, Progress, TextColumn
 
     from ..deploy import results_of, run_playbook
@@ -60,10 +77,17 @@ def run_deploy(inv, directory, manifest, reaches, *, hosts: list[str] | None = N
         def progress(host: str, task: str, done: int, seen: int) -> None:
             bar.update(tasks[host], completed=done, total=max(seen, done), current=task[:60])
 
-        result = run_playbook(inv, directory, manifest, reaches, hosts=hosts, progress=progress, **options)
+        def output(text: str) -> None:
+            bar.console.print(text, markup=False, highlight=False)
+
+        result = run_playbook(
+            inv, directory, manifest, reaches, hosts=hosts, progress=progress, verbosity=verbosity, output=output if verbosity else None, **options
+        )
     run = results_of(result, inv.topology.cluster, inv.warnings)
     if not as_json:
         _summary(result)
+    if result.log_note:
+        err.print(result.log_note, markup=False)
     finish(run, as_json)
     return run
 
