@@ -224,7 +224,7 @@ def run_playbook(
         )
         text = runner.stdout.read() if runner.stdout else ""
         if runner.rc != 0 and not any(tally.seen.values()):
-            log, where = _keep_log(text, command, cmdline, cfg)
+            _, where = _keep_log(text, command, cmdline, cfg)
             raise DeployError(f"ansible-playbook failed before reaching any host (status {runner.status}):\n{text[-2000:].strip()}\n{where}")
         result = DeployResult(tally.results(runner.stats or {}, limited=hosts is not None), runner.status, runner.rc)
         if result.failed:
