@@ -16,10 +16,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .ansible_env import ansible_settings, check_connections
 from .errors import MailforgeError
 from .hosts import Access, Reach
 from .inventory import GROUPS, Inventory
-from .resources import ROLES, SITE_PLAYBOOK
+from .resources import SITE_PLAYBOOK
 from .results import Result, Run
 
 
@@ -87,6 +88,8 @@ class DeployResult:
     hosts: dict[str, HostResult]
     status: str
     rc: int
+    log: Path | None = None  # the whole Ansible log, kept when the run failed (runlog)
+    log_note: str = ""  # where it is, or why it could not be kept
 
     @property
     def failed(self) -> bool:
@@ -116,15 +119,24 @@ class EventTally:
     """Per-host results built from ansible-runner's events as they arrive (for the progress bar), then
     its final stats: results come from structured events, never from parsing Ansible's output."""
 
-    def __init__(self, hosts: list[str], progress: Progress | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        hosts: list[str],
+        progress: Progress | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        output: Callable[[str], None] | None = None,
+    ):
         self.hosts = {name: HostResult() for name in hosts}
         self.done = {name: 0 for name in hosts}
         self.seen = {name: 0 for name in hosts}
         self.progress = progress
         self.clock = clock
+        self.output = output  # given Ansible's own text of each event (-v)
         self.started = clock()
 
     def __call__(self, event: dict) -> bool:
+        if self.output is not None and event.get("stdout"):
+            self.output(event["stdout"])
         data = event.get("event_data", {})
         host = data.get("host")
         kind = event.get("event")
@@ -176,18 +188,25 @@ def run_playbook(
     batch: int = 1,
     progress: Progress | None = None,
     environment: dict[str, str] | None = None,
+    verbosity: int = 0,
+    output: Callable[[str], None] | None = None,
+    command: str = "deploy",
 ) -> DeployResult:
     """Run playbooks/site.yml through ansible-runner against the topology's hosts (or `hosts`, which
-    `hosts.select` chose from --limit), reached as `reaches` says."""
+    `hosts.select` chose from --limit), reached as `reaches` says, with the ansible.cfg
+    `config_file` chooses. `verbosity` is Ansible's -v count; `output` gets Ansible's own text as
+    it comes. When the run fails, its whole log is kept (runlog) and named in the result."""
     try:
         import ansible_runner
     except ImportError as exc:  # pragma: no cover - a broken install
         raise DeployError(f"ansible-runner is not installed ({exc}); run scripts/setup") from None
     if not SITE_PLAYBOOK.is_file():
-        raise DeployError(f"the playbooks are missing ({SITE_PLAYBOOK}); mailforge must run from its source tree")
+        raise DeployError(f"mailforge's Ansible collection is missing ({SITE_PLAYBOOK}): the installation is broken; install mailforge again")
 
     names = hosts if hosts is not None else inventory.names
-    tally = EventTally(names, progress)
+    settings, cfg = ansible_settings(inventory.directory)
+    check_connections(reaches, names, settings["ANSIBLE_COLLECTIONS_PATH"])
+    tally = EventTally(names, progress, output=output)
 
     with tempfile.TemporaryDirectory(prefix="mailforge-ansible-") as private:
         private_dir = Path(private)
@@ -200,6 +219,8 @@ def run_playbook(
             cmdline.append("--check")
         if diff:
             cmdline.append("--diff")
+        if verbosity:
+            cmdline.append("-" + "v" * min(verbosity, 6))
         # ansible-runner looks ansible-playbook up on PATH: prefer the one installed beside mailforge.
         scripts = str(Path(sys.executable).parent)
         if scripts not in os.environ.get("PATH", "").split(os.pathsep):
@@ -211,22 +232,39 @@ def run_playbook(
             cmdline=" ".join(cmdline) or None,
             extravars={"mailforge_relay_batch": batch},
             envvars={
-                "ANSIBLE_ROLES_PATH": str(ROLES),
+                **settings,
                 # ansible-runner sets ANSIBLE_HOST_KEY_CHECKING=False unless told otherwise: a host key is always checked.
                 "ANSIBLE_HOST_KEY_CHECKING": "True",
-                "ANSIBLE_RETRY_FILES_ENABLED": "False",
                 "ANSIBLE_NOCOLOR": "True",
-                "ANSIBLE_PIPELINING": "True",
                 **(environment or {}),
             },
             event_handler=tally,
             quiet=True,
         )
+        text = runner.stdout.read() if runner.stdout else ""
         if runner.rc != 0 and not any(tally.seen.values()):
-            tail = runner.stdout.read()[-2000:] if runner.stdout else ""
-            raise DeployError(f"ansible-playbook failed before reaching any host (status {runner.status}):\n{tail.strip()}")
-        results = tally.results(runner.stats or {}, limited=hosts is not None)
-        return DeployResult(results, runner.status, runner.rc)
+            _, where = _keep_log(text, command, cmdline, cfg)
+            raise DeployError(f"ansible-playbook failed before reaching any host (status {runner.status}):\n{text[-2000:].strip()}\n{where}")
+        result = DeployResult(tally.results(runner.stats or {}, limited=hosts is not None), runner.status, runner.rc)
+        if result.failed:
+            result.log, result.log_note = _keep_log(text, command, cmdline, cfg)
+        return result
+
+
+def _keep_log(text: str, command: str, cmdline: list[str], cfg: Path | None) -> tuple[Path | None, str]:
+    """Keep a failed run's whole log: (its path, a sentence saying where, or why it could not be kept)."""
+    from . import runlog
+
+    header = (
+        f"# mailforge {command}: ansible-playbook {' '.join([*cmdline, str(SITE_PLAYBOOK)])}\n"
+        f"# ansible.cfg: {cfg or 'none (Ansible defaults)'}\n"
+        f"# at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}\n\n"
+    )
+    try:
+        path = runlog.keep(header + text, command)
+    except OSError as exc:
+        return None, f"the Ansible log could not be kept in {runlog.runs_directory()}: {exc}"
+    return path, f"the whole Ansible log: {path}"
 
 
 def results_of(result: DeployResult, cluster: str, warnings: list | None = None) -> Run:
@@ -243,7 +281,7 @@ def results_of(result: DeployResult, cluster: str, warnings: list | None = None)
         results,
         warnings=list(warnings or []),
         hosts=list(result.hosts),
-        summary={"ansible_status": result.status, "rc": result.rc, "totals": totals},
+        summary={"ansible_status": result.status, "rc": result.rc, "totals": totals, **({"log": str(result.log)} if result.log else {})},
     )
     if any(r.unreachable for r in result.hosts.values()):
         run.error = "unreachable: " + ", ".join(h for h, r in result.hosts.items() if r.unreachable)

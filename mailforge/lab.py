@@ -196,12 +196,6 @@ def build_image(env: dict[str, str]) -> None:
         raise LabError(f"the lab image could not be built: {result.stderr.strip()[-500:]}")
 
 
-def ansible_environment(env: dict[str, str]) -> dict[str, str] | None:
-    """What Ansible's docker connection needs from the engine's environment (a hosts.yml that reaches
-    lab containers with community.docker.docker; `--lab` itself goes over SSH)."""
-    return {"DOCKER_HOST": env["DOCKER_HOST"]} if env.get("DOCKER_HOST") else None
-
-
 # --- SSH: the lab's hosts are reached as real hosts are ------------------------------------------------
 
 ADMIN_USER = "mailforge"  # the lab's non-root admin user, allowed sudo without a password, as on a real host

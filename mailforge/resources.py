@@ -13,6 +13,13 @@ ROLES = COLLECTION / "roles"
 PLAYBOOKS = COLLECTION / "playbooks"
 SITE_PLAYBOOK = PLAYBOOKS / "site.yml"
 LAB_FILES = PACKAGE / "data" / "lab"
+COLLECTION_NAME = "mailforge.cluster"  # the roles' names are mailforge.cluster.<role>
+
+
+def role_dir(name: str) -> Path:
+    """A role's directory, by its FQCN (mailforge.cluster.mailforge_relay) as the playbook and the
+    roles' meta dependencies name it, or by its short name."""
+    return ROLES / name.removeprefix(COLLECTION_NAME + ".")
 
 
 def script(name: str) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CONTRACT = REPO.parent / "shared" / "contract"
+CONTRACT = REPO / "tests" / "fixtures" / "contract"
 MAILFORGE = Path(sys.executable).parent / "mailforge"
 
 # The contract inventories (accepted exactly as written) and the project's own example.
@@ -103,3 +103,76 @@ def unreachable_example(tmp_path: Path) -> Path:
     topology = inventory / "topology.yml"
     topology.write_text(topology.read_text() + "\nconnection:\n  host: 127.0.0.1\n  port: 1\n")
     return inventory
+
+
+def failing_example(tmp_path: Path) -> Path:
+    """A copy of the example that every host answers (Ansible's `local` connection: this machine) but
+    where no Ansible module can run (its python3 is missing): a real ansible-playbook run that starts
+    the playbook and fails at the first task of the first host, changing nothing here."""
+    import shutil
+
+    inventory = tmp_path / "failing"
+    shutil.copytree(INVENTORIES["example"], inventory, ignore=shutil.ignore_patterns(".mailforge"))
+    topology = inventory / "topology.yml"
+    topology.write_text(topology.read_text() + "\nconnection:\n  plugin: local\n  become: false\n")
+    (inventory / "hosts.yml").write_text("all:\n  vars:\n    ansible_python_interpreter: /nonexistent/python3\n  hosts: {lb: , relay1: , relay2: , core: }\n")
+    return inventory
+
+
+# --- mailforge as users install it: a wheel in a fresh virtualenv, outside the repository ----------
+
+# What the build reads: the wheel is built from a copy of exactly these, so a stale build/ directory
+# or a render left inside the package can never slip into it.
+PACKAGE_FILES = ("pyproject.toml", "README.md", "LICENSE", "mailforge")
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel of the working tree, built once per session (`pip wheel`, no download: the build
+    backend is the setuptools of the test extra)."""
+    import shutil
+
+    work = tmp_path_factory.mktemp("wheel")
+    source = work / "source"
+    source.mkdir()
+    for name in PACKAGE_FILES:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".mailforge"))
+        else:
+            shutil.copy2(REPO / name, source / name)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(work / "dist"), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    [path] = (work / "dist").glob("mailforge-*.whl")
+    return path
+
+
+@pytest.fixture(scope="session")
+def installed_mailforge(wheel, tmp_path_factory) -> Path:
+    """The `mailforge` console script of the wheel installed in a fresh virtualenv in a temporary
+    directory, its dependencies resolved from the package index as a user's are (pip's cache makes
+    a second session cheaper: about 15 s). No extra: the lean install."""
+    venv = tmp_path_factory.mktemp("installed") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    installed = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    return venv / "bin" / "mailforge"
+
+
+def outside_env(**extra: str) -> dict[str, str]:
+    """The environment for running an installed mailforge: this checkout's virtualenv off PATH, no
+    PYTHONPATH, so nothing of the source tree can be picked up by accident."""
+    venv_bin = str(Path(sys.executable).parent)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "MAILFORGE_DEBUG", "FORCE_COLOR", "ANSIBLE_CONFIG")}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p and p != venv_bin)
+    env.update(extra)
+    return env

@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 INVALID = HERE / "fixtures" / "invalid"
 EXAMPLE = ROOT / "inventories" / "example"
-CONTRACT = Path(os.environ.get("MAILFORGE_CONTRACT_DIR", ROOT.parent / "shared" / "contract"))
+CONTRACT = HERE / "fixtures" / "contract"
 CONTRACT_CASES = ["elb-relays", "lb-relays-core", "mx-proxy"]
 MAILFORGE = Path(sys.executable).parent / "mailforge"
 
@@ -137,8 +137,6 @@ VALID = [pytest.param(EXAMPLE, id="example")] + [pytest.param(CONTRACT / name, i
 
 @pytest.mark.parametrize("inventory", VALID)
 def test_valid_inventory(inventory: Path):
-    if inventory.parent == CONTRACT and not CONTRACT.is_dir():
-        pytest.skip(f"no contract inventories at {CONTRACT} (set MAILFORGE_CONTRACT_DIR)")
     assert (inventory / "topology.yml").is_file(), f"{inventory} is missing"
     result = run("validate", inventory)
     assert result.returncode == 0, result.stderr

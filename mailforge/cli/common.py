@@ -36,6 +36,7 @@ LimitOption = typer.Option(
 )
 RenderDirOption = typer.Option(None, "--render-dir", help="Where to render the desired state (default INVENTORY/.mailforge/render).")
 BatchOption = typer.Option(1, "--batch", min=1, help="How many relays change at once.")
+VerboseOption = typer.Option(0, "--verbose", "-v", count=True, help="Show Ansible's own output, with its verbosity: -v, -vv, ... (as ansible-playbook's -v).")
 
 
 def print_problems(problems: list[Problem], style: str, label: str) -> None:
@@ -137,9 +138,10 @@ def render_for_hosts(inventory: Path, render_dir: Path | None):
     return inv, directory, manifest
 
 
-def reach(inv, lab: bool, limit: str | None):
+def reach(inv, lab: bool, limit: str | None, ansible: bool = False):
     """(the hosts --limit selects, how each is reached, how each answered `hosts.check_access`): the one
-    way deploy, verify, maps and drift find their hosts, and make sure of them before doing anything."""
+    way deploy, verify, maps and drift find their hosts, and make sure of them before doing anything
+    (`ansible`: and that Ansible has the connection plugins they are reached with)."""
     from .. import hosts
 
     if not lab:  # hosts.yml first: its problems and warnings come before a --limit that fails
@@ -149,6 +151,10 @@ def reach(inv, lab: bool, limit: str | None):
         from .. import lab as lab_module
 
         reaches = hosts.reach_all(inv, lab=lab_module.reaches(inv))
+    if ansible:
+        from ..ansible_env import ansible_settings, check_connections
+
+        check_connections(reaches, selected, ansible_settings(inv.directory)[0]["ANSIBLE_COLLECTIONS_PATH"])
     return selected, reaches, hosts.check_access(reaches, selected)
 
 

@@ -9,7 +9,21 @@ from rich.table import Table
 
 from ..results import Run
 from .app import app
-from .common import BatchOption, InventoryArg, JsonOption, LabOption, LimitOption, RenderDirOption, command, err, finish, out, reach, render_for_hosts
+from .common import (
+    BatchOption,
+    InventoryArg,
+    JsonOption,
+    LabOption,
+    LimitOption,
+    RenderDirOption,
+    VerboseOption,
+    command,
+    err,
+    finish,
+    out,
+    reach,
+    render_for_hosts,
+)
 
 
 @app.command()
@@ -22,16 +36,30 @@ def deploy(
     lab: bool = LabOption,
     batch: int = BatchOption,
     render_dir: Path = RenderDirOption,
+    verbose: int = VerboseOption,
     as_json: bool = JsonOption,
 ):
     """Render, then apply the result with Ansible: checked before it goes live, reloaded not restarted."""
     inv, directory, manifest = render_for_hosts(inventory, render_dir)
-    selected, reaches, accesses = reach(inv, lab, limit)
-    run_deploy(inv, directory, manifest, reaches, accesses, hosts=selected if limit else None, as_json=as_json, check=check, diff=diff, batch=batch)
+    selected, reaches, accesses = reach(inv, lab, limit, ansible=True)
+    run_deploy(
+        inv,
+        directory,
+        manifest,
+        reaches,
+        accesses,
+        hosts=selected if limit else None,
+        as_json=as_json,
+        check=check,
+        diff=diff,
+        batch=batch,
+        verbosity=verbose,
+    )
 
 
-def run_deploy(inv, directory, manifest, reaches, accesses, *, hosts: list[str] | None = None, as_json: bool = False, **options) -> Run:
-    """Refuse a deploy that would lock this controller out, then run the playbook with a progress bar."""
+def run_deploy(inv, directory, manifest, reaches, accesses, *, hosts: list[str] | None = None, as_json: bool = False, verbosity: int = 0, **options) -> Run:
+    """Refuse a deploy that would lock this controller out, then run the playbook with a progress bar
+    per host (and, with -v, Ansible's own output above it)."""
     from rich.progress import BarColumn, Progress, TextColumn
 
     from ..deploy import refuse_lockout, results_of, run_playbook
@@ -51,10 +79,17 @@ def run_deploy(inv, directory, manifest, reaches, accesses, *, hosts: list[str] 
         def progress(host: str, task: str, done: int, seen: int) -> None:
             bar.update(tasks[host], completed=done, total=max(seen, done), current=task[:60])
 
-        result = run_playbook(inv, directory, manifest, reaches, hosts=hosts, progress=progress, **options)
+        def output(text: str) -> None:
+            bar.console.print(text, markup=False, highlight=False)
+
+        result = run_playbook(
+            inv, directory, manifest, reaches, hosts=hosts, progress=progress, verbosity=verbosity, output=output if verbosity else None, **options
+        )
     run = results_of(result, inv.topology.cluster, inv.warnings)
     if not as_json:
         _summary(result)
+    if result.log_note:
+        err.print(result.log_note, markup=False)
     finish(run, as_json)
     return run
 

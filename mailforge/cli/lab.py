@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..results import Result, Run
 from .app import lab_app
-from .common import InventoryArg, JsonOption, RenderDirOption, command, emit, err, finish, load, out, render_for_hosts
+from .common import InventoryArg, JsonOption, RenderDirOption, VerboseOption, command, emit, err, finish, load, out, render_for_hosts
 from .deploy import run_deploy
 
 
@@ -22,6 +22,7 @@ def lab_up(
     no_deploy: bool = typer.Option(
         False, "--no-deploy", help="Only start and prepare the containers and the lab DNS; deploy later with `mailforge deploy --lab`."
     ),
+    verbose: int = VerboseOption,
     as_json: bool = JsonOption,
 ):
     """Start the lab's containers at the inventory's addresses, then deploy to them as `mailforge deploy` does."""
@@ -38,7 +39,7 @@ def lab_up(
             emit(_status_run("lab up", inv, lab.status(inv, env)))
         return
     reaches = hosts.reach_all(inv, lab=lab.reaches(inv))
-    run = run_deploy(inv, directory, manifest, reaches, hosts.check_access(reaches, inv.names), as_json=as_json)
+    run = run_deploy(inv, directory, manifest, reaches, hosts.check_access(reaches, inv.names), as_json=as_json, verbosity=verbose, command="lab up")
     run.command = "lab up"
     console.print(f"lab {plan.network} ({plan.subnet}) is up and deployed in {time.monotonic() - started:.0f} s")
 

@@ -27,26 +27,26 @@ def role_packages() -> dict[str, list[str]]:
     dependencies, and every `*_packages` list in their defaults/main.yml."""
     import yaml
 
-    from ..resources import ROLES, SITE_PLAYBOOK
+    from ..resources import SITE_PLAYBOOK, role_dir
 
-    def dependencies(role: str, seen: list[str]) -> list[str]:
-        if role in seen:
+    def dependencies(name: str, seen: list[str]) -> list[str]:
+        if name in seen:
             return seen
-        meta = ROLES / role / "meta" / "main.yml"
+        meta = role_dir(name) / "meta" / "main.yml"
         deps = (yaml.safe_load(meta.read_text()) or {}).get("dependencies") or [] if meta.is_file() else []
         for dep in deps:
             dependencies(dep["role"] if isinstance(dep, dict) else dep, seen)
-        seen.append(role)
+        seen.append(name)
         return seen
 
     result: dict[str, list[str]] = {}
     for play in yaml.safe_load(SITE_PLAYBOOK.read_text()) or []:
         roles: list[str] = []
-        for role in play.get("roles") or []:
-            dependencies(role["role"] if isinstance(role, dict) else role, roles)
+        for entry in play.get("roles") or []:
+            dependencies(entry["role"] if isinstance(entry, dict) else entry, roles)
         packages: list[str] = []
-        for role in roles:
-            defaults = ROLES / role / "defaults" / "main.yml"
+        for name in roles:
+            defaults = role_dir(name) / "defaults" / "main.yml"
             values = (yaml.safe_load(defaults.read_text()) or {}) if defaults.is_file() else {}
             for key, value in values.items():
                 if key.endswith("_packages") and isinstance(value, list):

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from mailforge.resources import role_dir
+
 PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 RENDER = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "render"
 ROLES_INVENTORY = PROJECT / "molecule/shared/inventory/topology.yml"
@@ -22,7 +24,7 @@ def topology(path: Path = ROLES_INVENTORY) -> dict:
 
 
 def role_defaults(role: str) -> dict:
-    return yaml.safe_load((PROJECT / "mailforge/ansible_collections/mailforge/cluster/roles" / role / "defaults/main.yml").read_text())
+    return yaml.safe_load((role_dir(role) / "defaults/main.yml").read_text())
 
 
 def rendered_files(host_name: str) -> dict:

@@ -22,7 +22,7 @@ def test_apt_lists_read(host):
 
 
 def test_staging_directory(host):
-    staging = host.file(DEFAULTS["mailforge_staging_dir"])
+    staging = host.file(DEFAULTS["mailforge_base_staging_dir"])
     assert staging.is_directory
     assert staging.user == "root"
     assert staging.group == "root"
