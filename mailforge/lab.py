@@ -221,13 +221,11 @@ class LabKeys:
 
 
 def keys(inventory: Inventory) -> LabKeys:
-    """Where this inventory's lab keeps its keys: one directory per inventory directory (two inventories
-    with the same cluster name do not share keys), under $XDG_STATE_HOME or ~/.local/state."""
-    import hashlib
-
+    """Where the lab of this inventory's cluster keeps its keys, under $XDG_STATE_HOME or ~/.local/state:
+    one directory per cluster name, as the lab's containers are named after it, so every copy of an
+    inventory reaches the one lab of its cluster."""
     base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    owner = hashlib.sha256(str(inventory.directory.resolve()).encode()).hexdigest()[:10]
-    return LabKeys(base / "mailforge" / "labs" / f"{inventory.topology.cluster}-{owner}")
+    return LabKeys(base / "mailforge" / "labs" / inventory.topology.cluster)
 
 
 def make_key(lab_keys: LabKeys) -> str:

@@ -49,6 +49,7 @@ def rendered(tmp_path_factory):
 
 import os  # noqa: E402
 import subprocess  # noqa: E402
+import tempfile  # noqa: E402
 
 EXAMPLE = REPO / "inventories" / "example"
 
@@ -73,14 +74,44 @@ def in_container(host: str, script: str, stdin: str | None = None, check: bool =
     return result.stdout
 
 
+# The example as a user runs it: copied out of the repository, driven by mailforge installed from its
+# wheel (installed_mailforge) from a directory outside the repository. The lab tests then reach the
+# same lab with this checkout's mailforge and the repository's example (the same cluster, so the same
+# containers and the same lab keys).
+LAB_EXAMPLE = Path(tempfile.gettempdir()) / "mailforge-lab-tests" / "example"
+LAB_UP: dict[str, object] = {}  # what the session's `lab up` and first `verify --lab` did, for test_install_lab.py
+
+
 @pytest.fixture(scope="session")
-def lab():
-    """The example cluster, up and deployed, for the whole session; removed at the end."""
-    up = mailforge("lab", "up", str(EXAMPLE))
+def lab(installed_mailforge):
+    """The example cluster, up over SSH on the default Debian release and deployed, for the whole
+    session, by the installed wheel; removed at the end (MAILFORGE_LAB_KEEP=1 keeps it)."""
+    import shutil
+    import time
+
+    if LAB_EXAMPLE.parent.exists():
+        shutil.rmtree(LAB_EXAMPLE.parent)
+    LAB_EXAMPLE.parent.mkdir(parents=True)
+    shutil.copytree(EXAMPLE, LAB_EXAMPLE, ignore=shutil.ignore_patterns(".mailforge"))
+    started = time.monotonic()
+    up = subprocess.run(
+        [str(installed_mailforge), "lab", "up", "example"], cwd=LAB_EXAMPLE.parent, env=outside_env(), capture_output=True, text=True, timeout=1800
+    )
+    LAB_UP.update(up=up, up_seconds=time.monotonic() - started)
     assert up.returncode == 0, up.stdout + up.stderr
+    started = time.monotonic()
+    verify = subprocess.run(
+        [str(installed_mailforge), "verify", "example", "--lab", "--json"],
+        cwd=LAB_EXAMPLE.parent,
+        env=outside_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    LAB_UP.update(verify=verify, verify_seconds=time.monotonic() - started)
     yield EXAMPLE
     if os.environ.get("MAILFORGE_LAB_KEEP") != "1":
-        mailforge("lab", "down", str(EXAMPLE))
+        mailforge("lab", "down", str(LAB_EXAMPLE))
 
 
 def rows(envelope: dict) -> list[dict]:

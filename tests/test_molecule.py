@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import LAB_EXAMPLE, REPO
 
 pytestmark = [
     pytest.mark.lab,
@@ -34,7 +34,7 @@ def molecule_env() -> dict[str, str]:
     build_image(env)  # the scenarios' pre-built image
     # `cluster` uses the example lab's network and container names: the lab tests' lab must be gone.
     subprocess.run(
-        [str(Path(sys.executable).parent / "mailforge"), "lab", "down", str(REPO / "inventories" / "example")], capture_output=True, timeout=600
+        [str(Path(sys.executable).parent / "mailforge"), "lab", "down", str(LAB_EXAMPLE)], capture_output=True, timeout=600
     )  # the scenarios' pre-built image
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["ANSIBLE_NOCOLOR"] = env["NO_COLOR"] = "1"
