@@ -196,8 +196,9 @@ DNS_DIRECTORY = "/etc/mailforge-dns"  # in the DNS container: nsd.conf, the zone
 
 def lab_records(inventory: Inventory, lab: LabPlan) -> list[dns.Record]:
     """What the lab adds to the published records, and only what `dns zone` has no business printing:
-    the probes' own sender domain, names and PTRs for containers the topology does not name, and the
-    test DNS lists (listing their RFC 5782 test entry and the lab's "spammer" client)."""
+    the probes' own sender domain, names and PTRs for containers the topology does not name, MX records
+    naming a balancer that has no fqdn by its lab name (where `dns zone` prints none), and the test DNS
+    lists (listing their RFC 5782 test entry and the lab's "spammer" client)."""
     t = inventory.topology
     published = dns.zone_records(t)
     covered = {(r.name, r.rtype) for r in published}
@@ -207,6 +208,12 @@ def lab_records(inventory: Inventory, lab: LabPlan) -> list[dns.Record]:
         dns.Record(SENDER_DOMAIN, SENDER_DOMAIN, "MX", f"{dns.MX_PREFERENCE} mail.{SENDER_DOMAIN}.", "the lab's outside sender domain"),
         dns.Record(SENDER_DOMAIN, f"mail.{SENDER_DOMAIN}", "A", client.address, "the lab's client"),
     ]
+    if dns.missing_mx(t):  # balancers without an fqdn: the lab names them itself, as `dns zone` tells the admin to
+        for c in lab.containers:
+            if c.role == "balancer":
+                records += [
+                    dns.Record(d, d, "MX", f"{dns.MX_PREFERENCE} {c.hostname}.", "the lab's name for a balancer without fqdn") for d in sorted(t.domains)
+                ]
     for c in lab.containers:
         if (c.hostname, "A") not in covered:
             records.append(dns.Record(dns.zone_of(c.hostname, zones), c.hostname, "A", c.address, f"lab {c.role} {c.host}"))

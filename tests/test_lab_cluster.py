@@ -128,7 +128,9 @@ def _engine_state() -> list[str]:
         assert result.returncode == 0, result.stderr
         return sorted(result.stdout.splitlines())
 
-    return listing("ps", "-a", "--no-trunc", "--format", "{{.ID}} {{.Names}} {{.State}} {{.Labels}}") + listing("network", "ls", "--no-trunc", "--format", "{{.ID}} {{.Name}}")
+    return listing("ps", "-a", "--no-trunc", "--format", "{{.ID}} {{.Names}} {{.State}} {{.Labels}}") + listing(
+        "network", "ls", "--no-trunc", "--format", "{{.ID}} {{.Name}}"
+    )
 
 
 def test_a_same_named_inventory_cannot_touch_the_running_lab(lab, tmp_path):
