@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from .inventory import Host, LoadBalancer, Role, Topology, hosts_of
 from .render.firewall import ANYWHERE, Opening, host_openings
 
-INTERNET_IN, INTERNET_OUT = "internet", "internet_out"
+# Node ids of what is not a host hold a space, which no host name has (see inventory.fields): no clash.
+INTERNET_IN, INTERNET_OUT = "the Internet (senders)", "the Internet (recipients)"
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def _senders(t: Topology) -> list[str]:
     """Who delivers the hosted domains' mail to the Internet: an MX proxy's outbound instance, else the cores
     (as `dns.outbound_senders`, which SPF authorises)."""
     proxies = [r.name for r in t.relays if r.instances and r.instances.outbound]
-    return [f"{name}__outbound" for name in proxies] if proxies else [c.name for c in t.cores]
+    return [f"{name} postfix-outbound" for name in proxies] if proxies else [c.name for c in t.cores]
 
 
 def dot(topology: Topology) -> str:
@@ -137,21 +138,21 @@ def dot(topology: Topology) -> str:
         if r.instances:
             out.append(f"    subgraph {_quote('cluster_' + r.name)} {{")
             out.append(f"      graph {_attrs(label=_label(_box_lines(box)), style='solid', fontsize='10', labeljust='l')};")
-            out.append(f"      {_quote(r.name + '__default')} {_attrs(label=_quote('postfix (default instance): loopback only'))};")
+            out.append(f"      {_quote(r.name + ' postfix')} {_attrs(label=_quote('postfix (default instance): loopback only'))};")
             if r.instances.inbound:
                 out.append(
-                    f"      {_quote(r.name + '__inbound')} {_attrs(label=_quote(f'postfix-inbound :{r.instances.inbound.port}: public mail, relay checks'))};"
+                    f"      {_quote(r.name + ' postfix-inbound')} {_attrs(label=_quote(f'postfix-inbound :{r.instances.inbound.port}: public mail, relay checks'))};"
                 )
-                edge(INTERNET_IN, r.name + "__inbound", f"SMTP :{r.instances.inbound.port}")
+                edge(INTERNET_IN, r.name + " postfix-inbound", f"SMTP :{r.instances.inbound.port}")
                 for c in t.cores:
-                    edge(r.name + "__inbound", c.name, "SMTP :25, inbound mail")
+                    edge(r.name + " postfix-inbound", c.name, "SMTP :25, inbound mail")
             if r.instances.outbound:
                 port = r.instances.outbound.port
-                out.append(f"      {_quote(r.name + '__outbound')} {_attrs(label=_quote(f'postfix-outbound :{port}: submission, sends to the Internet'))};")
+                out.append(f"      {_quote(r.name + ' postfix-outbound')} {_attrs(label=_quote(f'postfix-outbound :{port}: submission, sends to the Internet'))};")
                 for i, net in enumerate(r.instances.outbound.trusted_networks):
-                    node = f"{r.name}__trusted_{i}"
+                    node = f"{r.name} trusted network {i}"
                     outside.append(f"  {_quote(node)} {_attrs(label=_label(['trusted network', net]), shape='ellipse')};")
-                    edge(node, r.name + "__outbound", f"submission :{port}")
+                    edge(node, r.name + " postfix-outbound", f"submission :{port}")
             out.append("    }")
             continue
         out.append(f"    {_quote(r.name)} {_attrs(label=_label(_box_lines(box)))};")
@@ -173,7 +174,7 @@ def dot(topology: Topology) -> str:
         out.append("  }")
     for c in t.cores:
         for i, net in enumerate(c.user_networks):
-            node = f"{c.name}__users_{i}"
+            node = f"{c.name} user network {i}"
             out.append(f"  {_quote(node)} {_attrs(label=_label(['user network', net]), shape='ellipse')};")
             edge(node, c.name, "SMTP :25, outbound mail")
     senders = _senders(t)

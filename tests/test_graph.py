@@ -47,13 +47,24 @@ def test_golden_covers_every_inventory():
 
 def test_the_example_picture_says_what_the_topology_says():
     text = diagram.dot(topology("example"))
-    edges = dict(re.findall(r'^  ("\S+" -> "\S+") \[label="([^"]*)"', text, re.M))
-    assert edges['"internet" -> "lb"'] == "SMTP :25"
+    edges = dict(re.findall(r'^  ("[^"]+" -> "[^"]+") \[label="([^"]*)"', text, re.M))
+    assert edges['"the Internet (senders)" -> "lb"'] == "SMTP :25"
     assert edges['"lb" -> "relay1"'] == edges['"lb" -> "relay2"'] == ":10024, PROXY v2"
     assert edges['"relay1" -> "core"'] == "SMTP :25, inbound mail"
-    assert edges['"core__users_0" -> "core"'] == "SMTP :25, outbound mail"  # the user network 10.232.0.128/26
-    assert edges['"core" -> "internet_out"'] == "outbound mail"  # the core sends, as SPF says
-    assert '"internet" -> "relay1"' not in edges and '"internet" -> "core"' not in edges
+    assert edges['"core user network 0" -> "core"'] == "SMTP :25, outbound mail"  # the user network 10.232.0.128/26
+    assert edges['"core" -> "the Internet (recipients)"'] == "outbound mail"  # the core sends, as SPF says
+    # nothing else: the Internet reaches only the balancer, and the core only the relays and the user network
+    assert sorted(edges) == sorted(
+        [
+            '"the Internet (senders)" -> "lb"',
+            '"lb" -> "relay1"',
+            '"lb" -> "relay2"',
+            '"relay1" -> "core"',
+            '"relay2" -> "core"',
+            '"core user network 0" -> "core"',
+            '"core" -> "the Internet (recipients)"',
+        ]
+    )
     assert "SSH :22 admitted from 10.232.0.0/24" in text and "10.232.0.128/26" in text
     # behind a balancer without fqdn, the picture says the MX has nothing to name
     assert "no fqdn, so no MX can name it" in diagram.dot(topology("lb-relays-core"))
