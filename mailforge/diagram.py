@@ -148,7 +148,9 @@ def dot(topology: Topology) -> str:
                     edge(r.name + " postfix-inbound", c.name, "SMTP :25, inbound mail")
             if r.instances.outbound:
                 port = r.instances.outbound.port
-                out.append(f"      {_quote(r.name + ' postfix-outbound')} {_attrs(label=_quote(f'postfix-outbound :{port}: submission, sends to the Internet'))};")
+                out.append(
+                    f"      {_quote(r.name + ' postfix-outbound')} {_attrs(label=_quote(f'postfix-outbound :{port}: submission, sends to the Internet'))};"
+                )
                 for i, net in enumerate(r.instances.outbound.trusted_networks):
                     node = f"{r.name} trusted network {i}"
                     outside.append(f"  {_quote(node)} {_attrs(label=_label(['trusted network', net]), shape='ellipse')};")
