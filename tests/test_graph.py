@@ -161,3 +161,23 @@ def test_bad_input_exits_2(tmp_path):
     result = mailforge("graph", str(tmp_path), "--json")
     assert result.returncode == 2 and "topology.yml:" in result.stderr and "99999 is not a TCP port" in result.stderr
     assert json.loads(result.stdout)["status"] == "error"
+
+
+def test_the_committed_picture_is_the_examples_current_one():
+    """docs/example-topology.svg (shown in the README) has the nodes and edges the example draws today
+    (compared by name, so another Graphviz version's layout does not matter): regenerate it with
+    `mailforge graph inventories/example -o docs/example-topology.svg`."""
+    svg = ET.parse(Path(__file__).parents[1] / "docs" / "example-topology.svg").getroot()
+    ns = "{http://www.w3.org/2000/svg}"
+    titles = {g.get("class"): set() for g in svg.iter(f"{ns}g")}
+    for g in svg.iter(f"{ns}g"):
+        title = g.find(f"{ns}title")
+        if g.get("class") in ("node", "edge") and title is not None:
+            titles[g.get("class")].add(title.text)
+    text = diagram.dot(topology("example"))
+    nodes = set(re.findall(r'^\s+"([^"]+)" \[label=', text, re.M))
+    edges = {f"{a}->{b}" for a, b in re.findall(r'^  "([^"]+)" -> "([^"]+)"', text, re.M)}
+    assert titles["node"] == nodes and titles["edge"] == edges
+    labels = " ".join(t.text or "" for t in svg.iter(f"{ns}text"))
+    for line in diagram.boxes(topology("example"))[1].admits:  # relay1's firewall, as drawn
+        assert line in labels
