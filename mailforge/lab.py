@@ -26,6 +26,12 @@ from .remote import close_master
 from .resources import script
 
 IMAGE = "mailforge-lab/bookworm:latest"
+# Every container and network `lab up` makes carries these labels. OWNER_LABEL holds the resolved
+# inventory directory: two inventories may share a `cluster` name (and so container names), and
+# only the owner's `lab up` adopts a container and only the owner's `lab down` removes it.
+CLUSTER_LABEL = "mailforge.cluster"
+HOST_LABEL = "mailforge.host"
+OWNER_LABEL = "mailforge.inventory"
 SENDER_DOMAIN = "lab-sender.test"  # an outside domain the probes send from; it resolves in the lab only
 OUTSIDE_DOMAIN = "elsewhere.test"  # a domain nobody hosts: relaying to it must be refused
 
@@ -49,9 +55,15 @@ class LabPlan:
     network: str
     subnet: str
     containers: list[LabContainer] = field(default_factory=list)
+    owner: str = ""  # the resolved inventory directory: the value of OWNER_LABEL on everything this lab makes
 
     def by_host(self, host: str) -> LabContainer:
         return next(c for c in self.containers if c.host == host)
+
+    def labels(self, host: str | None = None) -> list[str]:
+        """`--label` arguments for the network (host None) or one container."""
+        labels = {CLUSTER_LABEL: self.cluster, OWNER_LABEL: self.owner} | ({HOST_LABEL: host} if host else {})
+        return [arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")]
 
 
 def _subnet(addresses: list[str]) -> ipaddress.IPv4Network:
@@ -88,7 +100,93 @@ def plan(inventory: Inventory) -> LabPlan:
     containers.append(LabContainer(f"{prefix}-dns", "dns", free([53, *range(top, 2, -1)]), f"dns.{SENDER_DOMAIN}", "dns"))
     containers.append(LabContainer(f"{prefix}-client", "client", free([200, *range(top - 1, 2, -1)]), f"client.{SENDER_DOMAIN}", "client"))
     containers.append(LabContainer(f"{prefix}-spammer", "spammer", free([201, *range(top - 2, 2, -1)]), f"spammer.{SENDER_DOMAIN}", "client"))
-    return LabPlan(t.cluster, f"{prefix}-net", str(subnet), containers)
+    return LabPlan(t.cluster, f"{prefix}-net", str(subnet), containers, owner=str(inventory.directory.resolve()))
+
+
+# --- labs that cannot hurt each other ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Found:
+    """A container or network the engine already has, as the clash checks see it."""
+
+    kind: str  # "container" or "network"
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    subnets: tuple[str, ...] = ()  # a network's
+
+    @property
+    def owner(self) -> str | None:
+        return self.labels.get(OWNER_LABEL)
+
+    def whose(self) -> str:
+        if self.owner:
+            return f"the lab of {self.owner}"
+        if CLUSTER_LABEL in self.labels:
+            return f"a lab of cluster {self.labels[CLUSTER_LABEL]!r} made without the {OWNER_LABEL} label (Molecule, or an older mailforge)"
+        return "something other than mailforge"
+
+
+def clashes(lab: LabPlan, found: list[Found]) -> list[str]:
+    """Why `lab up` of `lab` would take or break what another lab (or anything else) holds: a container or
+    the network of a planned name that `lab` does not own, or a network whose subnet overlaps the lab's.
+    Empty when the lab may go ahead. Pure: `survey` gathers `found`."""
+    problems = []
+    planned = {c.name for c in lab.containers}
+    subnet = ipaddress.ip_network(lab.subnet)
+    for f in found:
+        if f.owner == lab.owner and f.owner:
+            if f.kind == "network" and f.name == lab.network and lab.subnet not in f.subnets:
+                problems.append(
+                    f"network {f.name} is this lab's but has subnet {', '.join(f.subnets) or 'none'}, and the inventory now needs {lab.subnet}: "
+                    "run `mailforge lab down` first"
+                )
+            continue
+        if f.kind == "container" and f.name in planned:
+            problems.append(f"container {f.name} belongs to {f.whose()}")
+        elif f.kind == "network" and f.name == lab.network:
+            problems.append(f"network {f.name} belongs to {f.whose()}")
+        elif f.kind == "network":
+            overlapping = [s for s in f.subnets if ipaddress.ip_network(s).version == subnet.version and ipaddress.ip_network(s).overlaps(subnet)]
+            if overlapping:
+                problems.append(f"network {f.name} of {f.whose()} has subnet {', '.join(overlapping)}, which overlaps this lab's {lab.subnet}")
+    return problems
+
+
+def clash_message(lab: LabPlan, problems: list[str]) -> str:
+    return (
+        f"the lab of {lab.owner} (cluster {lab.cluster!r}) would clash with another lab; nothing was changed:\n  "
+        + "\n  ".join(problems)
+        + "\nBring the other lab down (`mailforge lab down` with its inventory), or give this inventory another `cluster` name "
+        "(the lab's names are mf-<cluster>-...) and addresses in another subnet."
+    )
+
+
+def leftovers(lab: LabPlan, found: list[Found]) -> tuple[list[Found], list[Found]]:
+    """(what `lab down` removes, what it leaves): it removes only what this lab's `lab up` made (its
+    OWNER_LABEL), and names the containers of its planned names that belong to someone else."""
+    planned = {c.name for c in lab.containers} | {lab.network}
+    mine = [f for f in found if f.owner and f.owner == lab.owner]
+    others = [f for f in found if f.name in planned and f not in mine]
+    # containers before the network they are attached to
+    return sorted(mine, key=lambda f: f.kind == "network"), others
+
+
+def survey(env: dict[str, str], lab: LabPlan) -> list[Found]:
+    """The containers of the lab's planned names or with its owner label, and every network."""
+    names = [c.name for c in lab.containers]
+    labelled = docker(env, "ps", "-a", "--filter", f"label={OWNER_LABEL}={lab.owner}", "--format", "{{.Names}}").stdout.split()
+    found = []
+    for name in dict.fromkeys([*names, *labelled]):
+        result = docker(env, "container", "inspect", "--format", "{{json .Config.Labels}}", name, check=False)
+        if result.returncode == 0:
+            found.append(Found("container", name, json.loads(result.stdout or "null") or {}))
+    networks = docker(env, "network", "ls", "--format", "{{.Name}}").stdout.split()
+    if networks:
+        for net in json.loads(docker(env, "network", "inspect", *networks).stdout or "[]"):
+            subnets = tuple(c["Subnet"] for c in (net.get("IPAM") or {}).get("Config") or [] if c.get("Subnet"))
+            found.append(Found("network", net["Name"], net.get("Labels") or {}, subnets))
+    return found
 
 
 # --- the DNS the lab's hosts resolve through ----------------------------------
@@ -99,8 +197,9 @@ DNS_DIRECTORY = "/etc/mailforge-dns"  # in the DNS container: nsd.conf, the zone
 
 def lab_records(inventory: Inventory, lab: LabPlan) -> list[dns.Record]:
     """What the lab adds to the published records, and only what `dns zone` has no business printing:
-    the probes' own sender domain, names and PTRs for containers the topology does not name, and the
-    test DNS lists (listing their RFC 5782 test entry and the lab's "spammer" client)."""
+    the probes' own sender domain, names and PTRs for containers the topology does not name, MX records
+    naming a balancer that has no fqdn by its lab name (where `dns zone` prints none), and the test DNS
+    lists (listing their RFC 5782 test entry and the lab's "spammer" client)."""
     t = inventory.topology
     published = dns.zone_records(t)
     covered = {(r.name, r.rtype) for r in published}
@@ -110,6 +209,12 @@ def lab_records(inventory: Inventory, lab: LabPlan) -> list[dns.Record]:
         dns.Record(SENDER_DOMAIN, SENDER_DOMAIN, "MX", f"{dns.MX_PREFERENCE} mail.{SENDER_DOMAIN}.", "the lab's outside sender domain"),
         dns.Record(SENDER_DOMAIN, f"mail.{SENDER_DOMAIN}", "A", client.address, "the lab's client"),
     ]
+    if dns.missing_mx(t):  # balancers without an fqdn: the lab names them itself, as `dns zone` tells the admin to
+        for c in lab.containers:
+            if c.role == "balancer":
+                records += [
+                    dns.Record(d, d, "MX", f"{dns.MX_PREFERENCE} {c.hostname}.", "the lab's name for a balancer without fqdn") for d in sorted(t.domains)
+                ]
     for c in lab.containers:
         if (c.hostname, "A") not in covered:
             records.append(dns.Record(dns.zone_of(c.hostname, zones), c.hostname, "A", c.address, f"lab {c.role} {c.host}"))
@@ -313,8 +418,13 @@ def status(inventory: Inventory, env: dict[str, str]) -> list[dict]:
     lab = plan(inventory)
     rows = []
     for c in lab.containers:
-        result = docker(env, "inspect", "--format", "{{json .State}}", c.name, check=False)
-        state = json.loads(result.stdout)["Status"] if result.returncode == 0 else "absent"
+        result = docker(env, "container", "inspect", "--format", "{{json .State.Status}} {{json .Config.Labels}}", c.name, check=False)
+        if result.returncode == 0:
+            status_text, labels_text = result.stdout.strip().split(" ", 1)
+            found = Found("container", c.name, json.loads(labels_text) or {})
+            state = json.loads(status_text) if found.owner == lab.owner else f"not this lab's: {found.whose()}"
+        else:
+            state = "absent"
         rows.append({"container": c.name, "host": c.host, "role": c.role, "address": c.address, "state": state})
     return rows
 
@@ -359,10 +469,13 @@ def up(inventory: Inventory, env: dict[str, str], say=lambda message: None) -> L
     same preparation whoever started it, so the lab and the Molecule scenario are one cluster.
     """
     lab = plan(inventory)
+    problems = clashes(lab, survey(env, lab))
+    if problems:
+        raise LabError(clash_message(lab, problems))
     build_image(env)
     if docker(env, "network", "inspect", lab.network, check=False).returncode != 0:
         say(f"network {lab.network} ({lab.subnet})")
-        docker(env, "network", "create", "--subnet", lab.subnet, "--label", f"mailforge.cluster={lab.cluster}", lab.network)
+        docker(env, "network", "create", "--subnet", lab.subnet, *lab.labels(), lab.network)
     server = lab.by_host("dns")
     sources = docker(
         env, "run", "--rm", "--entrypoint", "sh", IMAGE, "-c", "cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null", check=False
@@ -403,10 +516,7 @@ def up(inventory: Inventory, env: dict[str, str], say=lambda message: None) -> L
                 "NET_RAW",
                 "--cap-add",
                 "SYS_PTRACE",
-                "--label",
-                f"mailforge.cluster={lab.cluster}",
-                "--label",
-                f"mailforge.host={c.host}",
+                *lab.labels(c.host),
                 IMAGE,
                 "sleep",
                 "infinity",
@@ -427,18 +537,14 @@ def up(inventory: Inventory, env: dict[str, str], say=lambda message: None) -> L
     return lab
 
 
-def down(inventory: Inventory, env: dict[str, str]) -> list[str]:
-    """Remove every container and the network of this inventory's lab; returns what was removed."""
+def down(inventory: Inventory, env: dict[str, str]) -> tuple[list[str], list[str]]:
+    """Remove the containers and the network this inventory's `lab up` made (see `leftovers`);
+    returns (removed, kept: "name: whose") for what has a planned name but another owner."""
     lab = plan(inventory)
-    for reach in [*reaches(inventory).values(), *probes(inventory).values()]:
-        close_master(reach.shell().argv)
-    removed = []
-    # Only what is there: `rm -f` of a missing container succeeds on Podman (and on recent Docker).
-    for c in lab.containers:
-        if docker(env, "container", "inspect", "--format", "{{.Id}}", c.name, check=False).returncode == 0:
-            docker(env, "rm", "-f", c.name)
-            removed.append(c.name)
-    if docker(env, "network", "inspect", lab.network, check=False).returncode == 0:
-        docker(env, "network", "rm", lab.network)
-        removed.append(lab.network)
-    return removed
+    mine, others = leftovers(lab, survey(env, lab))
+    if any(f.kind == "container" for f in mine):  # its hosts are going: no later command may reach them through an old connection
+        for reach in [*reaches(inventory).values(), *probes(inventory).values()]:
+            close_master(reach.shell().argv)
+    for f in mine:
+        docker(env, "network" if f.kind == "network" else "container", "rm", *(["-f"] if f.kind == "container" else []), f.name)
+    return [f.name for f in mine], [f"{f.name}: {f.whose()}" for f in others]

@@ -150,3 +150,23 @@ def write_tree(tree: Tree, cluster: str, out: Path) -> dict:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return result
+
+
+def write_atomically(target: Path, data: bytes) -> None:
+    """Write one file so that a reader sees the old file or the new one, never half of it (a temporary file in
+    the same directory, then rename); raises OutputError with the reason."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        raise OutputError(f"cannot write {target}: the directory {target.parent} does not exist")
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.chmod(temporary, 0o644)
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None

@@ -70,15 +70,31 @@ def zone_output():
     def get(name: str) -> str:
         if name not in cache:
             result = mailforge("dns", "zone", str(INVENTORIES[name]))
-            assert result.returncode == 0, result.stderr
+            # exit 1: printed, but without MX (balancers without fqdn; see test_a_balancer_without_fqdn_gets_no_mx)
+            assert result.returncode == (1 if name in NAMELESS_BALANCER else 0), result.stderr
             cache[name] = result.stdout
         return cache[name]
 
     return get
 
 
+# The layouts whose balancer has no fqdn, and what their admin publishes after reading `dns zone`'s note:
+# a name of their choosing for the balancer, as the MX of every domain. For the external balancer, a
+# name resolving to an address of the provider's (a documentation address here).
+NAMELESS_BALANCER = {"lb-relays-core": ("mail.example.com", "10.231.0.10"), "elb-relays": ("elb.mail.example.io", "198.51.100.25")}
+
+
 def right_set(zone_output, name: str) -> dict[str, list[str]]:
-    return {**zone_sections(zone_output(name)), **dnsbl_sections(INVENTORIES[name])}
+    zones = {**zone_sections(zone_output(name)), **dnsbl_sections(INVENTORIES[name])}
+    if name in NAMELESS_BALANCER:
+        from mailforge.inventory import load_topology
+
+        mx, address = NAMELESS_BALANCER[name]
+        domains = load_topology(INVENTORIES[name]).topology.domains
+        for domain in domains:
+            zones[domain] = [f"{domain}. 300 IN MX 10 {mx}.", *zones[domain]]
+        zones[domains[0]].append(f"{mx}. 300 IN A {address}")
+    return zones
 
 
 # --- a real NSD --------------------------------------------------------------------------------
@@ -214,9 +230,11 @@ def test_zone_output_says_what_the_design_needs(zone_output):
     # the MX proxy sends through its outbound instance: SPF names it, not the filter behind it
     proxy = zone_sections(zone_output("mx-proxy"))
     assert any('"v=spf1 ip4:10.231.1.25 -all"' in line for line in proxy["example.org"])
-    # no balancer name: the relays are the MX, all at one preference
-    elb = zone_sections(zone_output("elb-relays"))
-    assert sorted(line.split()[5] for line in elb["mail.example.io"] if " MX " in line) == ["ingest1.example.io.", "ingest2.example.io.", "ingest3.example.io."]
+    # behind a balancer without a name, no MX: the relays take mail only from the balancer
+    for name in NAMELESS_BALANCER:
+        assert not [line for lines in zone_sections(zone_output(name)).values() for line in lines if " MX " in line], name
+    # no balancer: the relay is the MX
+    assert [line.split()[5] for line in proxy["example.org"] if line.split()[3] == "MX"] == ["mx.example.org."]
 
 
 def bad_inventory(tmp_path: Path) -> Path:
@@ -291,16 +309,90 @@ def test_backup_mx_at_a_higher_preference(zone_output, serve):
     assert "backup MX backup.example.com at preference 20, not 10 like the others" in mx["evidence"]
     assert "MX 20 backup.example.com is outside the topology" in mx["evidence"]
     target = row(report, "backup.example.com", "MX host addresses")
-    assert target["status"] == "fail" and "192.0.2.50, not a balancer or relay of the topology" in target["evidence"]
+    assert target["status"] == "fail" and "192.0.2.50, not a balancer of the topology" in target["evidence"]
     assert {(c["subject"], c["check"]) for c in failures(report)} == {("example.com", "MX"), ("backup.example.com", "MX host addresses")}
 
 
 def test_a_topology_host_as_backup_mx(zone_output, serve):
-    zones = right_set(zone_output, "elb-relays")
-    zones["mail.example.io"] = replaced(zones["mail.example.io"], r"MX\s+10 ingest3", "MX 30 ingest3")
-    code, report = check(INVENTORIES["elb-relays"], serve(zones))
+    zones = right_set(zone_output, "example")
+    zones["example.com"] += ["example.com. 300 IN MX 30 smtp.example.com.", "smtp.example.com. 300 IN A 10.232.0.10"]  # the balancer again
+    code, report = check(EXAMPLE, serve(zones))
     assert code == 1
-    assert "backup MX ingest3.example.io at preference 30, not 10 like the others" in row(report, "mail.example.io", "MX")["evidence"]
+    assert "backup MX smtp.example.com at preference 30, not 10 like the others" in row(report, "example.com", "MX")["evidence"]
+
+
+# --- a balancer without a name: MX targets are hosts that take mail on port 25 ----------------------
+
+
+def test_a_balancer_without_fqdn_gets_no_mx_but_the_name_to_give_it(tmp_path):
+    """lb-relays-core: the relays listen on 10024 for the balancer only. `dns zone` prints no MX naming them;
+    it says, located, which name to give the balancer and what it will print then, and exits 1 (incomplete)."""
+    lb_relays_core = INVENTORIES["lb-relays-core"]
+    result = mailforge("dns", "zone", str(lb_relays_core))
+    assert result.returncode == 1
+    assert not [line for lines in zone_sections(result.stdout).values() for line in lines if " MX " in line]
+    assert f"{lb_relays_core / 'topology.yml'}:19:5: load_balancers[0]: balancer 'lb1' has no fqdn" in result.stderr
+    assert "the relays take mail only from the balancer (port 10024, PROXY v1), so they cannot be MX" in result.stderr
+    assert "give it one, e.g. fqdn: mx.example.com" in result.stderr
+    note = [line[4:] for line in result.stdout.splitlines() if line.startswith(";   ")]
+    assert note == ["example.com.  3600 IN MX  10 mx.example.com.", "mx.example.com.  3600 IN A  10.231.0.10"]
+    envelope = json.loads(mailforge("dns", "zone", str(lb_relays_core), "--json").stdout)
+    assert envelope["status"] == "problem" and envelope["exit_code"] == 1
+    assert {(r["host"], r["status"]) for r in rows(envelope) if not r["ok"]} == {(d, "missing") for d in ("example.com", "example.net", "example.org")}
+    # Doing what the note says gives exactly what it promised, and exit 0.
+    named = tmp_path / "named"
+    shutil.copytree(lb_relays_core, named)
+    topology = named / "topology.yml"
+    topology.write_text(topology.read_text().replace("  - name: lb1\n", "  - name: lb1\n    fqdn: mx.example.com\n"))
+    result = mailforge("dns", "zone", str(named))
+    assert result.returncode == 0, result.stderr
+    zones = zone_sections(result.stdout)
+    records = [line.split(";")[0].split()[3:] for line in zones["example.com"] if line.startswith(("example.com. ", "mx.example.com. "))]
+    assert records == [["MX", "10", "mx.example.com."], ["TXT", '"v=spf1', "ip4:10.231.0.30", '-all"'], ["A", "10.231.0.10"]]
+
+
+@pytest.mark.parametrize(
+    ("name", "relay", "how"), [("lb-relays-core", "mx1.example.com", "port 10024, PROXY v1"), ("elb-relays", "ingest1.example.io", "port 25, PROXY v1")]
+)
+def test_relays_behind_a_balancer_as_mx_fail(name, relay, how, zone_output, serve):
+    """What `dns zone` used to print for these layouts (the relays as MX) would lose mail: the check says why."""
+    from mailforge.inventory import load_topology
+
+    zones = right_set(zone_output, name)
+    domain = load_topology(INVENTORIES[name]).topology.domains[0]
+    zones[domain] = replaced(zones[domain], r"MX 10 \S+", f"MX 10 {relay}.")
+    code, report = check(INVENTORIES[name], serve(zones))
+    assert code == 1
+    assert f"MX 10 {relay}: relay {relay} takes mail only from the balancer ({how}), so mail sent to it fails" in row(report, domain, "MX")["evidence"]
+    target = row(report, relay, "MX host addresses")
+    assert target["status"] == "fail" and f"relay {relay} takes mail only from the balancer ({how}): not an MX host" in target["evidence"]
+
+
+def test_any_name_resolving_to_the_balancer_is_an_mx(zone_output, serve):
+    """The balancer's name is the admin's to choose: lb-relays-core's mail.example.com (right_set) passes, and so does
+    the example published under another name than its fqdn; a name also resolving elsewhere does not."""
+    code, report = check(INVENTORIES["lb-relays-core"], serve(right_set(zone_output, "lb-relays-core")))
+    assert code == 0, failures(report)
+    assert row(report, "example.net", "MX")["evidence"] == "MX 10 mail.example.com: only mail.example.com (balancer lb1), equal preference"
+    assert row(report, "mail.example.com", "MX host addresses")["evidence"] == "mail.example.com -> 10.231.0.10 (balancer lb1)"
+    zones = right_set(zone_output, "example")
+    for domain in ("example.com", "example.org"):
+        zones[domain] = replaced(zones[domain], r"MX\s+10 mx\.example\.com\.", "MX 10 smtp.example.com.")
+    zones["example.com"].append("smtp.example.com. 300 IN A 10.232.0.10")
+    code, report = check(EXAMPLE, serve(zones))
+    assert code == 0, failures(report)
+    zones["example.com"].append("smtp.example.com. 300 IN A 192.0.2.60")
+    code, report = check(EXAMPLE, serve(zones))
+    assert code == 1
+    assert "MX 10 smtp.example.com is outside the topology (expected only mx.example.com)" in row(report, "example.com", "MX")["evidence"]
+
+
+def test_no_mx_for_a_nameless_balancer_fails_saying_what_is_expected(zone_output, serve):
+    zones = {**zone_sections(zone_output("lb-relays-core")), **dnsbl_sections(INVENTORIES["lb-relays-core"])}  # printed as is: no MX
+    code, report = check(INVENTORIES["lb-relays-core"], serve(zones))
+    assert code == 1
+    evidence = row(report, "example.com", "MX")["evidence"]
+    assert evidence.startswith("no MX records") and "expected an MX naming a name of balancer lb1 (it has no fqdn in the topology)" in evidence
 
 
 def test_a_core_in_an_mx(zone_output, serve):
@@ -323,7 +415,7 @@ def test_an_mx_name_resolving_to_a_core_address(zone_output, serve):
     assert code == 1
     assert "MX mx.example.com resolves to core core.internal.example.com's address 10.232.0.30" in row(report, "example.com", "no core in MX")["evidence"]
     target = row(report, "mx.example.com", "MX host addresses")["evidence"]
-    assert "10.232.0.30, not a balancer or relay" in target and "does not resolve to its address 10.232.0.10" in target
+    assert "10.232.0.30, not a balancer of the topology" in target and "does not resolve to its address 10.232.0.10" in target
 
 
 def test_a_missing_ptr(zone_output, serve):
@@ -554,6 +646,16 @@ def test_the_lab_zones_pass_dns_check_on_a_real_nsd(serve):
     code, report = check(EXAMPLE, serve({}, zone_files=lab_zone_files("example")))
     assert code == 0 and report["ok"], failures(report)
     assert len(report["checks"]) >= 10
+
+
+def test_the_lab_names_a_balancer_without_fqdn_and_passes_dns_check(serve):
+    """Where `dns zone` prints no MX (lb-relays-core), the lab publishes one naming the balancer's lab hostname,
+    so its probes reach the balancer; on a real NSD those zones pass `dns check`."""
+    files = lab_zone_files("lb-relays-core")
+    assert "example.org.  3600 IN MX   10 lb1.lab.  ; the lab's name for a balancer without fqdn" in files["example.org"]
+    code, report = check(INVENTORIES["lb-relays-core"], serve({}, zone_files=files))
+    assert code == 0 and report["ok"], failures(report)
+    assert "lb1.lab (balancer lb1)" in row(report, "example.org", "MX")["evidence"]
 
 
 # --- IPv6 hosts ---------------------------------------------------------------------------------

@@ -115,3 +115,48 @@ def test_relays_change_one_batch_at_a_time(lab):
     assert first["changed"] > 0 and second["changed"] > 0
     assert first["finished"] <= second["started"], hosts  # the second relay began after the first was done
     assert failed_checks() == set()
+
+
+def _engine_state() -> list[str]:
+    """Every container (id, name, state, labels) and network (id, name) the engine holds."""
+    import subprocess
+
+    from conftest import engine_env
+
+    def listing(*args: str) -> list[str]:
+        result = subprocess.run(["docker", *args], env=engine_env(), capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return sorted(result.stdout.splitlines())
+
+    return listing("ps", "-a", "--no-trunc", "--format", "{{.ID}} {{.Names}} {{.State}} {{.Labels}}") + listing(
+        "network", "ls", "--no-trunc", "--format", "{{.ID}} {{.Name}}"
+    )
+
+
+def test_a_same_named_inventory_cannot_touch_the_running_lab(lab, tmp_path):
+    """lb-relays-core also says `cluster: example`: its lab would be named like the running one. `lab up` of
+    it is refused before anything is made (exit 2, every clash named); `lab down` of it removes nothing."""
+    import shutil
+
+    from conftest import INVENTORIES
+
+    other = tmp_path / "lb-relays-core"
+    shutil.copytree(INVENTORIES["lb-relays-core"], other)
+    before = _engine_state()
+    assert any(" mf-example-dns running " in line for line in before), before
+
+    up = mailforge("lab", "up", str(other))
+    assert up.returncode == 2, up.stdout + up.stderr
+    for name in ("container mf-example-dns", "container mf-example-client", "container mf-example-spammer", "network mf-example-net"):
+        assert f"{name} belongs to the lab of {EXAMPLE.resolve()}" in up.stderr, up.stderr
+    assert "nothing was changed" in up.stderr and "Traceback" not in up.stderr
+    assert _engine_state() == before
+
+    down = mailforge("lab", "down", str(other), "--json")
+    assert down.returncode == 0, down.stdout + down.stderr
+    summary = json.loads(down.stdout)["summary"]
+    assert summary["removed"] == []
+    assert sorted(k.split(":")[0] for k in summary["kept"]) == ["mf-example-client", "mf-example-dns", "mf-example-net", "mf-example-spammer"]
+    assert _engine_state() == before
+    status = mailforge("lab", "status", str(EXAMPLE))
+    assert status.returncode == 0, status.stdout + status.stderr

@@ -45,3 +45,24 @@ def test_every_role_has_a_molecule_scenario():
     roles = sorted(p.name for p in (ROLES).iterdir() if (p / "tasks" / "main.yml").is_file())
     scenarios = sorted(p.parent.name for p in SCENARIOS.glob("*/molecule.yml"))
     assert set(roles) <= set(scenarios), f"roles without a scenario: {sorted(set(roles) - set(scenarios))}"
+
+
+def test_cluster_instances_carry_the_labels_lab_up_adopts():
+    """`lab up --no-deploy` adopts only what is labelled with its inventory's directory (see lab.clashes):
+    Molecule's instances and network carry the labels `lab up` itself would give them, once Molecule has
+    put its project directory in (it runs from the repository)."""
+    plan = lab.plan(load_inventory(REPO / "inventories" / "example"))
+
+    def filled(labels: dict) -> dict:
+        return {key: str(value).replace("${MOLECULE_PROJECT_DIRECTORY}", str(REPO)) for key, value in labels.items()}
+
+    def wanted(args: list[str]) -> dict:
+        return dict(value.split("=", 1) for value in args[1::2])
+
+    by_name = {c.name: c for c in plan.containers}
+    for p in _platforms():
+        assert filled(p["labels"]) == wanted(plan.labels(by_name[p["name"]].host)), p["name"]
+    [network] = [n for p in _platforms() for n in p.get("docker_networks", [])]
+    assert filled(network["labels"]) == wanted(plan.labels())
+    found = [lab.Found("container", p["name"], filled(p["labels"])) for p in _platforms()]
+    assert lab.clashes(plan, found + [lab.Found("network", plan.network, filled(network["labels"]), (plan.subnet,))]) == []

@@ -89,7 +89,9 @@ def lab_plan(inventory) -> dict:
     from mailforge.lab import plan
 
     try:
-        return dataclasses.asdict(plan(inventory))
+        planned = dataclasses.asdict(plan(inventory))
+        planned.pop("owner")  # the checkout's own path (what labels a lab as its own): tests/test_lab_plan.py holds it
+        return planned
     except MailforgeError as exc:
         return {"refused": str(exc)}
 

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..results import Result, Run
 from .app import dns_app
-from .common import InventoryArg, JsonOption, command, emit, finish, load, out
+from .common import InventoryArg, JsonOption, command, err, finish, load, out
 
 
 @dns_app.command("check")
@@ -55,31 +55,34 @@ def dns_zone(
     ttl: int = typer.Option(3600, "--ttl", min=1, max=2147483647, help="TTL of every record, in seconds."),
     as_json: bool = JsonOption,
 ):
-    """Print the records the topology needs, in zone-file syntax: MX, SPF, A/AAAA, and the PTRs for the reverse zones."""
+    """Print the records the topology needs, in zone-file syntax: MX, SPF, A/AAAA, and the PTRs for the reverse zones.
+    Exit 1 if no MX can be printed (balancers without an fqdn): the output says what name to give them."""
     from .. import dns as dnscheck
+    from ..inventory import suggested_mx_name
 
     inv = load(inventory, recipients=False, quiet=as_json)
     text = dnscheck.zone_text(inv.topology, ttl=ttl)
-    if as_json:
-        records = dnscheck.zone_records(inv.topology)
-        emit(
-            Run(
-                "dns zone",
-                inv.topology.cluster,
-                [
-                    Result(
-                        r.zone,
-                        f"{r.name} {r.rtype}",
-                        "needed",
-                        True,
-                        detail=r.value,
-                        data={"name": r.name, "type": r.rtype, "value": r.value, "ttl": ttl, "comment": r.comment},
-                    )
-                    for r in records
-                ],
-                warnings=inv.warnings,
-                summary={"zone_text": text},
-            )
+    records = dnscheck.zone_records(inv.topology)
+    results = [
+        Result(
+            r.zone,
+            f"{r.name} {r.rtype}",
+            "needed",
+            True,
+            detail=r.value,
+            data={"name": r.name, "type": r.rtype, "value": r.value, "ttl": ttl, "comment": r.comment},
         )
-        return
-    print(text, end="")
+        for r in records
+    ]
+    missing = dnscheck.missing_mx(inv.topology)
+    # No MX is a problem in what can be published, not a failure to run: the rest is printed, and exit 1 says it is incomplete.
+    if missing:
+        lb = inv.topology.load_balancers[0]
+        why = f"no MX record: balancer {lb.name} has no fqdn and the relays take mail only from it; give it one, e.g. fqdn: {suggested_mx_name(inv.topology)}"
+        results += [Result(domain, f"{domain} MX", "missing", False, detail=why) for domain in sorted(inv.topology.domains)]
+    run = Run("dns zone", inv.topology.cluster, results, warnings=inv.warnings, summary={"zone_text": text, "missing_mx": missing})
+    if not as_json:
+        print(text, end="")
+        if missing:
+            err.print(f"[bold red]{why}[/bold red] (the note at the top of the output says more)")
+    finish(run, as_json)

@@ -47,15 +47,19 @@ def lab_up(
 @lab_app.command("down")
 @command("lab down")
 def lab_down(inventory: Path = InventoryArg, as_json: bool = JsonOption):
-    """Remove the lab's containers and network: nothing is left behind."""
+    """Remove what this inventory's `lab up` made (containers and network); another lab's, even of the same cluster name, is kept."""
     from .. import lab
 
     inv = load(inventory, recipients=False, quiet=as_json)
-    removed = lab.down(inv, lab.engine_environment())
+    removed, kept = lab.down(inv, lab.engine_environment())
     if as_json:
-        emit(Run("lab down", inv.topology.cluster, [Result(name, "removed", "removed", True, True) for name in removed], summary={"removed": removed}))
+        results = [Result(name, "removed", "removed", True, True) for name in removed]
+        results += [Result(entry.split(":", 1)[0], "kept", "not this lab's", True, detail=entry.split(": ", 1)[1]) for entry in kept]
+        emit(Run("lab down", inv.topology.cluster, results, summary={"removed": removed, "kept": kept}))
         return
-    out.print(f"removed {len(removed)}: {', '.join(removed) if removed else 'nothing was there'}")
+    out.print(f"removed {len(removed)}: {', '.join(removed) if removed else 'nothing of this lab was there'}")
+    for entry in kept:
+        out.print(f"kept {entry}")
 
 
 def _status_run(name: str, inv, rows: list[dict]) -> Run:

@@ -57,11 +57,24 @@ def _failure(answer: Answer) -> str:
 @dataclass
 class _Context:
     q: Querier
-    targets: list[str]
+    targets: list[str]  # the names `dns zone` prints as MX (none for balancers without an fqdn)
     target_addresses: dict[str, list[str]]
-    allowed: dict[str, str]  # address -> what it is (balancer or relay)
+    allowed: dict[str, str]  # address -> what it is: the balancers' when there are balancers, else the relays'
     cores: dict[str, str]  # core fqdn -> address
     external_targets: set[str] = field(default_factory=set)
+    relays: dict[str, str] = field(default_factory=dict)  # relay fqdn -> address
+    behind: str = ""  # "": relays are the MX; else why a relay cannot be one, e.g. "port 10024, PROXY v1"
+    opaque: bool = False  # an external balancer without address: its (the provider's) addresses are unknown
+
+    def addresses(self, host: str) -> list[str]:
+        return [a for rtype in ("A", "AAAA") for answer in [self.q.lookup(host, rtype)] if answer.status == "ok" for a in answer.values]
+
+    def relay_of(self, host: str, addresses: list[str]) -> str | None:
+        """The relay an MX name is, or resolves to (None if neither)."""
+        for fqdn, address in self.relays.items():
+            if host == fqdn or address in addresses:
+                return fqdn
+        return None
 
 
 def run_checks(topology: Topology, querier: Querier) -> list[Check]:
@@ -72,8 +85,13 @@ def run_checks(topology: Topology, querier: Querier) -> list[Check]:
     for lb in t.load_balancers:
         if lb.address:
             allowed[lb.address] = f"balancer {lb.name}"
-    for r in t.relays:
-        allowed[r.address] = f"relay {r.name}"
+    if not t.load_balancers:
+        for r in t.relays:
+            allowed[r.address] = f"relay {r.name}"
+    behind = ""
+    if t.load_balancers:
+        lb = t.load_balancers[0]
+        behind = f"port {lb.backend_port or 25}" + ("" if lb.proxy_protocol == "none" else f", PROXY {lb.proxy_protocol}")
     ctx = _Context(
         querier,
         list(dict.fromkeys(mx_targets(t))),
@@ -81,6 +99,9 @@ def run_checks(topology: Topology, querier: Querier) -> list[Check]:
         allowed,
         {c.fqdn: c.address for c in t.cores},
         {lb.fqdn for lb in t.load_balancers if lb.fqdn and lb.external and not lb.address},
+        {r.fqdn: r.address for r in t.relays},
+        behind,
+        any(lb.external and not lb.address for lb in t.load_balancers),
     )
     checks: list[Check] = []
     seen_targets: list[str] = []
@@ -111,20 +132,43 @@ def _ip_query(address: str, zone: str) -> str:
     return ".".join(reversed(address.split("."))) + "." + zone
 
 
+def _expected(ctx: _Context) -> str:
+    if ctx.targets:
+        return ", ".join(ctx.targets)
+    balancers = sorted(set(ctx.allowed.values()))
+    return "a name of " + (" or ".join(balancers) if balancers else "the external balancer") + " (it has no fqdn in the topology)"
+
+
 def _check_mx(domain: str, answer: Answer, ctx: _Context) -> Check:
+    """The MX names only hosts that take mail on port 25: the expected targets, or any other name that resolves
+    to a balancer's address only (the balancer's name is the admin's to choose); never a relay behind a balancer."""
     name = "MX"
     if answer.failed:
         return Check(domain, name, _failure(answer), answer.describe())
     if answer.status != "ok":
-        return Check(domain, name, FAIL, f"no MX records: {answer.describe()}; expected " + ", ".join(f"MX {MX_PREFERENCE} {x}" for x in ctx.targets))
+        expected = ", ".join(f"MX {MX_PREFERENCE} {x}" for x in ctx.targets) or f"an MX naming {_expected(ctx)}"
+        return Check(domain, name, FAIL, f"no MX records: {answer.describe()}; expected {expected}")
     found = sorted(answer.values)
     shown = ", ".join(f"{p} {h}" for p, h in found)
     problems = []
-    outside = [(p, h) for p, h in found if h not in ctx.targets]
-    for p, h in outside:
-        what = f"core {h}" if h in ctx.cores else h
-        problems.append(f"MX {p} {what} is outside the topology (expected only {', '.join(ctx.targets)})")
-    ours = [(p, h) for p, h in found if h in ctx.targets]
+    aliases: dict[str, str] = {}  # MX name outside the topology -> what it names
+    for p, h in found:
+        if h in ctx.targets:
+            continue
+        if h in ctx.cores:
+            problems.append(f"MX {p} core {h} is outside the topology (expected only {_expected(ctx)})")
+            continue
+        addresses = ctx.addresses(h)
+        relay = ctx.relay_of(h, addresses) if ctx.behind else None
+        if addresses and all(a in ctx.allowed for a in addresses):
+            aliases[h] = ", ".join(dict.fromkeys(ctx.allowed[a] for a in addresses))
+        elif relay:
+            problems.append(f"MX {p} {h}: relay {relay} takes mail only from the balancer ({ctx.behind}), so mail sent to it fails")
+        elif ctx.opaque and addresses and not any(a in ctx.cores.values() for a in addresses):
+            aliases[h] = "the external balancer (its addresses are the provider's, not compared)"
+        else:
+            problems.append(f"MX {p} {h} is outside the topology (expected only {_expected(ctx)})")
+    ours = [(p, h) for p, h in found if h in ctx.targets or h in aliases]
     preferences = sorted({p for p, _ in found})
     if len(preferences) > 1:
         main = min(p for p, _ in (ours or found))
@@ -134,12 +178,19 @@ def _check_mx(domain: str, answer: Answer, ctx: _Context) -> Check:
             + ", ".join(f"{h} at preference {p}" for p, h in backups)
             + f", not {main} like the others: give every MX the same preference (spammers aim at backup MXs)"
         )
-    missing = [x for x in ctx.targets if x not in {h for _, h in found}]
+    # Every balancer gets mail: an expected target missing by name is there if another MX name resolves to its address.
+    alias_addresses = {a for h in aliases for a in ctx.addresses(h)}
+    missing = [x for x in ctx.targets if x not in {h for _, h in found} and not (set(ctx.target_addresses.get(x, [])) & alias_addresses)]
+    if not ctx.targets:
+        missing += [what for address, what in ctx.allowed.items() if address not in alias_addresses]
+        if not aliases and ctx.opaque:
+            missing.append("the external balancer")
     if missing:
         problems.append("not an MX: " + ", ".join(missing))
     if problems:
         return Check(domain, name, FAIL, "; ".join(problems) + f" [MX {shown}]")
-    return Check(domain, name, OK, f"MX {shown}: only {', '.join(ctx.targets)}, equal preference")
+    named = [h for _, h in found if h in ctx.targets] + [f"{h} ({what})" for h, what in aliases.items()]
+    return Check(domain, name, OK, f"MX {shown}: only {', '.join(dict.fromkeys(named))}, equal preference")
 
 
 def _check_no_core(domain: str, hosts: list[str], ctx: _Context) -> Check:
@@ -170,12 +221,15 @@ def _check_target(target: str, ctx: _Context) -> Check:
     addresses = [address for a in answers if a.status == "ok" for address in a.values]
     if not addresses:
         return Check(target, name, FAIL, f"does not resolve: {answers[0].describe()}; {answers[1].describe()}")
-    if target in ctx.external_targets:
+    relay = ctx.relay_of(target, addresses) if ctx.behind else None
+    if relay:
+        return Check(target, name, FAIL, f"relay {relay} takes mail only from the balancer ({ctx.behind}): not an MX host [{target} -> {', '.join(addresses)}]")
+    if target in ctx.external_targets or (ctx.opaque and not any(a in ctx.cores.values() for a in addresses) and target not in ctx.target_addresses):
         return Check(target, name, OK, f"resolves to {', '.join(addresses)} (an external balancer: its addresses are the provider's, not compared)")
     problems = []
     foreign = [a for a in addresses if a not in ctx.allowed]
     if foreign:
-        problems.append(f"resolves to {', '.join(foreign)}, not a balancer or relay of the topology")
+        problems.append(f"resolves to {', '.join(foreign)}, not a {'balancer' if ctx.behind else 'relay'} of the topology")
     expected = ctx.target_addresses.get(target, [])
     missing = [a for a in expected if a not in addresses]
     if missing:

@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..inventory import Relay, Role, Topology, hosts_of
+from ..inventory import Relay, Role, Topology, hosts_of, suggested_mx_name
 
 DEFAULT_TTL = 3600
 MX_PREFERENCE = 10
@@ -58,9 +58,13 @@ class Record:
 
 
 def mx_targets(topology: Topology) -> list[str]:
-    """The names the MX records point at: every balancer with an fqdn (managed or external), else the relays."""
-    named = [lb.fqdn for lb in topology.load_balancers if lb.fqdn]
-    return named or [r.fqdn for r in topology.relays]
+    """The names the MX records point at: hosts that take mail on port 25 from anyone. Behind a balancer
+    (managed or external) that is every balancer with an fqdn, and never a relay: a relay's firewall admits
+    only the balancer, and its postscreen waits for the balancer's PROXY header. Without a balancer, the relays.
+    Empty when no balancer has an fqdn: see `missing_mx`."""
+    if topology.load_balancers:
+        return [lb.fqdn for lb in topology.load_balancers if lb.fqdn]
+    return [r.fqdn for r in topology.relays]
 
 
 def mx_target_addresses(topology: Topology) -> dict[str, list[str]]:
@@ -69,10 +73,36 @@ def mx_target_addresses(topology: Topology) -> dict[str, list[str]]:
     for lb in topology.load_balancers:
         if lb.fqdn and lb.address:
             found.setdefault(lb.fqdn, []).append(lb.address)
-    if not any(lb.fqdn for lb in topology.load_balancers):
+    if not topology.load_balancers:
         for r in topology.relays:
             found.setdefault(r.fqdn, []).append(r.address)
     return found
+
+
+def missing_mx(topology: Topology) -> list[str]:
+    """Why no MX record can be printed, as comment lines (none when it can): the relays sit behind balancers
+    of which none has an fqdn. Says what to add and what `dns zone` will then print."""
+    t = topology
+    if mx_targets(t):
+        return []
+    lb = t.load_balancers[0]
+    name = suggested_mx_name(t)
+    port = lb.backend_port or 25
+    where = f"{lb.address}" if lb.address else "its provider's addresses"
+    how = f"port {port}" + ("" if lb.proxy_protocol == "none" else f", PROXY {lb.proxy_protocol}")
+    lines = [
+        f"NO MX RECORDS: balancer {lb.name} ({'external, ' if lb.external else ''}{where}) has no fqdn, so no MX can name it;",
+        f"and the relays cannot be MX: they take mail only from the balancer ({how}), so mail sent to them would fail.",
+        f"Give the balancer the name the MX records should use: `fqdn: {name}` under load_balancers",
+        f"(balancer {lb.name}) in topology.yml, and run `mailforge dns zone` again. It will then print, for each hosted domain:",
+        f"  {t.domains[0]}.  {DEFAULT_TTL} IN MX  {MX_PREFERENCE} {name}.",
+    ]
+    if lb.address:
+        lines.append(f"  {name}.  {DEFAULT_TTL} IN {'A' if ipaddress.ip_address(lb.address).version == 4 else 'AAAA'}  {lb.address}")
+    else:
+        lines.append(f"  and {name} must resolve to the balancer's addresses, as your provider says.")
+    lines.append("`mailforge dns check` accepts any MX name that resolves to a balancer's address.")
+    return lines
 
 
 def outbound_senders(topology: Topology) -> list[Sender]:
@@ -206,6 +236,9 @@ def zone_text(topology: Topology, ttl: int = DEFAULT_TTL) -> str:
         "; Names are fully qualified (trailing dot) and every record carries its TTL, so each section",
         "; can be pasted as it is into the zone it names. `mailforge dns check` checks the result.",
     ]
+    missing = missing_mx(topology)
+    if missing:
+        out += [";", *(f"; {line}" for line in missing)]
     for zone in _zone_order(records, domains):
         in_zone = [r for r in records if r.zone == zone]
         out.append("")
@@ -215,6 +248,8 @@ def zone_text(topology: Topology, ttl: int = DEFAULT_TTL) -> str:
             out.append(f"; Not in your domains' zones: ask whoever owns {network} (your provider) to publish these PTRs.")
         elif zone in domains:
             out.append(f"; ---- zone {zone} (hosted domain) ----")
+            if missing:
+                out.append("; No MX record here: the balancer has no fqdn (see the note at the top).")
         else:
             out.append(f"; ---- zone {zone} (host names only: not a hosted domain) ----")
         out.extend(_record_lines(in_zone, ttl))

@@ -14,7 +14,7 @@ It imports nothing that renders files or touches hosts.
 from .load import TOPOLOGY_FILE, Inventory, load_inventory, load_topology, resolve_topology_file
 from .model import Core, LoadBalancer, Relay, Topology
 from .recipients import RecipientSet
-from .roles import GROUPS, Host, Role, hosts_of, rollout_order
+from .roles import GROUPS, Host, Role, hosts_of, rollout_order, suggested_mx_name
 
 __all__ = [
     "GROUPS",
@@ -32,4 +32,5 @@ __all__ = [
     "load_topology",
     "resolve_topology_file",
     "rollout_order",
+    "suggested_mx_name",
 ]

@@ -104,6 +104,24 @@ def balancers_are_usable(t: Topology, source: Located) -> Iterator[Finding]:
             )
 
 
+def balancers_have_a_name_for_mx(t: Topology, source: Located) -> Iterator[Finding]:
+    """Behind a balancer the relays take mail only from it, so the MX records must name a balancer:
+    without any balancer fqdn, `dns zone` can publish no MX (a warning: the cluster itself works)."""
+    balancers = [lb for _, lb in present(t.load_balancers)]
+    if balancers and all(lb.name for lb in balancers) and t.domains and all(t.domains) and not any(lb.fqdn for lb in balancers):
+        from .roles import suggested_mx_name
+
+        lb = balancers[0]
+        port = lb.backend_port or 25
+        yield _warning(
+            source,
+            ("load_balancers", 0),
+            f"balancer {lb.name!r} has no fqdn, so `mailforge dns zone` can publish no MX record: the relays take mail only from the balancer "
+            f"(port {port}{'' if lb.proxy_protocol == 'none' else ', PROXY ' + lb.proxy_protocol}), so they cannot be MX",
+            f"fqdn: the name the MX records give the balancer, resolving to its address, e.g. fqdn: {suggested_mx_name(t)}",
+        )
+
+
 def recipients_name_a_source(t: Topology, source: Located) -> Iterator[Finding]:
     spec = getattr(t, "recipients", None)
     if (
@@ -238,6 +256,7 @@ CHECKS: list[Check] = [
     names_are_unique,
     relays_have_a_core,
     balancers_are_usable,
+    balancers_have_a_name_for_mx,
     recipients_name_a_source,
     ldap_settings_agree,
     instances_are_usable,

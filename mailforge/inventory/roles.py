@@ -107,3 +107,10 @@ def rollout_order(hosts: list[Host], batch: int = 1) -> list[list[str]]:
     relays = [h.name for h in hosts if h.stage == 1]
     order += [relays[i : i + batch] for i in range(0, len(relays), batch)]
     return order
+
+
+def suggested_mx_name(topology: Topology) -> str:
+    """A name to give a balancer that has none, for the MX records: mx.<first hosted domain>, unless a host has it."""
+    taken = {h.fqdn for h in hosts_of(topology)} | {lb.fqdn for lb in topology.load_balancers}
+    domain = topology.domains[0]
+    return next(name for name in (f"mx.{domain}", f"mail.{domain}", *(f"mx{i}.{domain}" for i in range(100))) if name not in taken)

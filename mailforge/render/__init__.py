@@ -18,7 +18,6 @@ def render(inventory: Inventory) -> Tree:
     recipients = inventory.recipients
     # One recipients map for every relay: the same object, so it is made, written and hashed once.
     recipients_map = maps.relay_recipients(t, recipients) if recipients is not None else None
-    relay_sources = firewall.host_networks(*(r.address for r in t.relays))
     tree: Tree = {}
 
     for host in inventory.hosts:
@@ -27,40 +26,22 @@ def render(inventory: Inventory) -> Tree:
             lb = host.entry
             assert isinstance(lb, LoadBalancer)
             files["/etc/haproxy/haproxy.cfg"] = balancer.haproxy_cfg(t, lb)
-            files.update(firewall.rules_files(t, [firewall.Opening(lb.frontend_port, firewall.ANYWHERE, "public smtp")]))
+            files.update(firewall.rules_files(t, firewall.host_openings(host)))
         elif host.role is Role.MX_PROXY:
             relay = host.entry
             assert isinstance(relay, Relay) and relay.instances is not None
             for instance in postfix.mx_proxy_instances(t, relay, t.cores, recipients, recipients_map):
                 files.update(instance.files(t.cluster))
-            openings = []
-            if relay.instances.inbound:
-                openings.append(firewall.Opening(relay.instances.inbound.port, firewall.ANYWHERE, "public smtp to postfix-inbound"))
-            if relay.instances.outbound:
-                openings.append(
-                    firewall.Opening(
-                        relay.instances.outbound.port,
-                        tuple(relay.instances.outbound.trusted_networks),
-                        "submission from the trusted networks to postfix-outbound",
-                    )
-                )
-            files.update(firewall.rules_files(t, openings))
+            files.update(firewall.rules_files(t, firewall.host_openings(host)))
         elif host.role is Role.RELAY:
             relay = host.entry
             assert isinstance(relay, Relay)
             files.update(postfix.relay_instance(t, relay, t.cores, recipients=recipients, recipients_map=recipients_map).files(t.cluster))
-            if t.load_balancers:
-                openings = [firewall.Opening(t.backend_port, tuple(t.balancer_sources), "only the balancer may speak to postscreen")]
-            else:
-                openings = [firewall.Opening(25, firewall.ANYWHERE, "public smtp")]
-            files.update(firewall.rules_files(t, openings))
+            files.update(firewall.rules_files(t, firewall.host_openings(host)))
         else:
             core = host.entry
             assert isinstance(core, Core)
             files.update(postfix.core_instance(t, core, recipients).files(t.cluster))
-            openings = [firewall.Opening(25, relay_sources, "the relays hand over inbound mail")]
-            if core.user_networks:
-                openings.append(firewall.Opening(25, tuple(core.user_networks), "users send outbound mail"))
-            files.update(firewall.rules_files(t, openings))
+            files.update(firewall.rules_files(t, firewall.host_openings(host)))
         tree[host.name] = dict(sorted(files.items()))
     return tree

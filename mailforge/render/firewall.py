@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from ..inventory import Topology
+from ..inventory import Core, Host, LoadBalancer, Relay, Role, Topology
 from .files import IP6TABLES_RESTORE, IPTABLES_RESTORE, RenderedFile, header, template
 
 ANYWHERE = ("0.0.0.0/0", "::/0")
@@ -60,3 +60,34 @@ def rules_files(t: Topology, openings: list[Opening]) -> dict[str, RenderedFile]
 
 def host_networks(*addresses: str) -> tuple[str, ...]:
     return tuple(str(ipaddress.ip_network(a)) for a in addresses)
+
+
+def host_openings(host: Host) -> list[Opening]:
+    """Who the host's firewall admits on its mail ports, and why (SSH is added by `rules_files`): what
+    render writes into the rules and `mailforge graph` draws."""
+    t = host.topology
+    entry = host.entry
+    if host.role is Role.BALANCER:
+        assert isinstance(entry, LoadBalancer)
+        return [Opening(entry.frontend_port, ANYWHERE, "public smtp")]
+    if host.role is Role.MX_PROXY:
+        assert isinstance(entry, Relay) and entry.instances is not None
+        openings = []
+        if entry.instances.inbound:
+            openings.append(Opening(entry.instances.inbound.port, ANYWHERE, "public smtp to postfix-inbound"))
+        if entry.instances.outbound:
+            openings.append(
+                Opening(
+                    entry.instances.outbound.port, tuple(entry.instances.outbound.trusted_networks), "submission from the trusted networks to postfix-outbound"
+                )
+            )
+        return openings
+    if host.role is Role.RELAY:
+        if t.load_balancers:
+            return [Opening(t.backend_port, tuple(t.balancer_sources), "only the balancer may speak to postscreen")]
+        return [Opening(25, ANYWHERE, "public smtp")]
+    assert isinstance(entry, Core)
+    openings = [Opening(25, host_networks(*(r.address for r in t.relays)), "the relays hand over inbound mail")]
+    if entry.user_networks:
+        openings.append(Opening(25, tuple(entry.user_networks), "users send outbound mail"))
+    return openings

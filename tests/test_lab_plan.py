@@ -1,0 +1,123 @@
+"""Labs that cannot hurt each other, decided without an engine: what `lab up` refuses and what `lab down`
+removes, given what the engine already holds.
+
+The shipped example and the lb-relays-core layout both say `cluster: example`, so their labs plan the
+same container and network names (mf-example-dns, mf-example-net, ...). Everything `lab up` makes is
+labelled with its resolved inventory directory; only that label decides who owns what.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from conftest import INVENTORIES
+
+from mailforge import lab
+from mailforge.inventory import load_topology
+
+
+def planned(name: str):
+    return lab.plan(load_topology(INVENTORIES[name]))
+
+
+def made_by(plan: lab.LabPlan) -> list[lab.Found]:
+    """What the engine holds once `lab up` of `plan` has run: its containers and network, with the labels it gives them."""
+
+    def labels(args: list[str]) -> dict[str, str]:
+        return dict(value.split("=", 1) for flag, value in zip(args[::2], args[1::2], strict=True) if flag == "--label")
+
+    found = [lab.Found("container", c.name, labels(plan.labels(c.host))) for c in plan.containers]
+    return found + [lab.Found("network", plan.network, labels(plan.labels()), (plan.subnet,))]
+
+
+def test_two_inventories_of_one_cluster_name_plan_the_same_names_but_not_the_same_owner():
+    example, other = planned("example"), planned("lb-relays-core")
+    assert example.cluster == other.cluster == "example"
+    assert example.network == other.network == "mf-example-net"
+    shared = {c.name for c in example.containers} & {c.name for c in other.containers}
+    assert shared == {"mf-example-dns", "mf-example-client", "mf-example-spammer"}
+    assert example.owner == str(INVENTORIES["example"].resolve()) != other.owner
+
+
+def test_lab_up_of_the_other_inventory_is_refused_naming_every_clash():
+    example, other = planned("example"), planned("lb-relays-core")
+    problems = lab.clashes(other, made_by(example))
+    whose = f"belongs to the lab of {example.owner}"
+    assert problems == [
+        f"container mf-example-dns {whose}",
+        f"container mf-example-client {whose}",
+        f"container mf-example-spammer {whose}",
+        f"network mf-example-net {whose}",
+    ]
+    message = lab.clash_message(other, problems)
+    assert "nothing was changed" in message and "lab down" in message and "another `cluster` name" in message
+
+
+def test_a_lab_adopts_what_it_made_itself():
+    example = planned("example")
+    assert lab.clashes(example, made_by(example)) == []
+    assert lab.clashes(example, []) == []
+
+
+def test_containers_and_networks_without_the_owner_label_are_not_adopted():
+    example = planned("example")
+    unlabelled = [lab.Found("container", "mf-example-core", {"mailforge.cluster": "example"}), lab.Found("network", example.network, {}, (example.subnet,))]
+    problems = lab.clashes(example, unlabelled)
+    assert problems == [
+        "container mf-example-core belongs to a lab of cluster 'example' made without the mailforge.inventory label (Molecule, or an older mailforge)",
+        "network mf-example-net belongs to something other than mailforge",
+    ]
+
+
+def test_a_network_of_another_name_whose_subnet_overlaps_is_a_clash():
+    example = planned("example")
+    overlapping = lab.Found("network", "mf-other-net", {lab.OWNER_LABEL: "/srv/other"}, ("10.232.0.0/16",))
+    elsewhere = lab.Found("network", "podman", {}, ("10.88.0.0/16",))
+    assert lab.clashes(example, [overlapping, elsewhere]) == [
+        "network mf-other-net of the lab of /srv/other has subnet 10.232.0.0/16, which overlaps this lab's 10.232.0.0/24"
+    ]
+
+
+def test_this_labs_network_with_another_subnet_says_to_bring_it_down_first():
+    example = planned("example")
+    [network] = [f for f in made_by(example) if f.kind == "network"]
+    moved = lab.Found("network", network.name, network.labels, ("10.99.0.0/24",))
+    [problem] = lab.clashes(example, [moved])
+    assert "has subnet 10.99.0.0/24, and the inventory now needs 10.232.0.0/24" in problem and "lab down" in problem
+
+
+def test_lab_down_of_the_other_inventory_removes_nothing_of_the_running_lab():
+    example, other = planned("example"), planned("lb-relays-core")
+    remove, keep = lab.leftovers(other, made_by(example))
+    assert remove == []
+    assert sorted(f.name for f in keep) == ["mf-example-client", "mf-example-dns", "mf-example-net", "mf-example-spammer"]
+
+
+def test_lab_down_removes_everything_its_own_lab_up_made_network_last():
+    example = planned("example")
+    stray = lab.Found("container", "mf-example-old-relay", {lab.OWNER_LABEL: example.owner})  # a host since dropped from the inventory
+    remove, keep = lab.leftovers(example, [*made_by(example), stray])
+    assert [f.name for f in remove] == [c.name for c in example.containers] + ["mf-example-old-relay", "mf-example-net"]
+    assert keep == []
+
+
+def test_a_copy_of_the_inventory_elsewhere_is_another_lab(tmp_path):
+    copy = tmp_path / "example"
+    shutil.copytree(INVENTORIES["example"], copy)
+    example, twin = planned("example"), lab.plan(load_topology(copy))
+    assert [c.name for c in twin.containers] == [c.name for c in example.containers]
+    assert len(lab.clashes(twin, made_by(example))) == len(example.containers) + 1
+
+
+@pytest.mark.parametrize("name", sorted(INVENTORIES))
+def test_every_inventory_gets_labels_naming_its_directory(name):
+    plan = planned(name)
+    assert plan.labels("relay1") == [
+        "--label",
+        f"mailforge.cluster={plan.cluster}",
+        "--label",
+        f"mailforge.inventory={INVENTORIES[name].resolve()}",
+        "--label",
+        "mailforge.host=relay1",
+    ]
