@@ -301,6 +301,12 @@ def up(inventory: Inventory, env: dict[str, str], say=lambda message: None) -> L
                     f"container {c.name} runs, but at {address or 'no address'} on {lab.network}, not at {c.address}: "
                     f"remove it (mailforge lab down) and run lab up again"
                 )
+            image = docker(env, "inspect", "--format", "{{.Config.Image}}", c.name, check=False).stdout.strip()
+            if image and not (image == c.image or image.endswith("/" + c.image)):  # the engine may prefix a registry
+                raise LabError(
+                    f"container {c.name} runs {image}, not {c.image} (the Debian release of {c.host} in the inventory): "
+                    f"remove it (mailforge lab down) and run lab up again"
+                )
         else:
             if existing.returncode == 0:
                 docker(env, "rm", "-f", c.name)
