@@ -70,3 +70,10 @@ def test_cluster_inventory_is_the_example_apart_from_debian_release():
     assert scenario.recipients == example.recipients
     assert {h.debian_release.codename for h in example.hosts} == {"trixie"}  # the README's cluster: Debian 13
     assert {h.debian_release.codename for h in scenario.hosts} == set(RELEASES)
+
+
+def test_every_role_scenario_runs_on_every_release():
+    """Each role scenario converges and verifies its host on Debian 13 and on Debian 12 at once."""
+    for path in sorted(SCENARIOS.glob("mailforge_*/molecule.yml")):
+        platforms = yaml.safe_load(path.read_text())["platforms"]
+        assert {p["image"] for p in platforms} == {lab.image_of(codename) for codename in RELEASES}, path
