@@ -133,3 +133,14 @@ def test_the_lab_starts_each_host_from_its_release_image():
         "client": "mailforge-lab/trixie:latest",
         "spammer": "mailforge-lab/trixie:latest",
     }
+
+
+def test_the_schema_offers_the_releases_to_editors():
+    result = mailforge("schema")
+    import json
+
+    schema = json.loads(result.stdout)
+    assert schema["properties"]["debian_release"]["enum"] == list(RELEASES)
+    assert schema["properties"]["debian_release"]["default"] == "trixie"
+    for host in ("LoadBalancer", "Relay", "Core"):
+        assert {"enum": list(RELEASES), "type": "string"} in schema["$defs"][host]["properties"]["debian_release"]["anyOf"], host

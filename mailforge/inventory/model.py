@@ -185,7 +185,7 @@ class Topology(Strict):
     debian_release: DebianCodename = Field(
         default=DEFAULT_RELEASE,  # by keyword: mypy reads a field's default only from default=
         description="The Debian release every host runs unless its own debian_release says otherwise: trixie (Debian 13, Postfix 3.10) "
-        "or bookworm (Debian 12, Postfix 3.7). It decides which Postfix parameters policy.main_cf may set on a host, and the lab's image.",
+        "or bookworm (Debian 12, Postfix 3.7). It decides which Postfix parameters policy.main_cf may set on a relay, and the image of the host's lab container.",
     )
 
     @property
