@@ -5,6 +5,7 @@ holds that message word for word."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -136,10 +137,7 @@ def test_the_lab_starts_each_host_from_its_release_image():
 
 
 def test_the_schema_offers_the_releases_to_editors():
-    result = mailforge("schema")
-    import json
-
-    schema = json.loads(result.stdout)
+    schema = json.loads(mailforge("schema").stdout)
     assert schema["properties"]["debian_release"]["enum"] == list(RELEASES)
     assert schema["properties"]["debian_release"]["default"] == "trixie"
     for host in ("LoadBalancer", "Relay", "Core"):
