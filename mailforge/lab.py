@@ -22,10 +22,17 @@ from . import dns
 from .errors import MailforgeError
 from .hosts import Reach
 from .inventory import Inventory
+from .inventory.releases import DEFAULT_RELEASE
 from .remote import close_master
 from .resources import script
 
-IMAGE = "mailforge-lab/bookworm:latest"
+
+def image_of(codename: str) -> str:
+    """The lab image of a Debian release, built by lab-image --suite CODENAME."""
+    return f"mailforge-lab/{codename}:latest"
+
+
+IMAGE = image_of(DEFAULT_RELEASE)  # the lab's own containers (dns, client, spammer) and the role scenarios
 # Every container and network `lab up` makes carries these labels. OWNER_LABEL holds the resolved
 # inventory directory: two inventories may share a `cluster` name (and so container names), and
 # only the owner's `lab up` adopts a container and only the owner's `lab down` removes it.
@@ -47,6 +54,7 @@ class LabContainer:
     address: str
     hostname: str
     role: str  # balancer, relay, mxproxy, core, client, dns
+    image: str = IMAGE  # the image of the host's Debian release (debian_release); the default release for the lab's own
 
 
 @dataclass
@@ -95,7 +103,10 @@ def plan(inventory: Inventory) -> LabPlan:
                 return str(candidate)
         raise LabError(f"no free address left in {subnet} for the lab's own containers")
 
-    containers = [LabContainer(f"{prefix}-{h.name}", h.name, str(h.address), h.fqdn or f"{h.name}.lab", h.role.value) for h in inventory.hosts]
+    containers = [
+        LabContainer(f"{prefix}-{h.name}", h.name, str(h.address), h.fqdn or f"{h.name}.lab", h.role.value, image_of(h.debian_release.codename))
+        for h in inventory.hosts
+    ]
     top = subnet.num_addresses - 2
     containers.append(LabContainer(f"{prefix}-dns", "dns", free([53, *range(top, 2, -1)]), f"dns.{SENDER_DOMAIN}", "dns"))
     containers.append(LabContainer(f"{prefix}-client", "client", free([200, *range(top - 1, 2, -1)]), f"client.{SENDER_DOMAIN}", "client"))
@@ -295,10 +306,12 @@ def docker(env: dict[str, str], *args: str, check: bool = True, timeout: int = 6
     return result
 
 
-def build_image(env: dict[str, str]) -> None:
-    result = subprocess.run([str(script("lab-image"))], env=env, capture_output=True, text=True, timeout=1800)
+def build_image(env: dict[str, str], image: str = IMAGE) -> None:
+    """Build the lab image `image_of(codename)` unless it exists."""
+    codename = image.split("/", 1)[1].split(":", 1)[0]
+    result = subprocess.run([str(script("lab-image")), "--suite", codename], env=env, capture_output=True, text=True, timeout=1800)
     if result.returncode != 0:
-        raise LabError(f"the lab image could not be built: {result.stderr.strip()[-500:]}")
+        raise LabError(f"the lab image {image} could not be built: {result.stderr.strip()[-500:]}")
 
 
 # --- SSH: the lab's hosts are reached as real hosts are ------------------------------------------------
@@ -472,14 +485,17 @@ def up(inventory: Inventory, env: dict[str, str], say=lambda message: None) -> L
     problems = clashes(lab, survey(env, lab))
     if problems:
         raise LabError(clash_message(lab, problems))
-    build_image(env)
+    images = list(dict.fromkeys(c.image for c in lab.containers))
+    for image in images:
+        build_image(env, image)
     if docker(env, "network", "inspect", lab.network, check=False).returncode != 0:
         say(f"network {lab.network} ({lab.subnet})")
         docker(env, "network", "create", "--subnet", lab.subnet, *lab.labels(), lab.network)
     server = lab.by_host("dns")
-    sources = docker(
-        env, "run", "--rm", "--entrypoint", "sh", IMAGE, "-c", "cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null", check=False
-    ).stdout
+    sources = "".join(
+        docker(env, "run", "--rm", "--entrypoint", "sh", image, "-c", "cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null", check=False).stdout
+        for image in images
+    )
     mirrors = mirror_hosts(sources)
     for c in lab.containers:
         existing = docker(env, "inspect", "--format", "{{.State.Running}}", c.name, check=False)
@@ -488,6 +504,12 @@ def up(inventory: Inventory, env: dict[str, str], say=lambda message: None) -> L
             if address != c.address:
                 raise LabError(
                     f"container {c.name} runs, but at {address or 'no address'} on {lab.network}, not at {c.address}: "
+                    f"remove it (mailforge lab down) and run lab up again"
+                )
+            image = docker(env, "inspect", "--format", "{{.Config.Image}}", c.name, check=False).stdout.strip()
+            if image and not (image == c.image or image.endswith("/" + c.image)):  # the engine may prefix a registry
+                raise LabError(
+                    f"container {c.name} runs {image}, not {c.image} (the Debian release of {c.host} in the inventory): "
                     f"remove it (mailforge lab down) and run lab up again"
                 )
         else:
@@ -517,7 +539,7 @@ def up(inventory: Inventory, env: dict[str, str], say=lambda message: None) -> L
                 "--cap-add",
                 "SYS_PTRACE",
                 *lab.labels(c.host),
-                IMAGE,
+                c.image,
                 "sleep",
                 "infinity",
             )

@@ -28,10 +28,12 @@ SCENARIOS = [s for s in SCENARIOS if s != "cluster"] + [s for s in SCENARIOS if 
 
 @pytest.fixture(scope="module")
 def molecule_env() -> dict[str, str]:
-    from mailforge.lab import build_image, engine_environment
+    from mailforge.inventory.releases import RELEASES
+    from mailforge.lab import build_image, engine_environment, image_of
 
     env = engine_environment()
-    build_image(env)  # the scenarios' pre-built image
+    for codename in RELEASES:  # the scenarios' pre-built images: every scenario runs on every release
+        build_image(env, image_of(codename))
     # `cluster` uses the example lab's network and container names: the lab tests' lab must be gone.
     subprocess.run(
         [str(Path(sys.executable).parent / "mailforge"), "lab", "down", str(LAB_EXAMPLE)], capture_output=True, timeout=600

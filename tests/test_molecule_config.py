@@ -1,7 +1,8 @@
-"""Molecule's cluster scenario is the lab: same containers, names, addresses, network and DNS.
+"""Molecule's cluster scenario is the lab: same containers, names, addresses, images, network and DNS.
 
 If the two drifted apart, `mailforge verify --lab` in the scenario would probe containers
-Molecule never made. No containers are started here.
+Molecule never made. The scenario's inventory is the shipped example with some hosts on Debian 12,
+so the scenario covers both releases; it must stay the example otherwise. No containers are started here.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from conftest import REPO
 
 from mailforge import lab
 from mailforge.inventory import load_inventory
+from mailforge.inventory.releases import RELEASES
 from mailforge.resources import ROLES
 
 SCENARIOS = REPO / "molecule"
+CLUSTER_INVENTORY = SCENARIOS / "cluster" / "inventory"
 
 
 def _platforms() -> list[dict]:
@@ -21,23 +24,23 @@ def _platforms() -> list[dict]:
 
 
 def test_cluster_platforms_are_the_lab_containers():
-    plan = lab.plan(load_inventory(REPO / "inventories" / "example"))
+    plan = lab.plan(load_inventory(CLUSTER_INVENTORY))
     dns = plan.by_host("dns").address
-    expected = {c.name: (c.hostname, c.address) for c in plan.containers}
+    expected = {c.name: (c.hostname, c.address, c.image) for c in plan.containers}
     got = {}
     for p in _platforms():
         [network] = p["networks"]
         assert network["name"] == plan.network, p["name"]
         assert p["dns_servers"] == [dns], p["name"]
-        assert p["image"] == lab.IMAGE and p["pre_build_image"] is True
+        assert p["pre_build_image"] is True
         assert {"NET_ADMIN", "NET_RAW"} <= set(p["capabilities"]), p["name"]
-        got[p["name"]] = (p["hostname"], network["ipv4_address"])
+        got[p["name"]] = (p["hostname"], network["ipv4_address"], p["image"])
     assert got == expected
 
 
 def test_cluster_network_is_the_lab_network():
     networks = [n for p in _platforms() for n in p.get("docker_networks", [])]
-    plan = lab.plan(load_inventory(REPO / "inventories" / "example"))
+    plan = lab.plan(load_inventory(CLUSTER_INVENTORY))
     assert [(n["name"], n["ipam_config"][0]["subnet"]) for n in networks] == [(plan.network, plan.subnet)]
 
 
@@ -51,7 +54,7 @@ def test_cluster_instances_carry_the_labels_lab_up_adopts():
     """`lab up --no-deploy` adopts only what is labelled with its inventory's directory (see lab.clashes):
     Molecule's instances and network carry the labels `lab up` itself would give them, once Molecule has
     put its project directory in (it runs from the repository)."""
-    plan = lab.plan(load_inventory(REPO / "inventories" / "example"))
+    plan = lab.plan(load_inventory(REPO / "molecule" / "cluster" / "inventory"))
 
     def filled(labels: dict) -> dict:
         return {key: str(value).replace("${MOLECULE_PROJECT_DIRECTORY}", str(REPO)) for key, value in labels.items()}
@@ -66,3 +69,32 @@ def test_cluster_instances_carry_the_labels_lab_up_adopts():
     assert filled(network["labels"]) == wanted(plan.labels())
     found = [lab.Found("container", p["name"], filled(p["labels"])) for p in _platforms()]
     assert lab.clashes(plan, found + [lab.Found("network", plan.network, filled(network["labels"]), (plan.subnet,))]) == []
+
+
+def test_cluster_runs_both_debian_releases():
+    images = {p["image"] for p in _platforms()}
+    assert images == {lab.image_of(codename) for codename in RELEASES}, images
+
+
+def test_cluster_inventory_is_the_example_apart_from_debian_release():
+    """The scenario deploys the shipped example; only the hosts' releases differ."""
+
+    def without_releases(value):
+        if isinstance(value, dict):
+            return {k: without_releases(v) for k, v in value.items() if k != "debian_release"}
+        if isinstance(value, list):
+            return [without_releases(v) for v in value]
+        return value
+
+    example, scenario = load_inventory(REPO / "inventories" / "example"), load_inventory(CLUSTER_INVENTORY)
+    assert without_releases(scenario.topology.model_dump()) == without_releases(example.topology.model_dump())
+    assert scenario.recipients == example.recipients
+    assert {h.debian_release.codename for h in example.hosts} == {"trixie"}  # the README's cluster: Debian 13
+    assert {h.debian_release.codename for h in scenario.hosts} == set(RELEASES)
+
+
+def test_every_role_scenario_runs_on_every_release():
+    """Each role scenario converges and verifies its host on Debian 13 and on Debian 12 at once."""
+    for path in sorted(SCENARIOS.glob("mailforge_*/molecule.yml")):
+        platforms = yaml.safe_load(path.read_text())["platforms"]
+        assert {p["image"] for p in platforms} == {lab.image_of(codename) for codename in RELEASES}, path

@@ -18,7 +18,8 @@ from . import header_checks as header_check_syntax
 from .model import LdapSource, Recipients, Topology
 from .partial import identified, present
 from .positions import Located, format_path
-from .postfix_parameters import GUARDED_PARAMETERS, POSTFIX_PARAMETERS
+from .postfix_parameters import GUARDED_PARAMETERS, PARAMETERS_BY_RELEASE, POSTFIX_PARAMETERS
+from .releases import DEFAULT_RELEASE, RELEASES, DebianRelease
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,10 @@ def header_checks_are_sound(t: Topology, source: Located) -> Iterator[Finding]:
 
 
 def main_cf_parameters_exist(t: Topology, source: Located) -> Iterator[Finding]:
-    """Extra main.cf parameters: Postfix knows them, and none decides who may relay."""
+    """Extra main.cf parameters: the Postfix of every relay knows them (each relay's Debian release
+    decides its Postfix), and none decides who may relay."""
+    default = t.debian_release if t.debian_release in RELEASES else DEFAULT_RELEASE
+    release_of = {relay.name: RELEASES.get(relay.debian_release or default, RELEASES[default]) for _, relay in present(t.relays)}
     for name, value in t.policy.main_cf.items():
         path = ("policy", "main_cf", name)
         if name in GUARDED_PARAMETERS:
@@ -243,8 +247,31 @@ def main_cf_parameters_exist(t: Topology, source: Located) -> Iterator[Finding]:
             yield _error(
                 source, path, f"{name!r} is not a Postfix parameter" + (f"; did you mean {hint[0]!r}?" if hint else ""), "a parameter name that postconf knows"
             )
+        else:
+            yield from _parameter_on_every_release(source, path, name, release_of)
         if any(c in str(value) for c in "\r\n"):
             yield _error(source, path, "value spans lines", "a single-line value")
+
+
+def _parameter_on_every_release(source: Located, path: tuple, name: str, release_of: dict[str, DebianRelease]) -> Iterator[Finding]:
+    """One problem per Debian release whose Postfix lacks the parameter, naming the relays that run it."""
+    lacking: dict[DebianRelease, list[str]] = {}
+    for relay, release in release_of.items():
+        if name not in PARAMETERS_BY_RELEASE[release.codename]:
+            lacking.setdefault(release, []).append(relay)
+    knowing = [r for r in RELEASES.values() if name in PARAMETERS_BY_RELEASE[r.codename]]
+    for release, relays in lacking.items():
+        which = ", ".join(relays)
+        one = len(relays) == 1
+        yield _error(
+            source,
+            path,
+            f"{name!r} is a parameter of Postfix {' and '.join(r.postfix for r in knowing)}; {'relay' if one else 'relays'} {which} "
+            f"{'runs' if one else 'run'} Postfix {release.postfix} (debian_release: {release.codename}, Debian {release.version}), which does not know it",
+            f"policy.main_cf without {name}, or {which} upgraded to "
+            + " or ".join(f"{r.codename} (Debian {r.version})" for r in knowing)
+            + f" and {'its' if one else 'their'} debian_release set to match",
+        )
 
 
 def ssh_is_not_open_to_all(t: Topology, source: Located) -> Iterator[Finding]:

@@ -10,10 +10,11 @@ import re
 import urllib.parse
 from typing import Annotated
 
-from pydantic import AfterValidator, StrictInt
+from pydantic import AfterValidator, BeforeValidator, StrictInt
 from pydantic_core import PydanticCustomError
 
 from .names import NameError_, normalize_domain
+from .releases import RELEASES, Codename
 
 
 def fail(message: str, expected: str) -> PydanticCustomError:
@@ -83,6 +84,15 @@ def _port(value: int) -> int:
     return value
 
 
+def _debian_release(value: object) -> object:
+    if value not in RELEASES:
+        raise fail(
+            f"{value!r} is not a Debian release mailforge supports",
+            " or ".join(f"{r.codename} (Debian {r.version})" for r in RELEASES.values()),
+        )
+    return value
+
+
 Domain = Annotated[str, AfterValidator(_domain)]
 Address = Annotated[str, AfterValidator(_address)]
 Network = Annotated[str, AfterValidator(_network)]
@@ -91,6 +101,8 @@ Port = Annotated[StrictInt, AfterValidator(_port)]
 ConfigText = Annotated[str, AfterValidator(_config_text)]
 FilePath = Annotated[str, AfterValidator(_file_path)]
 MainCfValue = Annotated[object, AfterValidator(_main_cf_value)]
+# A Literal for the JSON Schema's enum; the validator before it gives the message.
+DebianCodename = Annotated[Codename, BeforeValidator(_debian_release)]
 
 
 def _csv_delimiter(value: str) -> str:

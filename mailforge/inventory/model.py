@@ -15,6 +15,7 @@ from .fields import (
     Address,
     ConfigText,
     CsvDelimiter,
+    DebianCodename,
     Domain,
     EnvName,
     FilePath,
@@ -26,6 +27,7 @@ from .fields import (
     Network,
     Port,
 )
+from .releases import DEFAULT_RELEASE
 
 
 class Strict(BaseModel):
@@ -91,6 +93,9 @@ class LoadBalancer(Strict):
     proxy_protocol: Literal["v1", "v2", "none"] = "v1"
     backend_port: Port | None = Field(None, description="Port the relays listen on for the balancer.")
     frontend_port: Port = 25
+    debian_release: DebianCodename | None = Field(
+        None, description="The Debian release this host runs, when not the topology's debian_release: trixie (Debian 13) or bookworm (Debian 12)."
+    )
     connection: Connection | None = None
 
 
@@ -117,6 +122,9 @@ class Relay(Strict):
     fqdn: Domain
     address: Address
     instances: Instances | None = Field(None, description="Run several Postfix instances with postmulti on this host.")
+    debian_release: DebianCodename | None = Field(
+        None, description="The Debian release this host runs, when not the topology's debian_release: trixie (Debian 13) or bookworm (Debian 12)."
+    )
     connection: Connection | None = None
 
 
@@ -125,6 +133,9 @@ class Core(Strict):
     fqdn: Domain
     address: Address
     user_networks: list[Network] = Field(default_factory=list, description="Networks allowed to send outbound mail through this core.")
+    debian_release: DebianCodename | None = Field(
+        None, description="The Debian release this host runs, when not the topology's debian_release: trixie (Debian 13) or bookworm (Debian 12)."
+    )
     connection: Connection | None = None
 
 
@@ -174,6 +185,11 @@ class Topology(Strict):
     firewall: Firewall = Field(default_factory=Firewall)
     tls: Tls = Field(default_factory=Tls)
     connection: Connection | None = Field(None, description="How Ansible reaches every host, unless a host says otherwise.")
+    debian_release: DebianCodename = Field(
+        default=DEFAULT_RELEASE,  # by keyword: mypy reads a field's default only from default=
+        description="The Debian release every host runs unless its own debian_release says otherwise: trixie (Debian 13, Postfix 3.10) "
+        "or bookworm (Debian 12, Postfix 3.7). It decides which Postfix parameters policy.main_cf may set on a relay, and the image of the host's lab container.",
+    )
 
     @property
     def managed_balancers(self) -> list[LoadBalancer]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from .model import Core, LoadBalancer, Relay, Topology
+from .releases import RELEASES, DebianRelease
 
 
 class Role(StrEnum):
@@ -58,6 +59,11 @@ class Host:
     @property
     def group(self) -> str:
         return self.role.group
+
+    @property
+    def debian_release(self) -> DebianRelease:
+        """The Debian release the host runs: its own debian_release, else the topology's."""
+        return RELEASES[self.entry.debian_release or self.topology.debian_release]
 
     @property
     def stage(self) -> int:
