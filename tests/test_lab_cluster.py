@@ -138,7 +138,7 @@ def test_a_same_named_inventory_cannot_touch_the_running_lab(lab, tmp_path):
     it is refused before anything is made (exit 2, every clash named); `lab down` of it removes nothing."""
     import shutil
 
-    from conftest import INVENTORIES
+    from conftest import INVENTORIES, LAB_EXAMPLE
 
     other = tmp_path / "lb-relays-core"
     shutil.copytree(INVENTORIES["lb-relays-core"], other)
@@ -148,7 +148,7 @@ def test_a_same_named_inventory_cannot_touch_the_running_lab(lab, tmp_path):
     up = mailforge("lab", "up", str(other))
     assert up.returncode == 2, up.stdout + up.stderr
     for name in ("container mf-example-dns", "container mf-example-client", "container mf-example-spammer", "network mf-example-net"):
-        assert f"{name} belongs to the lab of {EXAMPLE.resolve()}" in up.stderr, up.stderr
+        assert f"{name} belongs to the lab of {LAB_EXAMPLE.resolve()}" in up.stderr, up.stderr
     assert "nothing was changed" in up.stderr and "Traceback" not in up.stderr
     assert _engine_state() == before
 
