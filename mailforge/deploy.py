@@ -187,7 +187,6 @@ def run_playbook(
     diff: bool = False,
     batch: int = 1,
     progress: Progress | None = None,
-    environment: dict[str, str] | None = None,
     verbosity: int = 0,
     output: Callable[[str], None] | None = None,
     command: str = "deploy",
@@ -236,7 +235,6 @@ def run_playbook(
                 # ansible-runner sets ANSIBLE_HOST_KEY_CHECKING=False unless told otherwise: a host key is always checked.
                 "ANSIBLE_HOST_KEY_CHECKING": "True",
                 "ANSIBLE_NOCOLOR": "True",
-                **(environment or {}),
             },
             event_handler=tally,
             quiet=True,
