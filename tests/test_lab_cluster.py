@@ -158,5 +158,5 @@ def test_a_same_named_inventory_cannot_touch_the_running_lab(lab, tmp_path):
     assert summary["removed"] == []
     assert sorted(k.split(":")[0] for k in summary["kept"]) == ["mf-example-client", "mf-example-dns", "mf-example-net", "mf-example-spammer"]
     assert _engine_state() == before
-    status = mailforge("lab", "status", str(EXAMPLE))
+    status = mailforge("lab", "status", str(LAB_EXAMPLE))
     assert status.returncode == 0, status.stdout + status.stderr
