@@ -33,13 +33,14 @@ def verify(
         raise verifying.VerifyError("name the probing host with --probe-from (or use --lab)")
     inv, directory, manifest = render_for_hosts(inventory, render_dir)
     selected, reaches, _ = reach(inv, lab, limit)
-    spammer = None
+    spammer = submitter = None
     if lab:
         from .. import lab as lab_module
 
         probes = lab_module.probes(inv)
         client = probes["client"].shell()
         spammer = probes["spammer"].shell()
+        submitter = probes["submitter"].shell() if "submitter" in probes else None  # with an outbound instance: a host in its trusted_networks
         if probe is not None:
             if probe.argv[0] == "docker":
                 probe.env = lab_module.engine_environment()  # a container next to the lab's: the same engine
@@ -48,7 +49,7 @@ def verify(
         assert probe is not None
         client = probe
     shells = {name: reaches[name].shell() for name in selected}
-    checks = verifying.verify(inv, directory, manifest, shells, client, spammer, wait=wait)
+    checks = verifying.verify(inv, directory, manifest, shells, client, spammer, wait=wait, submitter=submitter)
     run = verifying.results_of(checks, inv.topology.cluster, inv.warnings, selected)
     if not as_json:
         table = Table(title=f"verify {inv.topology.cluster}", title_justify="left")
