@@ -88,6 +88,13 @@ def balancers_are_usable(t: Topology, source: Located) -> Iterator[Finding]:
                 f"external balancer {lb.name!r} gives no address or source_networks, so the relays could not tell it from anyone else",
                 "source_networks: the networks its connections come from",
             )
+        if lb.rotation is not None and not lb.external:
+            yield _error(
+                source,
+                path + ("rotation",),
+                f"managed balancer {lb.name!r} has rotation hooks, but mailforge drains its relays itself through HAProxy's admin socket",
+                "rotation only under an external balancer (external: true); remove it here",
+            )
         if lb.proxy_protocol == "none":
             yield _warning(
                 source,
