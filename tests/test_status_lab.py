@@ -45,7 +45,9 @@ def relays_deferred() -> int:
 
 
 def balancer(command: str) -> str:
-    script = f"import socket; s = socket.socket(socket.AF_UNIX); s.connect('/run/haproxy/admin.sock'); s.sendall(b'{command}\\n'); print(s.recv(65536).decode())"
+    script = (
+        f"import socket; s = socket.socket(socket.AF_UNIX); s.connect('/run/haproxy/admin.sock'); s.sendall(b'{command}\\n'); print(s.recv(65536).decode())"
+    )
     return in_container("lb", f'python3 -c "{script}"')
 
 
