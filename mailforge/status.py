@@ -219,14 +219,16 @@ def survey(inventory: Inventory, shells: dict[str, HostShell], hosts: list[str],
 
 
 def age_text(seconds: int) -> str:
-    """An age as a mail admin reads it: 45s, 12m 5s, 3h 2m, 2d 4h."""
+    """An age as a mail admin reads it: 45s, 12m 5s, 1h, 3h 2m, 2d 4h."""
     if seconds < 60:
         return f"{seconds}s"
     if seconds < 3600:
-        return f"{seconds // 60}m {seconds % 60}s"
-    if seconds < 86400:
-        return f"{seconds // 3600}h {seconds % 3600 // 60}m"
-    return f"{seconds // 86400}d {seconds % 86400 // 3600}h"
+        big, small = f"{seconds // 60}m", seconds % 60 and f"{seconds % 60}s"
+    elif seconds < 86400:
+        big, small = f"{seconds // 3600}h", seconds % 3600 // 60 and f"{seconds % 3600 // 60}m"
+    else:
+        big, small = f"{seconds // 86400}d", seconds % 86400 // 3600 and f"{seconds % 86400 // 3600}h"
+    return f"{big} {small}" if small else big
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -274,7 +276,7 @@ def problems_of(inventory: Inventory, statuses: list[HostStatus], max_age: int |
             problems.append(h.unreachable)
             continue
         for i in h.instances:
-            problems += instance_problems(i, max_age)
+            problems += [f"{h.name}: {p}" for p in instance_problems(i, max_age)]
         if h.role == Role.BALANCER.value:
             problems += relay_problems(inventory, h)
     return problems

@@ -75,6 +75,7 @@ def test_max_age_takes_postfix_time_units_and_leaves_held_mail_alone():
     only_held = status.summarize([{"queue_name": "hold", "queue_id": "A1B2C3D4E5", "arrival_time": 0, "recipients": []}], now=86400)
     assert only_held.oldest == {"hold": 86400} and only_held.oldest_aged() is None
     [i] = status.parse_survey("relay1", "relay", answer("bookworm-3.7-running.txt")).instances
+    assert [status.age_text(s) for s in (0, 59, 60, 184, 3600, 3660, 86400, 97200)] == ["0s", "59s", "1m", "3m 4s", "1h", "1h 1m", "1d", "1d 3h"]
     assert status.instance_problems(i, 184) == []
     assert status.instance_problems(i, 183) == ["oldest message in deferred (/etc/postfix) is 3m 4s old, over --max-age 3m 3s"]
 
@@ -86,7 +87,7 @@ def test_the_envelope_exits_1_for_findings_and_2_when_a_host_does_not_answer():
     balancer = status.HostStatus("lb", "balancer", servers=parse_stat(answer("show-stat-relay1-drained.csv")))
     run = status.results_of(inventory, [balancer, running, stopped], max_age=3600)
     assert run.exit_code == 1
-    assert run.summary["problems"] == ["relay1 is out of rotation on lb: DRAIN", "postfix not running (/etc/postfix)"]
+    assert run.summary["problems"] == ["relay1 is out of rotation on lb: DRAIN", "core: postfix not running (/etc/postfix)"]
     by_name = {(r.host, r.name): r for r in run.results}
     assert by_name["lb", "relay relay1"].status == "drain" and not by_name["lb", "relay relay1"].ok
     assert by_name["lb", "relay relay2"].status == "up" and by_name["lb", "relay relay2"].ok

@@ -54,18 +54,28 @@ def status(
         finish(run, as_json)
         return
 
+    # On a terminal the table is redrawn in place; into a pipe or a file each refresh follows the last.
+    from contextlib import nullcontext
+
+    from rich.console import Console
     from rich.live import Live
 
-    n = 0
     statuses, run = once()
-    with Live(view(inv, statuses, run, seconds, 1, rounds), console=out, auto_refresh=False) as live:
+    live = Live(console=Console(highlight=False), auto_refresh=False) if out.is_terminal else None  # wrapped, not soft-wrapped: Live crops
+    n = 1
+    with live or nullcontext():
         try:
-            n = 1
-            while not rounds or n < rounds:
+            while True:
+                shown = view(inv, statuses, run, seconds, n, rounds)
+                if live is not None:
+                    live.update(shown, refresh=True)
+                else:
+                    out.print(shown)
+                if rounds and n >= rounds:
+                    break
                 time.sleep(interval)
                 statuses, run = once()
                 n += 1
-                live.update(view(inv, statuses, run, seconds, n, rounds), refresh=True)
         except KeyboardInterrupt:
             pass  # the normal end of --watch: the exit code is the last refresh's
     finish(run, False)
