@@ -23,6 +23,7 @@ from .results import Result, Run
 from .status import QUEUES, StatusError, parse_postqueue
 
 VERBS = ("flush", "hold", "release", "delete")
+POSTSUPER_QUEUES = ("incoming", "active", "deferred", "hold")  # the queues postsuper's ALL QUEUE takes (not maildrop)
 QUEUE_ID = re.compile(r"[0-9A-Za-z]{6,32}")  # short (hex) and long (base 52) Postfix queue ids
 MARK = "@@mailforge-queue@@"
 WAIT_LIMIT = 600
@@ -63,8 +64,8 @@ class Action:
         if self.queue is not None:
             if self.verb not in ("hold", "delete") or not self.all:
                 raise QueueError("--queue narrows --all, for hold and delete only")
-            if self.queue not in QUEUES:
-                raise QueueError(f"--queue {self.queue!r}: expected one of {', '.join(QUEUES)}")
+            if self.queue not in POSTSUPER_QUEUES:
+                raise QueueError(f"--queue {self.queue!r}: expected one of {', '.join(POSTSUPER_QUEUES)}")
         if self.wait and self.verb != "flush":
             raise QueueError("--wait is for flush: it waits for the flushed messages to be delivered")
         if not 0 <= self.wait <= WAIT_LIMIT:
@@ -163,7 +164,7 @@ def parse_answer(host: str, action: Action, text: str) -> list[Acted]:
             a.error = a.error or f"{a.directory}: {exc}"
             return
         a.before, a.after = _counts(before), _counts(after)
-        a.said = [line.strip() for line in body.get("action", []) if line.strip()] + [s for s in said_before + said_after if s not in a.said]
+        a.said = list(dict.fromkeys([line.strip() for line in body.get("action", []) if line.strip()] + said_before + said_after))
         where = {str(m["queue_id"]): str(m["queue_name"]) for m in before}
         now = {str(m["queue_id"]): str(m["queue_name"]) for m in after}
         named = set(action.ids)

@@ -124,6 +124,7 @@ def test_a_relay_missing_from_the_backend_and_a_silent_balancer_are_findings():
         (queues.Action("delete", ids=("all",)), "not a Postfix queue id"),
         (queues.Action("delete", ids=("B2A20;rm",)), "not a Postfix queue id"),
         (queues.Action("hold", all=True, queue="bogus"), "--queue 'bogus'"),
+        (queues.Action("delete", all=True, queue="maildrop", confirmed=True), "--queue .maildrop.: expected one of incoming, active, deferred, hold"),
         (queues.Action("release", all=True, queue="hold"), "for hold and delete only"),
         (queues.Action("hold", ids=("ABCDEF123",), wait=5), "--wait is for flush"),
     ],
