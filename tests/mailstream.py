@@ -16,7 +16,8 @@ from pathlib import Path
 
 from mailforge import lab as lab_module
 from mailforge.inventory import load_inventory
-from mailforge.verify import SENDER, _front_door, _listed_recipient, run_probe
+from mailforge.probes import run_probe
+from mailforge.verify import SENDER, _front_door, _listed_recipient
 
 
 @dataclass
