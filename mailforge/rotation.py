@@ -37,14 +37,14 @@ from .remote import HostShell
 BACKEND = "relays"  # the backend in the rendered haproxy.cfg
 ADMIN_SOCKET = "/run/haproxy/admin.sock"  # `stats socket ... level admin` in the rendered haproxy.cfg
 
-# Sends each runtime API command on its own connection to the admin socket, prints the answers as JSON.
-_RUNTIME_SCRIPT = f"""
+# Sends each runtime API command on its own connection to the admin socket (argv[1]), prints the answers as JSON.
+_RUNTIME_SCRIPT = """
 import json, socket, sys
 answers = []
 for command in json.loads(sys.stdin.read()):
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(10)
-    s.connect({ADMIN_SOCKET!r})
+    s.connect(sys.argv[1])
     s.sendall(command.encode() + b"\\n")
     data = b""
     while True:
@@ -71,54 +71,81 @@ class ServerState:
     """One relay as a balancer sees it."""
 
     relay: str
-    state: str  # up, down, drain, maint
+    state: str  # up, down (health checks fail), drain or maint (an admin took it out): drain and maint win over health
     sessions: int  # current sessions through the balancer
     check: str  # the last health check's result, e.g. L7OK, L4CON, L7TOUT
     status: str  # HAProxy's own word, e.g. "UP", "DOWN 1/2", "DRAIN", "MAINT"
+    healthy: bool = True  # whether its health checks pass, whatever an admin said
 
     @property
     def in_rotation(self) -> bool:
         return self.state == "up"
 
 
-def parse_stat(text: str, backend: str = BACKEND) -> dict[str, ServerState]:
-    """`show stat` (CSV, header line starting with '# ') to the state of each server of `backend`."""
+# `show servers state` srv_admin_state bits (HAProxy's SRV_ADMF_*): forced, inherited, from config, resolution maintenance; forced, inherited drain.
+_MAINT_BITS, _DRAIN_BITS = 0x01 | 0x02 | 0x04 | 0x20, 0x08 | 0x10
+
+
+def parse_stat(text: str, backend: str = BACKEND, servers_state: str | None = None) -> dict[str, ServerState]:
+    """`show stat` (CSV, header line starting with '# ') to the state of each server of `backend`;
+    with `show servers state` as well, a drained or maintained server says so even when its health
+    checks fail too (`show stat` would then only say DOWN)."""
     lines = text.strip().splitlines()
     if not lines or not lines[0].startswith("# "):
         raise RotationError(f"the balancer's `show stat` answer is not its CSV: {text[:200]!r}")
-    rows = csv.DictReader([lines[0][2:], *lines[1:]])
+    admin = _admin_states(servers_state, backend) if servers_state else {}
     servers = {}
-    for row in rows:
+    for row in csv.DictReader([lines[0][2:], *lines[1:]]):
         if row.get("pxname") != backend or row.get("svname") in ("FRONTEND", "BACKEND"):
             continue
         status = row.get("status", "")
         word = status.split()[0].upper() if status else ""
-        state = {"UP": "up", "NOLB": "drain", "DRAIN": "drain", "MAINT": "maint", "DOWN": "down", "no": "up"}.get(word, "down")
-        if word == "NO":  # "no check": a server without health checks counts as up
-            state = "up"
-        servers[row["svname"]] = ServerState(row["svname"], state, int(row.get("scur") or 0), row.get("check_status", ""), status)
+        healthy = word in ("UP", "NOLB", "DRAIN", "NO")  # "no check": no health check, counted as healthy
+        state = {"MAINT": "maint", "DRAIN": "drain", "NOLB": "drain"}.get(word, "up" if healthy else "down")
+        bits = admin.get(row["svname"], 0)
+        if bits & _MAINT_BITS:
+            state = "maint"
+        elif bits & _DRAIN_BITS:
+            state = "drain"
+        servers[row["svname"]] = ServerState(row["svname"], state, int(row.get("scur") or 0), row.get("check_status", ""), status, healthy)
     return servers
 
 
-def runtime(shell: HostShell, commands: list[str]) -> list[str]:
+def _admin_states(text: str, backend: str) -> dict[str, int]:
+    """srv_admin_state of each server of `backend`, from `show servers state`."""
+    header: list[str] = []
+    states = {}
+    for line in text.splitlines():
+        if line.startswith("# "):
+            header = line[2:].split()
+        elif header and line.strip() and not line.startswith("#"):
+            row = dict(zip(header, line.split(), strict=False))
+            if row.get("be_name") == backend and "srv_admin_state" in row:
+                states[row["srv_name"]] = int(row["srv_admin_state"])
+    return states
+
+
+def runtime(shell: HostShell, commands: list[str], socket: str = ADMIN_SOCKET) -> list[str]:
     """HAProxy runtime API commands on the balancer's admin socket, each answer as text."""
     code = base64.b64encode(_RUNTIME_SCRIPT.encode()).decode()
-    result = shell.run(f'python3 -c "$(echo {code} | base64 -d)"', stdin=json.dumps(commands).encode(), timeout=60)
+    result = shell.run(f'python3 -c "$(echo {code} | base64 -d)" {shlex.quote(socket)}', stdin=json.dumps(commands).encode(), timeout=60)
     if result.returncode != 0:
         stderr = result.stderr.decode(errors="replace").strip()
         if "FileNotFoundError" in stderr or "ConnectionRefusedError" in stderr:
-            raise BalancerNotServing(f"{shell.name}: no HAProxy answers on {ADMIN_SOCKET}")
-        raise RotationError(f"{shell.name}: HAProxy's admin socket {ADMIN_SOCKET}: {stderr.splitlines()[-1] if stderr else 'exit ' + str(result.returncode)}")
+            raise BalancerNotServing(f"{shell.name}: no HAProxy answers on {socket}")
+        raise RotationError(f"{shell.name}: HAProxy's admin socket {socket}: {stderr.splitlines()[-1] if stderr else 'exit ' + str(result.returncode)}")
     return json.loads(result.stdout)
 
 
-def servers(shell: HostShell) -> dict[str, ServerState]:
+def servers(shell: HostShell, socket: str = ADMIN_SOCKET) -> dict[str, ServerState]:
     """Each relay's state and sessions as this balancer sees them."""
-    return parse_stat(runtime(shell, ["show stat"])[0])
+    stat, state = runtime(shell, ["show stat", f"show servers state {BACKEND}"], socket)
+    return parse_stat(stat, servers_state=state)
 
 
-def _set_state(shell: HostShell, relays: list[str], state: str) -> None:
-    answers = runtime(shell, [f"set server {BACKEND}/{relay} state {state}" for relay in relays])
+def set_state(shell: HostShell, relays: list[str], state: str, socket: str = ADMIN_SOCKET) -> None:
+    """Tell the balancer: `drain` (no new connections), `ready` (back in rotation) or `maint`."""
+    answers = runtime(shell, [f"set server {BACKEND}/{relay} state {state}" for relay in relays], socket)
     refused = [f"{relay}: {answer.strip()}" for relay, answer in zip(relays, answers, strict=True) if answer.strip()]
     if refused:  # HAProxy answers nothing when it obeys
         raise RotationError(f"{shell.name} refused to set {state}: " + "; ".join(refused))
@@ -222,7 +249,7 @@ class Rotation:
         serving = []
         for name, shell in self._managed():
             try:
-                _set_state(shell, relays, "drain")
+                set_state(shell, relays, "drain")
                 serving.append((name, shell))
             except BalancerNotServing:
                 steps += [Step(r, "skipped", f"{name} does not run HAProxy yet, so nothing routes to {r}") for r in relays]
@@ -281,7 +308,7 @@ class Rotation:
             back = []
             for lb_name, shell in managed:
                 try:
-                    _set_state(shell, [name], "ready")
+                    set_state(shell, [name], "ready")
                     back.append(lb_name)
                 except BalancerNotServing:
                     pass
