@@ -53,7 +53,8 @@ class MailStream:
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self, count: int, rate: float, timeout: int = 120) -> MailStream:
+    def start(self, count: int, rate: float, timeout: int = 120, hold: float = 0) -> MailStream:
+        """Send in the background; `hold`: seconds each session waits before DATA (a slow sender)."""
         probe = {
             "kind": "stream",
             "count": count,
@@ -65,6 +66,7 @@ class MailStream:
             "recipient": self.recipient,
             "helo": "client.lab-sender.test",
             "timeout": timeout,
+            "hold": hold,
         }
 
         def run() -> None:
