@@ -211,6 +211,15 @@ class RotationPlan:
         )
 
 
+def batch_size(plan: RotationPlan, asked: int) -> tuple[int, str | None]:
+    """How many relays may change at once: an external balancer's hooks take relays out one at a
+    time (a cloud balancer's drain is per target, and slow), so its relays change one by one."""
+    if plan.hooks and asked > 1:
+        names = ", ".join(h.balancer for h in plan.hooks)
+        return 1, f"--batch {asked} ignored: the relays behind {names} change one at a time (its rotation hooks take one relay out at a time)"
+    return asked, None
+
+
 def plan_of(inventory: Inventory) -> RotationPlan:
     t = inventory.topology
     return RotationPlan(

@@ -184,3 +184,11 @@ def test_show_stat_words_map_to_states():
     ]
     states = parse_stat("\n".join([header, *rows]))
     assert {n: (s.state, s.sessions, s.check) for n, s in states.items()} == {"a": ("up", 3, "L7OK"), "b": ("down", 0, "L4CON"), "c": ("maint", 0, "")}
+
+
+def test_relays_behind_hooks_change_one_at_a_time():
+    from mailforge.rotation import batch_size
+
+    assert batch_size(plan(25, []), 3) == (3, None)
+    size, why = batch_size(plan(25, [Hooks("elb", "true", "true")]), 3)
+    assert size == 1 and why is not None and "behind elb change one at a time" in why

@@ -23,6 +23,7 @@ from .common import (
     out,
     reach,
     render_for_hosts,
+    warn,
 )
 
 
@@ -63,10 +64,13 @@ def run_deploy(inv, directory, manifest, reaches, accesses, *, hosts: list[str] 
     from rich.progress import BarColumn, Progress, TextColumn
 
     from ..deploy import refuse_lockout, relays_changing, results_of, run_playbook
-    from ..rotation import plan_of
+    from ..rotation import batch_size, plan_of
 
     refuse_lockout(inv, accesses)
     rotation = plan_of(inv)
+    options["batch"], why = batch_size(rotation, options.get("batch", 1))
+    if why:
+        warn(why)
     if rotation.needed and not options.get("check"):
         # Which relays this run will change, so which leave the balancer's rotation while they do.
         shells = {name: reaches[name].shell() for name in [*rotation.managed, *rotation.relays]}

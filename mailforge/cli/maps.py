@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from .app import app
-from .common import BatchOption, InventoryArg, JsonOption, LabOption, LimitOption, command, err, finish, load, out, reach
+from .common import BatchOption, InventoryArg, JsonOption, LabOption, LimitOption, command, err, finish, load, out, reach, warn
 
 
 @app.command()
@@ -27,13 +27,16 @@ def maps(
 ):
     """Regenerate the maps from the recipient sources and push only what changed, atomically. Exit 1 if refused or a push failed."""
     from .. import maps as mapping
-    from ..rotation import Rotation, plan_of
+    from ..rotation import Rotation, batch_size, plan_of
 
     inv = load(inventory)
     selected, reaches, _ = reach(inv, lab, limit)
     shells = {name: reaches[name].shell() for name in selected}
     cache = inv.directory / ".mailforge" / "live-maps"  # what this machine last pushed, by sha256
     plan = plan_of(inv)
+    batch, why = batch_size(plan, batch)
+    if why:
+        warn(why)
     rotation = None
     if plan.needed and not check:  # relays leave the balancer's rotation while their maps change
         rotation = Rotation(plan, {name: reaches[name].shell() for name in [*plan.managed, *plan.relays]}, say=_say_step)
