@@ -3,7 +3,7 @@
 One round trip per host, the hosts in parallel: a Postfix host runs one shell script that prints its
 clock, then for each instance whether it runs (`postfix -c DIR status`) and its queue as
 `postqueue -c DIR -j` lists it (one JSON object per message; Postfix 3.1 and later); a balancer is
-asked `show stat` on HAProxy's admin socket (`rotation.servers`). Everything else is pure: the
+asked `show stat` and `show servers state` on HAProxy's admin socket (`rotation.servers`). Everything else is pure: the
 listing becomes per-queue counts, the age of each queue's oldest message (against the host's own
 clock, so a skewed controller clock cannot age mail) and the most frequent deferral reasons, and
 `judge` names what is wrong:
@@ -264,7 +264,9 @@ def relay_problems(inventory: Inventory, host: HostStatus) -> list[str]:
         if state is None:
             problems.append(f"{relay.name} is not in {host.name}'s backend")
         elif not state.in_rotation:
-            problems.append(f"{relay.name} is out of rotation on {host.name}: {state.status or state.state}")
+            said = state.status.split()[0].lower() if state.status else ""
+            why = state.status if said == state.state else f"{state.state} (HAProxy: {state.status or 'no status'})"  # drained while its checks fail: DOWN
+            problems.append(f"{relay.name} is out of rotation on {host.name}: {why}")
     return problems
 
 
@@ -338,7 +340,7 @@ def results_of(inventory: Inventory, statuses: list[HostStatus], max_age: int | 
                 if state is None:
                     results.append(Result(h.name, f"relay {relay.name}", "absent", False, detail=f"{relay.name} is not in {h.name}'s backend", data=data))
                     continue
-                data |= {"state": state.state, "sessions": state.sessions, "check": state.check, "haproxy_status": state.status}
+                data |= {"state": state.state, "sessions": state.sessions, "check": state.check, "haproxy_status": state.status, "healthy": state.healthy}
                 detail = f"{state.sessions} session{'s' if state.sessions != 1 else ''}, last check {state.check or 'none'}"
                 results.append(Result(h.name, f"relay {relay.name}", state.state, state.in_rotation, detail=detail, data=data))
     totals = dict.fromkeys(QUEUES, 0)

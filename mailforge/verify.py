@@ -12,25 +12,22 @@ Every host is reached through `remote.HostShell`: `docker exec` in the lab, SSH 
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from importlib.resources import files
 from pathlib import Path
 
 from . import drift
 from .drift import IN_SYNC, Item
 from .errors import MailforgeError
 from .inventory import Inventory
+from .probes import run_probe
 from .remote import HostShell
 from .results import Result, Run
 
 SENDER = "probe@lab-sender.test"
 OUTSIDE = "someone@elsewhere.test"
-PROBE_TIMEOUT = 600  # seconds for one run of the probe script (it bounds every connection itself)
 EVIDENCE_ITEMS = 4  # a failing row names this many of its items, then says how many more
 
 # The host rows, and which of drift's items each one rolls up.
@@ -187,21 +184,6 @@ def host_checks(inventory: Inventory, render_dir: Path, manifest: dict, shells: 
 
 
 # --- mail through the front door ------------------------------------------------------------------
-
-
-def run_probe(shell: HostShell, payload: dict) -> list[dict]:
-    """Run probes/smtp_probe.py with the probing host's own python3, `payload` as JSON on stdin;
-    return its JSON answer. The script travels base64 in the command, so nothing is copied there."""
-    script = files("mailforge.probes").joinpath("smtp_probe.py").read_text()
-    code = base64.b64encode(script.encode()).decode()
-    result = shell.run(f'python3 -c "$(echo {code} | base64 -d)"', stdin=json.dumps(payload).encode(), timeout=PROBE_TIMEOUT)
-    if result.returncode != 0:
-        raise VerifyError(f"probe on {shell.name} failed: {result.stderr.decode(errors='replace').strip()[-300:]}")
-    try:
-        answer = json.loads(result.stdout)
-    except ValueError:
-        raise VerifyError(f"probe on {shell.name} printed no JSON: {result.stdout.decode(errors='replace')[-300:]!r}") from None
-    return answer
 
 
 def _listed_recipient(inventory: Inventory) -> tuple[str, str]:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from mailforge import lab as lab_module
 from mailforge.inventory import load_inventory
-from mailforge.verify import SENDER, _front_door, _listed_recipient, run_probe
+from mailforge.probes import run_probe
+from mailforge.verify import SENDER, _front_door, _listed_recipient
 
 
 @dataclass
@@ -52,7 +53,8 @@ class MailStream:
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self, count: int, rate: float, timeout: int = 120) -> MailStream:
+    def start(self, count: int, rate: float, timeout: int = 120, hold: float = 0) -> MailStream:
+        """Send in the background; `hold`: seconds each session waits before DATA (a slow sender)."""
         probe = {
             "kind": "stream",
             "count": count,
@@ -64,6 +66,7 @@ class MailStream:
             "recipient": self.recipient,
             "helo": "client.lab-sender.test",
             "timeout": timeout,
+            "hold": hold,
         }
 
         def run() -> None:

@@ -13,7 +13,7 @@ import threading
 import pytest
 from conftest import INVENTORIES, unreachable_example
 
-from mailforge import verify
+from mailforge.probes import run_probe
 from mailforge.remote import HostShell, ShellSpecError, shell_from_spec
 
 
@@ -64,7 +64,7 @@ def test_the_probe_runs_through_a_shell_with_its_payload_on_stdin():
     closed.bind(("127.0.0.1", 0))
     closed_port = closed.getsockname()[1]  # bound, never listening: the connection is refused
     try:
-        answers = verify.run_probe(
+        answers = run_probe(
             HostShell("here", ["env"]),
             {
                 "probes": [

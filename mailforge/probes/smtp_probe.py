@@ -28,6 +28,7 @@ def smtp(probe):
             code, text = client.rcpt(probe["recipient"])
             result["stages"]["rcpt"] = [code, text.decode("utf-8", "replace")]
             if code < 400 and probe.get("data") is not None:
+                time.sleep(probe.get("hold", 0))  # a slow sender: the session stays open this long
                 code, text = client.data(probe["data"].encode("utf-8"))
                 result["stages"]["data"] = [code, text.decode("utf-8", "replace")]
         try:
