@@ -18,7 +18,7 @@ from conftest import INVENTORIES, mailforge, rows, unreachable_example
 
 from mailforge import queues, status
 from mailforge.inventory import load_topology
-from mailforge.rotation import parse_stat
+from mailforge.rotation import ServerState, parse_stat
 
 FIXTURES = Path(__file__).parent / "fixtures" / "status"
 
@@ -106,6 +106,12 @@ def test_a_relay_missing_from_the_backend_and_a_silent_balancer_are_findings():
     del servers["relay2"]
     problems = status.relay_problems(inventory, status.HostStatus("lb", "balancer", servers=servers))
     assert problems == ["relay1 is out of rotation on lb: DRAIN", "relay2 is not in lb's backend"]
+    drained_and_down = {"relay1": ServerState("relay1", "drain", 0, "L4CON", "DOWN", healthy=False), "relay2": servers["relay1"]}
+    drained_and_down["relay2"].relay = "relay2"
+    assert status.relay_problems(inventory, status.HostStatus("lb", "balancer", servers=drained_and_down)) == [
+        "relay1 is out of rotation on lb: drain (HAProxy: DOWN)",
+        "relay2 is out of rotation on lb: DRAIN",
+    ]
     silent = status.HostStatus("lb", "balancer", balancer_error="lb: no HAProxy answers on /run/haproxy/admin.sock")
     run = status.results_of(inventory, [silent], max_age=None)
     assert run.exit_code == 1 and [r.status for r in run.results] == ["not answering"]
