@@ -93,6 +93,23 @@ class Host:
         return [25]
 
 
+    @property
+    def exporters(self) -> dict[str, int]:
+        """The host's Prometheus exporters and their ports, with `monitoring` on: HAProxy's own on a
+        balancer (key "haproxy"), else one prometheus-postfix-exporter per Postfix instance (keyed by
+        its config directory), on consecutive ports from postfix_exporter_port in `instances` order.
+        Empty without `monitoring`."""
+        monitoring = self.topology.monitoring
+        if monitoring is None:
+            return {}
+        if self.role is Role.BALANCER:
+            return {HAPROXY_EXPORTER: monitoring.haproxy_exporter_port}
+        return {directory: monitoring.postfix_exporter_port + n for n, directory in enumerate(self.instances)}
+
+
+HAPROXY_EXPORTER = "haproxy"  # the key of a balancer's exporter in `Host.exporters`
+
+
 def hosts_of(topology: Topology) -> list[Host]:
     """The hosts mailforge deploys to, in the inventory's order: managed balancers, relays, cores.
     An external balancer (a cloud's) is not a host: nothing is deployed to it."""
