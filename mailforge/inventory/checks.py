@@ -284,7 +284,7 @@ def metrics_ports_are_free(t: Topology, source: Located) -> Iterator[Finding]:
     ssh = t.firewall.ssh_port
     haproxy_port, postfix_port = getattr(monitoring, "haproxy_exporter_port", None), getattr(monitoring, "postfix_exporter_port", None)
     if isinstance(haproxy_port, int):
-        for i, lb in present(t.load_balancers):
+        for _, lb in present(t.load_balancers):
             taken = {lb.frontend_port: "its SMTP frontend", ssh: "SSH"}
             if not lb.external and haproxy_port in taken:
                 yield _error(
@@ -295,7 +295,10 @@ def metrics_ports_are_free(t: Topology, source: Located) -> Iterator[Finding]:
                 )
     if not isinstance(postfix_port, int):
         return
-    hosts = [(r.name, _mail_ports(t, r), 1 + (r.instances.inbound is not None) + (r.instances.outbound is not None) if r.instances else 1) for _, r in present(t.relays)]
+    hosts = [
+        (r.name, _mail_ports(t, r), 1 + (r.instances.inbound is not None) + (r.instances.outbound is not None) if r.instances else 1)
+        for _, r in present(t.relays)
+    ]
     hosts += [(c.name, [25], 1) for _, c in present(t.cores)]
     for name, mail_ports, instances in hosts:
         exporter_ports = range(postfix_port, postfix_port + instances)

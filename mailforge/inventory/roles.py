@@ -92,7 +92,6 @@ class Host:
             return [t.backend_port if t.load_balancers else 25]
         return [25]
 
-
     @property
     def exporters(self) -> dict[str, int]:
         """The host's Prometheus exporters and their ports, with `monitoring` on: HAProxy's own on a
