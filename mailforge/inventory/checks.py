@@ -291,7 +291,7 @@ def metrics_ports_are_free(t: Topology, source: Located) -> Iterator[Finding]:
                     source,
                     ("monitoring", "haproxy_exporter_port"),
                     f"port {haproxy_port} is already {taken[haproxy_port]} on balancer {lb.name!r}",
-                    f"another port for HAProxy's exporter, e.g. 8405 (not {', '.join(str(p) for p in sorted(taken))})",
+                    f"a port for HAProxy's exporter other than {' and '.join(str(p) for p in sorted(taken))}, e.g. 8405",
                 )
     if not isinstance(postfix_port, int):
         return
@@ -302,16 +302,17 @@ def metrics_ports_are_free(t: Topology, source: Located) -> Iterator[Finding]:
     hosts += [(c.name, [25], 1) for _, c in present(t.cores)]
     for name, mail_ports, instances in hosts:
         exporter_ports = range(postfix_port, postfix_port + instances)
-        taken = {port: f"a mail port ({port})" for port in mail_ports} | {ssh: f"SSH ({ssh})"}
+        taken = {port: f"its mail port {port}" for port in mail_ports} | {ssh: f"the SSH port {ssh}"}
         clash = [taken[p] for p in exporter_ports if p in taken]
-        if clash or exporter_ports[-1] > 65535:
-            what = f"port {postfix_port}" if instances == 1 else f"ports {postfix_port}-{exporter_ports[-1]} (one per Postfix instance)"
-            yield _error(
-                source,
-                ("monitoring", "postfix_exporter_port"),
-                f"the Postfix exporters of {name!r} would take {what}, " + (f"which includes {' and '.join(clash)}" if clash else "beyond 65535"),
-                "a port whose next ports are free too, e.g. 9154",
-            )
+        if not clash and exporter_ports[-1] <= 65535:
+            continue
+        why = f"{'already' if instances == 1 else 'which include'} {' and '.join(clash)}" if clash else "beyond 65535"
+        if instances == 1:
+            message, expected = f"the Postfix exporter of {name!r} would take port {postfix_port}, {why}", "another port, e.g. 9154"
+        else:
+            message = f"the Postfix exporters of {name!r} would take ports {postfix_port}-{exporter_ports[-1]} (one per Postfix instance), {why}"
+            expected = f"a port whose next {instances - 1} ports are free too, e.g. 9154"
+        yield _error(source, ("monitoring", "postfix_exporter_port"), message, expected)
     for j, net in enumerate(getattr(monitoring, "networks", None) or []):
         network = ipaddress.ip_network(net)
         if network.prefixlen < (8 if network.version == 4 else 16):
