@@ -9,6 +9,9 @@ to finish (no `on-marked-down shutdown-sessions`): a relay that is merely slow k
 Health checks speak SMTP as real clients do, through the same PROXY header (`check-send-proxy`):
 greeting 220, EHLO 250, QUIT 221. A relay whose postscreen expects the header would otherwise see
 a bare SMTP conversation and fail every check.
+
+With `monitoring`, a `frontend prometheus` serves HAProxy's built-in exporter on /metrics,
+refusing every connection from outside the monitoring networks (which the firewall drops too).
 """
 
 from __future__ import annotations
@@ -32,11 +35,17 @@ def ehlo_name(balancer: LoadBalancer) -> str:
     return f"[IPv6:{balancer.address}]" if ":" in balancer.address else f"[{balancer.address}]"
 
 
-def haproxy_cfg(t: Topology, balancer: LoadBalancer) -> RenderedFile:
+def haproxy_cfg(t: Topology, balancer: LoadBalancer, metrics_port: int | None = None) -> RenderedFile:
+    """The balancer's haproxy.cfg; with `metrics_port` (monitoring on), HAProxy's own Prometheus
+    exporter on that port too, answering the monitoring networks only."""
     proxy = SEND_PROXY[balancer.proxy_protocol]
     server_options = CHECK_TIMING + (f" {proxy} check-send-proxy" if proxy else "")
     assert balancer.address is not None  # checks.py: a managed balancer has an address
     bind = f"[{balancer.address}]" if ":" in balancer.address else balancer.address
+    metrics = None
+    if metrics_port is not None:
+        assert t.monitoring is not None  # Host.exporters: a metrics port only with monitoring
+        metrics = {"bind": f"{bind}:{metrics_port}", "sources": " ".join(t.monitoring.networks)}
     text = template(
         "etc/haproxy/haproxy.cfg",
         header=header(t.cluster),
@@ -45,5 +54,6 @@ def haproxy_cfg(t: Topology, balancer: LoadBalancer) -> RenderedFile:
         backend_port=t.backend_port,
         server_options=server_options,
         ehlo=ehlo_name(balancer),
+        metrics=metrics,
     )
     return RenderedFile(text, HAPROXY_RELOAD)
