@@ -24,6 +24,7 @@ from .errors import MailforgeError
 from .inventory import Inventory
 from .probes import run_probe
 from .remote import HostShell
+from .render.metrics import SERVICE as EXPORTER_SERVICE
 from .results import Result, Run
 
 SENDER = "probe@lab-sender.test"
@@ -33,6 +34,7 @@ EVIDENCE_ITEMS = 4  # a failing row names this many of its items, then says how 
 # The host rows, and which of drift's items each one rolls up.
 PACKAGES = "packages installed"
 HAPROXY_RUNNING = "haproxy running"
+EXPORTERS_RUNNING = "postfix exporters running"
 INSTANCES = "postfix instances as rendered"
 MAPS = "maps compiled and current"
 FILES = "files as rendered"
@@ -78,6 +80,8 @@ def row_of(item: Item) -> tuple[int, str]:
         return 1, postfix_running(item.name.split(" ", 1)[1])
     if item.kind == "service" and item.name == "haproxy":
         return 2, HAPROXY_RUNNING
+    if item.kind == "service" and item.name.startswith(EXPORTER_SERVICE):
+        return 2, EXPORTERS_RUNNING
     if item.kind == "instance":
         return 3, INSTANCES
     if item.kind == "main.cf":
@@ -141,10 +145,12 @@ def host_rows(items: list[Item]) -> list[Check]:
 
 
 def wanted_ports(inventory: Inventory, host: str) -> set[int]:
-    """The TCP ports `host` must take mail on, as the host model says (a balancer's frontend port, a
-    relay's postscreen or port 25, an MX proxy's instances, a core's 25): from the inventory, so a
-    host whose live master.cf cannot be read still has ports to be checked for."""
-    return set(inventory.host(host).ports)
+    """The TCP ports `host` must listen on, as the host model says: the ports it takes mail on (a
+    balancer's frontend port, a relay's postscreen or port 25, an MX proxy's instances, a core's 25)
+    and, with `monitoring`, its exporters'. From the inventory, so a host whose live master.cf cannot
+    be read still has ports to be checked for."""
+    h = inventory.host(host)
+    return set(h.ports) | set(h.exporters.values())
 
 
 def listening(ss_output: str) -> set[int]:

@@ -26,6 +26,7 @@ class StreamOutcome:
     accepted: list[str]  # tokens
     not_accepted: dict[str, str]  # token -> what the client saw
     delivered: set[str] = field(default_factory=set)
+    seconds: dict[str, float] = field(default_factory=dict)  # token -> how long its SMTP session took, at the client
     last_delivery_seconds: float | None = None  # from the call to `delivered_within` to the last arrival
 
     @property
@@ -91,7 +92,7 @@ class MailStream:
         refused = {
             r["token"]: ", ".join(f"{k} {v[0]} {v[1][:60]}" for k, v in r["stages"].items() if k != "ehlo") for r in self._answer if r["token"] not in accepted
         }
-        outcome = StreamOutcome(len(self._answer), accepted, refused)
+        outcome = StreamOutcome(len(self._answer), accepted, refused, seconds={r["token"]: r.get("seconds", 0.0) for r in self._answer})
         return self.delivered_within(outcome, deliver_within)
 
     def delivered_within(self, outcome: StreamOutcome, seconds: int) -> StreamOutcome:

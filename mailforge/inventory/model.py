@@ -184,6 +184,21 @@ class Firewall(Strict):
     ssh_port: Port = 22
 
 
+class Monitoring(Strict):
+    """Prometheus metrics for a monitoring system: HAProxy's own exporter on each managed balancer, and
+    Debian's prometheus-postfix-exporter for every Postfix instance of the relays and cores."""
+
+    networks: list[Network] = Field(
+        min_length=1, description="The networks the monitoring system scrapes from: the only ones the firewalls (and HAProxy) let reach the metrics."
+    )
+    postfix_exporter_port: Port = Field(
+        9154,
+        description="Port of the Postfix exporter of a relay's or core's Postfix; an MX proxy's instances take this port and the next ones, in order: "
+        "the default instance, postfix-inbound, postfix-outbound.",
+    )
+    haproxy_exporter_port: Port = Field(8405, description="Port of HAProxy's Prometheus exporter (/metrics) on each managed balancer.")
+
+
 class Tls(Strict):
     """The certificate the relays and cores offer with STARTTLS (Debian's snakeoil pair by default)."""
 
@@ -201,6 +216,7 @@ class Topology(Strict):
     policy: Policy = Field(default_factory=Policy)
     firewall: Firewall = Field(default_factory=Firewall)
     tls: Tls = Field(default_factory=Tls)
+    monitoring: Monitoring | None = Field(None, description="Expose Prometheus metrics to the monitoring networks; absent: no metrics.")
     connection: Connection | None = Field(None, description="How Ansible reaches every host, unless a host says otherwise.")
     debian_release: DebianCodename = Field(
         default=DEFAULT_RELEASE,  # by keyword: mypy reads a field's default only from default=
