@@ -130,7 +130,7 @@ def unified_diffs(diff) -> list[str]:
     return texts
 
 
-ROTATION_TASK = "mailforge rotation:"  # the playbook's tasks around a relay batch (site.yml) start with this
+ROTATION_TASK = "Rotation:"  # the playbook's tasks around a relay batch (site.yml) start with this
 
 Progress = Callable[[str, str, int, int], None]  # host, task, tasks done on that host, tasks seen
 

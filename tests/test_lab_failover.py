@@ -61,9 +61,10 @@ def counters(lb: HostShell) -> dict[str, str]:
     return next(row for row in rows if row["pxname"] == "relays" and row["svname"] == RELAY)
 
 
-def wait_for(lb: HostShell, wanted: str, seconds: float) -> float | None:
-    """Seconds until HAProxy says RELAY is `wanted` (up, down), asked about twice a second; None if not within `seconds`."""
-    started = time.monotonic()
+def wait_for(lb: HostShell, wanted: str, seconds: float, since: float | None = None) -> float | None:
+    """Seconds from `since` (a time.monotonic(), by default now) until HAProxy says RELAY is `wanted`
+    (up, down), asked about twice a second; None if not within `seconds` of it."""
+    started = time.monotonic() if since is None else since
     for _ in range(int(seconds * 4)):  # bounded; each question takes a round trip over SSH
         if state(lb) == wanted:
             return round(time.monotonic() - started, 1)
@@ -80,8 +81,9 @@ def docker(*args: str) -> None:
 
 @dataclass
 class Fault:
-    """What a stream went through: its outcome, seconds from the break until HAProxy marked RELAY
-    down and from the repair until it marked it up, and what HAProxy counted for RELAY meanwhile."""
+    """What a stream went through: its outcome, seconds from the command that broke RELAY until
+    HAProxy marked it down and from the command that repaired it until HAProxy marked it up, and
+    what HAProxy counted for RELAY meanwhile."""
 
     outcome: StreamOutcome
     down: float | None
@@ -115,13 +117,14 @@ def under_fault(break_it: Callable[[], None], repair: Callable[[], None]) -> Fau
     broken = time.monotonic()
     try:
         break_it()
-        down = wait_for(lb, "down", FAULT_SECONDS)
+        down = wait_for(lb, "down", FAULT_SECONDS, since=broken)
         row = counters(lb)
         last_check = f"{row['check_status']} {row['check_desc']}".strip()
         time.sleep(max(0.0, broken + FAULT_SECONDS - time.monotonic()))
     finally:
+        repaired = time.monotonic()
         repair()
-        up = wait_for(lb, "up", 30)
+        up = wait_for(lb, "up", 30, since=repaired)
     assert up is not None, f"HAProxy did not count {RELAY} in again within 30 s of its repair"
     after = counters(lb)
     outcome = stream.wait(deliver_within=120)
