@@ -363,11 +363,11 @@ def verify(
     client: HostShell,
     listed_client: HostShell | None = None,
     wait: int = 60,
-    stand_in: tuple[str, int] | None = None,
+    door: tuple[str, int] | None = None,
 ) -> list[Check]:
-    """Every check, host rows first, against hosts already reached the way the caller chose; with
-    `stand_in`, the mail goes through the lab's stand-in for an external balancer (`_front_door`)."""
-    door = _front_door(inventory, stand_in)  # before anything is asked: an external balancer without a name stops verify here
+    """Every check, host rows first, against hosts already reached the way the caller chose; the mail
+    goes through `door` (the caller asks `_front_door` before reaching any host), else `_front_door`."""
+    door = door or _front_door(inventory)
     reachable({**shells, client.name: client})
     return host_checks(inventory, render_dir, manifest, shells) + mail_checks(inventory, shells, client, listed_client, wait, door)
 
