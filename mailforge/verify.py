@@ -204,11 +204,24 @@ def _listed_recipient(inventory: Inventory) -> tuple[str, str]:
     return "postmaster", domain
 
 
-def _front_door(inventory: Inventory) -> tuple[str, int]:
+def _front_door(inventory: Inventory, stand_in: tuple[str, int] | None = None) -> tuple[str, int]:
+    """Where the probes send mail, as the world does: a managed balancer's address; an external
+    balancer's fqdn (the name the MX records use), or in the lab `stand_in`, the address of the
+    container standing in for it (`lab.front_door`); without a balancer, the first relay."""
     t = inventory.topology
     if t.managed_balancers:
         lb = t.managed_balancers[0]
         return str(lb.address), lb.frontend_port  # a managed balancer has an address (the topology checks)
+    if t.load_balancers:
+        lb = t.load_balancers[0]
+        if stand_in is not None:
+            return stand_in
+        if lb.fqdn:
+            return lb.fqdn, lb.frontend_port
+        raise VerifyError(
+            f"external balancer {lb.name} has no fqdn, so verify has no front door to send its mail to (the relays take mail only "
+            f"from the balancer): give it the name the MX records use, `fqdn:` under load_balancers (`mailforge dns zone` suggests one)"
+        )
     relay = t.relays[0]
     port = relay.instances.inbound.port if relay.instances and relay.instances.inbound else 25
     return relay.address, port
@@ -223,10 +236,17 @@ def _describe(result: dict) -> str:
     return ", ".join(f"{stage} {code} {text[:70]}" for stage, (code, text) in result["stages"].items() if stage != "ehlo")
 
 
-def mail_checks(inventory: Inventory, shells: dict[str, HostShell], client: HostShell, listed_client: HostShell | None, wait: int = 60) -> list[Check]:
-    """Real mail through the front door, the PROXY protocol's truth, and the walls."""
+def mail_checks(
+    inventory: Inventory,
+    shells: dict[str, HostShell],
+    client: HostShell,
+    listed_client: HostShell | None,
+    wait: int = 60,
+    door: tuple[str, int] | None = None,
+) -> list[Check]:
+    """Real mail through the front door (`door`, else `_front_door`), the PROXY protocol's truth, and the walls."""
     t = inventory.topology
-    host, port = _front_door(inventory)
+    host, port = door or _front_door(inventory)
     token = uuid.uuid4().hex[:12]
     local, domain = _listed_recipient(inventory)
     recipient = f"{local}@{domain}"
@@ -349,10 +369,13 @@ def verify(
     client: HostShell,
     listed_client: HostShell | None = None,
     wait: int = 60,
+    door: tuple[str, int] | None = None,
 ) -> list[Check]:
-    """Every check, host rows first, against hosts already reached the way the caller chose."""
+    """Every check, host rows first, against hosts already reached the way the caller chose; the mail
+    goes through `door` (the caller asks `_front_door` before reaching any host), else `_front_door`."""
+    door = door or _front_door(inventory)
     reachable({**shells, client.name: client})
-    return host_checks(inventory, render_dir, manifest, shells) + mail_checks(inventory, shells, client, listed_client, wait)
+    return host_checks(inventory, render_dir, manifest, shells) + mail_checks(inventory, shells, client, listed_client, wait, door)
 
 
 def results_of(checks: list[Check], cluster: str, warnings: list | None = None, hosts: list[str] | None = None) -> Run:

@@ -46,7 +46,8 @@ class MailStream:
         self.cores = {
             name: reach.shell() for name, reach in lab_module.reaches(self.inventory).items() if name in {c.name for c in self.inventory.topology.cores}
         }
-        self.host, self.port = front_door or _front_door(self.inventory)
+        # the lab's front door: a managed balancer, or the stand-in of an external one
+        self.host, self.port = front_door or _front_door(self.inventory, lab_module.front_door(self.inventory))
         local, self.domain = _listed_recipient(self.inventory)
         self.recipient = f"{local}@{self.domain}"
         self.token = "s" + uuid.uuid4().hex[:10]
