@@ -3,8 +3,11 @@
 `lab up` starts them on a dedicated network with a client, a listed "spammer"
 client and a DNS server (NSD from Debian's packages) serving `mailforge dns zone`
 output for the hosted domains plus the test sender domain and test DNS lists, and, for an external
-balancer (a cloud's, which no inventory host stands for), a stand-in that behaves as one: then it
-deploys through exactly the path `mailforge deploy` uses.  Containers talk to the Docker API through the
+balancer (a cloud's, which no inventory host stands for), a stand-in that behaves as one; for an MX
+proxy's outbound instance it adds a "submitter", an internal host inside `trusted_networks` (the
+client and the spammer stay outside them), and makes the client the outside domain's mail server, so
+mail the outbound instance sends out is really delivered. Then it deploys through exactly the path
+`mailforge deploy` uses.  Containers talk to the Docker API through the
 docker CLI, so a Docker engine or Podman's Docker-compatible service both work.
 """
 
@@ -71,20 +74,65 @@ class LabPlan:
     def by_host(self, host: str) -> LabContainer:
         return next(c for c in self.containers if c.host == host)
 
+    def get(self, host: str) -> LabContainer | None:
+        return next((c for c in self.containers if c.host == host), None)
+
     def labels(self, host: str | None = None) -> list[str]:
         """`--label` arguments for the network (host None) or one container."""
         labels = {CLUSTER_LABEL: self.cluster, OWNER_LABEL: self.owner} | ({HOST_LABEL: host} if host else {})
         return [arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")]
 
 
-def _subnet(addresses: list[str]) -> ipaddress.IPv4Network:
-    """The smallest network of at least /24 that holds every address."""
+def _subnets(addresses: list[str]) -> list[ipaddress.IPv4Network]:
+    """Every network of at least /24 that holds every address, smallest first."""
     first = ipaddress.ip_address(addresses[0])
-    for prefix in range(24, 7, -1):
-        net = ipaddress.ip_network(f"{first}/{prefix}", strict=False)
-        if all(ipaddress.ip_address(a) in net for a in addresses):
-            return cast(ipaddress.IPv4Network, net)  # plan() lets only IPv4 addresses through
-    raise LabError("the inventory's addresses are too far apart for one lab network")
+    nets = [cast(ipaddress.IPv4Network, ipaddress.ip_network(f"{first}/{prefix}", strict=False)) for prefix in range(24, 7, -1)]
+    return [n for n in nets if all(ipaddress.ip_address(a) in n for a in addresses)]  # plan() lets only IPv4 addresses through
+
+
+Networks = list[ipaddress.IPv4Network]
+
+
+def _outside(subnet: ipaddress.IPv4Network, excluded: Networks) -> Networks:
+    """The parts of `subnet` that lie outside every network of `excluded`."""
+    parts = [subnet]
+    for ex in excluded:
+        kept: Networks = []
+        for part in parts:
+            if not part.overlaps(ex):
+                kept.append(part)
+            elif part.subnet_of(ex):
+                continue
+            else:  # ex lies inside part (two CIDR networks that overlap: one holds the other)
+                kept.extend(part.address_exclude(ex))
+        parts = kept
+    return parts
+
+
+def _within(subnet: ipaddress.IPv4Network, networks: Networks) -> Networks:
+    """The parts of `subnet` that lie inside one of `networks`."""
+    return [subnet if subnet.subnet_of(n) else n for n in networks if n.overlaps(subnet)]
+
+
+def _pick(subnet: ipaddress.IPv4Network, allowed: Networks, taken: set[str], preferred: int) -> str | None:
+    """An address for one of the lab's own containers: subnet + `preferred` if it is allowed and free,
+    else the highest free address of the allowed parts; None if there is none."""
+    candidate = subnet.network_address + preferred
+    if str(candidate) not in taken and any(candidate in part for part in allowed):
+        return str(candidate)
+    for part in sorted(allowed, key=lambda n: int(n.broadcast_address), reverse=True):
+        # bounded: each step passes one taken address (the hosts, the gateway, the network's ends)
+        for number in range(int(part.broadcast_address), int(part.network_address) - 1, -1):
+            address = str(ipaddress.IPv4Address(number))
+            if address not in taken:
+                return address
+    return None
+
+
+def trusted_networks(inventory: Inventory) -> Networks:
+    """The IPv4 networks an MX proxy's outbound instance takes submissions from."""
+    networks = [n for r in inventory.topology.relays if r.instances and r.instances.outbound for n in r.instances.outbound.trusted_networks]
+    return [cast(ipaddress.IPv4Network, ipaddress.ip_network(n)) for n in networks if ipaddress.ip_network(n).version == 4]
 
 
 def _stand_in_address(lb: LoadBalancer, subnet: ipaddress.IPv4Network, free: Callable[[list[int], str], str]) -> str:
@@ -99,37 +147,69 @@ def _stand_in_address(lb: LoadBalancer, subnet: ipaddress.IPv4Network, free: Cal
 
 
 def plan(inventory: Inventory) -> LabPlan:
-    """Which containers the lab runs, where: a pure function of the topology."""
+    """Which containers the lab runs, where: a pure function of the topology.
+
+    The network is the smallest of at least /24 that holds every host and has room for the lab's own
+    containers: the DNS server (.53 where free), the client (.200) and the spammer (.201) outside every
+    user network (strangers to the cores) and every outbound `trusted_networks` (strangers to the MX
+    proxy's outbound instance), and, when an outbound instance exists, the submitter (.100) inside a
+    trusted network. An address taken or not allowed gives way to the highest allowed free one."""
     t = inventory.topology
     prefix = f"mf-{t.cluster}"
     externals = [lb for lb in t.load_balancers if lb.external]
     addresses = [h.address for h in inventory.hosts if h.address] + [lb.address for lb in externals if lb.address]
     if any(ipaddress.ip_address(a).version != 4 for a in addresses):
         raise LabError("the lab supports IPv4 addresses only")
-    subnet = _subnet(addresses)
-    user_networks = [ipaddress.ip_network(n) for c in t.cores for n in c.user_networks]
-    taken = {h.address for h in inventory.hosts if h.address} | {str(subnet.network_address + 1)}  # .1 is the engine's gateway
-
-    def free(preferred: list[int], what: str = "the lab's own containers") -> str:
-        for offset in preferred:
-            candidate = subnet.network_address + offset
-            if candidate in subnet and str(candidate) not in taken and not any(candidate in n for n in user_networks):
-                taken.add(str(candidate))
-                return str(candidate)
-        raise LabError(f"no free address left in {subnet} for {what}")
-
-    containers = [
+    user_networks = [cast(ipaddress.IPv4Network, ipaddress.ip_network(n)) for c in t.cores for n in c.user_networks if ipaddress.ip_network(n).version == 4]
+    trusted = trusted_networks(inventory)
+    hosts = [
         LabContainer(f"{prefix}-{h.name}", h.name, str(h.address), h.fqdn or f"{h.name}.lab", h.role.value, image_of(h.debian_release.codename))
         for h in inventory.hosts
     ]
-    for lb in externals:
-        address = _stand_in_address(lb, subnet, free)
-        containers.append(LabContainer(f"{prefix}-{lb.name}", lb.name, address, lb.fqdn or f"{lb.name}.lab", STAND_IN))
-    top = subnet.num_addresses - 2
-    containers.append(LabContainer(f"{prefix}-dns", "dns", free([53, *range(top, 2, -1)]), f"dns.{SENDER_DOMAIN}", "dns"))
-    containers.append(LabContainer(f"{prefix}-client", "client", free([200, *range(top - 1, 2, -1)]), f"client.{SENDER_DOMAIN}", "client"))
-    containers.append(LabContainer(f"{prefix}-spammer", "spammer", free([201, *range(top - 2, 2, -1)]), f"spammer.{SENDER_DOMAIN}", "client"))
-    return LabPlan(t.cluster, f"{prefix}-net", str(subnet), containers, owner=str(inventory.directory.resolve()))
+    # (host, hostname, role, where it may stand, preferred offset)
+    own = [
+        ("dns", f"dns.{SENDER_DOMAIN}", "dns", "anywhere", 53),
+        ("client", f"client.{SENDER_DOMAIN}", "client", "outside", 200),
+        ("spammer", f"spammer.{SENDER_DOMAIN}", "client", "outside", 201),
+    ]
+    if trusted:
+        own.append(("submitter", f"submitter.{SENDER_DOMAIN}", "client", "trusted", 100))
+    subnets = _subnets(addresses)
+    if not subnets:
+        raise LabError("the inventory's addresses are too far apart for one lab network")
+    short = ""
+    for subnet in subnets:
+        allowed = {
+            "anywhere": _outside(subnet, user_networks),
+            "outside": _outside(subnet, user_networks + trusted),
+            "trusted": _within(subnet, trusted),
+        }
+        taken = set(addresses) | {str(subnet.network_address), str(subnet.network_address + 1), str(subnet.broadcast_address)}  # .1: the engine's gateway
+        containers = list(hosts)
+        for lb in externals:  # a cloud balancer's stand-in: at its address, else inside its source_networks (.10 preferred)
+            if lb.address:  # among `addresses`, so inside every candidate subnet
+                address: str | None = lb.address
+            else:
+                sources = [cast(ipaddress.IPv4Network, ipaddress.ip_network(n)) for n in lb.source_networks if ipaddress.ip_network(n).version == 4]
+                address = _pick(subnet, _within(subnet, sources), taken, 10)
+            if address is None:
+                raise LabError(
+                    f"no free address in {subnet} for the stand-in of external balancer {lb.name} "
+                    f"(its address, or one in its source_networks {', '.join(lb.source_networks)})"
+                )
+            assert address is not None
+            taken.add(address)
+            containers.append(LabContainer(f"{prefix}-{lb.name}", lb.name, address, lb.fqdn or f"{lb.name}.lab", STAND_IN))
+        for host, hostname, role, where, preferred in own:
+            address = _pick(subnet, allowed[where], taken, preferred)
+            if address is None:
+                short = f"{host} ({'outside every user network and trusted_networks' if where == 'outside' else where})"
+                break
+            taken.add(address)
+            containers.append(LabContainer(f"{prefix}-{host}", host, address, hostname, role))
+        else:
+            return LabPlan(t.cluster, f"{prefix}-net", str(subnet), containers, owner=str(inventory.directory.resolve()))
+    raise LabError(f"no lab network up to {subnets[-1]} has a free address for the lab's {short}")
 
 
 def front_door(inventory: Inventory) -> tuple[str, int] | None:
@@ -389,6 +469,47 @@ def start_stand_in(env: dict[str, str], container: LabContainer, cfg: str) -> No
     )
 
 
+# --- the outside world's mail server --------------------------------------------
+
+
+OUTSIDE_MAIL_CF = f"""# mailforge lab: the mail server of the outside domain {SENDER_DOMAIN} (its MX names this client).
+# Mail for any address there goes to the mailbox of {{admin}} (/var/mail/{{admin}}).
+compatibility_level = 3.6
+myhostname = mail.{SENDER_DOMAIN}
+mydestination = {SENDER_DOMAIN}, $myhostname, localhost
+local_recipient_maps =
+luser_relay = {{admin}}
+alias_maps =
+alias_database =
+mynetworks = 127.0.0.0/8
+inet_interfaces = all
+inet_protocols = ipv4
+biff = no
+"""
+
+
+def start_outside_mail(env: dict[str, str], lab: LabPlan) -> None:
+    """Make the lab's client the outside domain's mail server (the lab DNS gives `SENDER_DOMAIN` an MX
+    naming it): Postfix from Debian's packages, taking mail for any address there into the admin user's
+    mailbox. What an MX proxy's outbound instance sends out is then really delivered, as on the Internet."""
+    name = lab.by_host("client").name
+    # policy-rc.d keeps the package from starting Postfix on its own; "No configuration": the lab writes main.cf.
+    _exec(
+        env,
+        name,
+        "command -v postfix >/dev/null || { printf '#!/bin/sh\\nexit 101\\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d"
+        " && echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections"
+        " && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postfix >/dev/null; }",
+    )
+    docker(env, "exec", "-i", name, "sh", "-c", "cat > /etc/postfix/main.cf", stdin=OUTSIDE_MAIL_CF.format(admin=ADMIN_USER))
+    # No chroot: Postfix is started directly (no init system), so nothing copies /etc into its queue directory.
+    _exec(
+        env,
+        name,
+        "postconf -F '*/*/chroot = n' && postfix check && if postfix status >/dev/null 2>&1; then postfix reload; else postfix start; fi",
+    )
+
+
 # --- the engine -----------------------------------------------------------------
 
 
@@ -526,10 +647,10 @@ def reaches(inventory: Inventory) -> dict[str, Reach]:
 
 
 def probes(inventory: Inventory) -> dict[str, Reach]:
-    """The lab's client and listed "spammer" containers, which `verify --lab` sends its probes from (over
-    SSH too, as the lab's admin user, no sudo: a probe needs none)."""
+    """The lab's client, listed "spammer" and (with an outbound instance) submitter containers, which
+    `verify --lab` sends its probes from (over SSH too, as the lab's admin user, no sudo: a probe needs none)."""
     lab_keys, port = keys(inventory), ssh_port(inventory)
-    return {c.host: _ssh_reach(c, lab_keys, port, False) for c in plan(inventory).containers if c.host in ("client", "spammer")}
+    return {c.host: _ssh_reach(c, lab_keys, port, False) for c in plan(inventory).containers if c.role == "client"}
 
 
 def status(inventory: Inventory, env: dict[str, str]) -> list[dict]:
@@ -666,6 +787,9 @@ def up(inventory: Inventory, env: dict[str, str], say=lambda message: None) -> L
     write_known_hosts(lab_keys, known)
     for reach in [*reaches(inventory).values(), *probes(inventory).values()]:
         close_master(reach.shell().argv)  # a container made again at an address must not be reached through an old connection
+    if lab.get("submitter"):
+        say(f"the outside domain's mail server: Postfix in {lab.by_host('client').name}, mail for any address at {SENDER_DOMAIN}")
+        start_outside_mail(env, lab)
     return lab
 
 

@@ -12,6 +12,9 @@ Every host is reached through `remote.HostShell`: `docker exec` in the lab, SSH 
 
 from __future__ import annotations
 
+import ipaddress
+import re
+import shlex
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +31,8 @@ from .render.metrics import SERVICE as EXPORTER_SERVICE
 from .results import Result, Run
 
 SENDER = "probe@lab-sender.test"
-OUTSIDE = "someone@elsewhere.test"
+OUTSIDE = "someone@elsewhere.test"  # at a domain nobody hosts: the front door must refuse to relay there
+OUTSIDE_MAILBOX = "friend@lab-sender.test"  # outside, at a domain with a mail server (in the lab, the client)
 EVIDENCE_ITEMS = 4  # a failing row names this many of its items, then says how many more
 
 # The host rows, and which of drift's items each one rolls up.
@@ -243,8 +247,10 @@ def mail_checks(
     listed_client: HostShell | None,
     wait: int = 60,
     door: tuple[str, int] | None = None,
+    submitter: HostShell | None = None,
 ) -> list[Check]:
-    """Real mail through the front door (`door`, else `_front_door`), the PROXY protocol's truth, and the walls."""
+    """Real mail through the front door (`door`, else `_front_door`), the PROXY protocol's truth, an MX
+    proxy's outbound instance, and the walls."""
     t = inventory.topology
     host, port = door or _front_door(inventory)
     token = uuid.uuid4().hex[:12]
@@ -328,6 +334,8 @@ def mail_checks(
             )
         )
 
+    checks += outbound_checks(inventory, shells, client, client_address, submitter, wait)
+
     walls = []
     for c in t.cores:
         if c.name not in shells:  # only the hosts this run covers (--limit)
@@ -353,6 +361,84 @@ def mail_checks(
     return checks
 
 
+def _queue_id(result: dict) -> str | None:
+    """The queue ID in a 250 reply to DATA ("250 2.0.0 Ok: queued as 4cX1...")."""
+    data = result["stages"].get("data")
+    match = re.search(r"queued as ([0-9A-Za-z]+)", data[1]) if data and data[0] == 250 else None
+    return match.group(1) if match else None
+
+
+def _delivery(shell: HostShell, syslog_name: str, queue_id: str, recipient: str, wait: int) -> str | None:
+    """The outcome the instance logs for its first delivery attempt of `queue_id` to `recipient`
+    ("relay=..., ..., status=sent (...)"), waiting up to `wait` seconds for it; None if none is logged."""
+    pattern = re.escape(f"{syslog_name}/smtp[") + r"[0-9]+\]: " + re.escape(f"{queue_id}: to=<{recipient}>,") + ".* status="
+    deadline = time.monotonic() + wait
+    while True:
+        found = shell.run(f"grep -m1 -E {shlex.quote(pattern)} /var/log/mail.log")
+        line = found.stdout.decode(errors="replace").strip()
+        if found.returncode == 0 and line:
+            return line[line.index("relay=") :] if "relay=" in line else line
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(2)
+
+
+def outbound_checks(
+    inventory: Inventory,
+    shells: dict[str, HostShell],
+    client: HostShell,
+    client_address: str | None,
+    submitter: HostShell | None,
+    wait: int,
+) -> list[Check]:
+    """An MX proxy's outbound instance: a host in `trusted_networks` submits on its port and the mail is
+    delivered to an outside domain's mail server; a host outside them is refused, by the firewall (no
+    banner) or by Postfix (5xx before DATA). The submission runs from the `submitter` (the lab's), the
+    refusal from the probing client when its address lies outside every trusted network."""
+    checks: list[Check] = []
+    t = inventory.topology
+    domain = sorted(t.domains)[0]
+    outside_domain = OUTSIDE_MAILBOX.split("@", 1)[1]
+    for relay in t.relays:
+        outbound = relay.instances.outbound if relay.instances else None
+        if outbound is None or relay.name not in shells:  # only the hosts this run covers (--limit)
+            continue
+        where = f"{relay.name} port {outbound.port}"
+        base = {"kind": "smtp", "host": relay.address, "port": outbound.port, "recipient": OUTSIDE_MAILBOX, "timeout": 30}
+        if submitter is not None:
+            token = uuid.uuid4().hex[:12]
+            sender = f"postmaster@{domain}"
+            message = (
+                f"From: <{sender}>\r\nTo: <{OUTSIDE_MAILBOX}>\r\nSubject: mailforge verify outbound {token}\r\n"
+                f"Message-ID: <{token}@{domain}>\r\n\r\nmailforge verify outbound probe {token}\r\n"
+            )
+            sent = run_probe(submitter, {"probes": [{**base, "sender": sender, "helo": "submitter.lab-sender.test", "data": message}]})[0]
+            queue_id = _queue_id(sent)
+            checks.append(
+                Check("outbound", f"mail from trusted_networks to {outside_domain} accepted on {where}", submitter.name, queue_id is not None, _describe(sent))
+            )
+            outcome = _delivery(shells[relay.name], "postfix-outbound", queue_id, OUTSIDE_MAILBOX, wait) if queue_id else None
+            checks.append(
+                Check(
+                    "outbound",
+                    f"{relay.name} delivers it to {outside_domain}'s mail server",
+                    relay.name,
+                    outcome is not None and "status=sent" in outcome,
+                    outcome or (f"no delivery attempt logged within {wait} s" if queue_id else "not accepted, so not delivered"),
+                )
+            )
+        trusted = [ipaddress.ip_network(n) for n in outbound.trusted_networks]
+        if client_address and not any(ipaddress.ip_address(client_address) in n for n in trusted):
+            probe = {**base, "sender": SENDER, "helo": "client.lab-sender.test", "timeout": 4}
+            answer = run_probe(client, {"probes": [probe]})[0]
+            stages, rcpt = answer["stages"], _code(answer, "rcpt")
+            dropped = "banner" not in stages  # the connection got no banner: the firewall dropped it (or refused it)
+            rejected = not (rcpt and rcpt < 400) and any(500 <= code < 600 for code, _ in stages.values())  # Postfix said 5xx, RCPT not taken
+            evidence = f"no banner: {stages['error'][1]}" if dropped and "error" in stages else _describe(answer)
+            checks.append(Check("outbound", f"mail from outside trusted_networks refused on {where}", client.name, dropped or rejected, evidence))
+    return checks
+
+
 def reachable(shells: dict[str, HostShell]) -> None:
     """Every host answers a shell, or verify stops (exit 2) naming the first that does not."""
     for name, shell in shells.items():
@@ -370,12 +456,13 @@ def verify(
     listed_client: HostShell | None = None,
     wait: int = 60,
     door: tuple[str, int] | None = None,
+    submitter: HostShell | None = None,
 ) -> list[Check]:
     """Every check, host rows first, against hosts already reached the way the caller chose; the mail
     goes through `door` (the caller asks `_front_door` before reaching any host), else `_front_door`."""
     door = door or _front_door(inventory)
     reachable({**shells, client.name: client})
-    return host_checks(inventory, render_dir, manifest, shells) + mail_checks(inventory, shells, client, listed_client, wait, door)
+    return host_checks(inventory, render_dir, manifest, shells) + mail_checks(inventory, shells, client, listed_client, wait, door, submitter)
 
 
 def results_of(checks: list[Check], cluster: str, warnings: list | None = None, hosts: list[str] | None = None) -> Run:

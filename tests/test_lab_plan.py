@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from conftest import INVENTORIES
+from conftest import INVENTORIES, REPO
 
 from mailforge import lab
 from mailforge.inventory import load_topology
@@ -158,7 +158,7 @@ def test_the_stand_in_takes_the_balancers_address_or_says_why_it_has_none(tmp_pa
     (tmp_path / "topology.yml").write_text(text.replace("source_networks: [10.234.0.0/28]", "source_networks: [192.0.2.0/28]"))
     with pytest.raises(
         lab.LabError,
-        match=r"no free address left in 10\.234\.0\.0/24 for the stand-in of external balancer elb \(an address in its source_networks 192\.0\.2\.0/28\)",
+        match=r"no free address in 10\.234\.0\.0/24 for the stand-in of external balancer elb \(its address, or one in its source_networks 192\.0\.2\.0/28\)",
     ):
         lab.plan(load_topology(tmp_path))
 
@@ -204,3 +204,40 @@ def test_a_nameless_external_balancer_is_the_mx_by_its_stand_ins_lab_name():
     plan = lab.plan(inventory)
     records = {(r.name, r.rtype, r.value) for r in lab.lab_records(inventory, plan)}
     assert ("mail.example.io", "MX", "10 elb.lab.") in records and ("elb.lab", "A", "172.31.0.10") in records
+
+
+# --- an MX proxy's outbound instance: strangers outside trusted_networks, a submitter inside ---------
+
+
+def test_the_client_and_spammer_stand_outside_trusted_networks_and_a_submitter_inside():
+    """inventories/mx-proxy trusts its whole /24 for outbound mail: the lab's network grows to a /23 so the
+    client and the spammer can be strangers to the outbound instance, and a submitter stands inside."""
+    import ipaddress
+
+    from mailforge.inventory import load_inventory
+
+    plan = lab.plan(load_inventory(REPO / "inventories" / "mx-proxy"))
+    trusted = ipaddress.ip_network("10.233.0.0/24")
+    at = {c.host: ipaddress.ip_address(c.address) for c in plan.containers}
+    assert plan.subnet == "10.233.0.0/23" and all(a in ipaddress.ip_network(plan.subnet) for a in at.values())
+    assert at["client"] not in trusted and at["spammer"] not in trusted and at["submitter"] in trusted
+    assert len(set(at.values())) == len(at) and ipaddress.ip_address("10.233.0.1") not in at.values()  # .1: the engine's gateway
+    assert {c.host: c.role for c in plan.containers if c.role == "client"} == {"client": "client", "spammer": "client", "submitter": "client"}
+    assert plan.labels("submitter")[-1] == "mailforge.host=submitter"  # owned, so `lab down` removes it
+
+
+def test_a_lab_without_an_outbound_instance_has_no_submitter():
+    example = planned("example")
+    assert example.subnet == "10.232.0.0/24" and example.get("submitter") is None
+    assert (example.by_host("client").address, example.by_host("spammer").address) == ("10.232.0.200", "10.232.0.201")
+
+
+def test_no_room_outside_the_trusted_networks_is_a_clear_error(tmp_path):
+    inventory = tmp_path / "mx-proxy"
+    shutil.copytree(REPO / "inventories" / "mx-proxy", inventory)
+    topology = inventory / "topology.yml"
+    topology.write_text(topology.read_text().replace("trusted_networks: [10.233.0.0/24]", "trusted_networks: [10.0.0.0/8]"))
+    with pytest.raises(
+        lab.LabError, match=r"no lab network up to 10\.0\.0\.0/8 has a free address for the lab's client \(outside every user network and trusted_networks\)"
+    ):
+        lab.plan(load_topology(inventory))

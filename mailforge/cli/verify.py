@@ -39,13 +39,14 @@ def verify(
         stand_in = lab_module.front_door(inv)  # an external balancer's stand-in, if the inventory has one
     door = verifying._front_door(inv, stand_in)  # before any host is asked: an external balancer without a name has none
     selected, reaches, _ = reach(inv, lab, limit)
-    spammer = None
+    spammer = submitter = None
     if lab:
         from .. import lab as lab_module
 
         probes = lab_module.probes(inv)
         client = probes["client"].shell()
         spammer = probes["spammer"].shell()
+        submitter = probes["submitter"].shell() if "submitter" in probes else None  # with an outbound instance: a host in its trusted_networks
         if probe is not None:
             if probe.argv[0] == "docker":
                 probe.env = lab_module.engine_environment()  # a container next to the lab's: the same engine
@@ -54,7 +55,7 @@ def verify(
         assert probe is not None
         client = probe
     shells = {name: reaches[name].shell() for name in selected}
-    checks = verifying.verify(inv, directory, manifest, shells, client, spammer, wait=wait, door=door)
+    checks = verifying.verify(inv, directory, manifest, shells, client, spammer, wait=wait, door=door, submitter=submitter)
     run = verifying.results_of(checks, inv.topology.cluster, inv.warnings, selected)
     if not as_json:
         table = Table(title=f"verify {inv.topology.cluster}", title_justify="left")
