@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -20,8 +21,10 @@ from .ansible_env import ansible_settings, check_connections
 from .errors import MailforgeError
 from .hosts import Access, Reach
 from .inventory import GROUPS, Inventory
+from .remote import HostShell
 from .resources import SITE_PLAYBOOK
 from .results import Result, Run
+from .rotation import RotationPlan
 
 
 class DeployError(MailforgeError):
@@ -68,6 +71,20 @@ def refuse_lockout(inventory: Inventory, accesses: dict[str, Access]) -> None:
         )
 
 
+def relays_changing(inventory: Inventory, render_dir: Path, manifest: dict, shells: dict[str, HostShell], relays: list[str]) -> list[str]:
+    """The relays whose live state differs from the rendered one (drift's comparison): the ones a
+    deploy will change, so the ones to take out of the balancer's rotation. A relay that cannot be
+    read counts as changing: better drained for nothing than changed under traffic."""
+    from .drift import IN_SYNC, UNEXPECTED, DriftError, audit
+
+    try:
+        report = audit(inventory, render_dir, manifest, shells, set(relays))
+    except DriftError:
+        return list(relays)
+    differs = {i.host for i in report.items if i.status not in (IN_SYNC, UNEXPECTED)}
+    return [r for r in relays if r in differs]
+
+
 @dataclass
 class HostResult:
     ok: int = 0
@@ -81,6 +98,7 @@ class HostResult:
     # that relays changed a batch at a time (the intervals of one batch never overlap the next's).
     started: float | None = None
     finished: float | None = None
+    rotation: list[dict] = field(default_factory=list)  # the relay's steps out of the balancer's rotation and back (rotation.Step)
 
 
 @dataclass
@@ -111,6 +129,8 @@ def unified_diffs(diff) -> list[str]:
         texts.append("".join(line if line.endswith("\n") else line + "\n" for line in lines))
     return texts
 
+
+ROTATION_TASK = "Rotation:"  # the playbook's tasks around a relay batch (site.yml) start with this
 
 Progress = Callable[[str, str, int, int], None]  # host, task, tasks done on that host, tasks seen
 
@@ -150,6 +170,11 @@ class EventTally:
                 result.started = now
             if self.progress:
                 self.progress(host, data.get("task", ""), self.done[host], self.seen[host])
+        if kind in ("runner_on_ok", "runner_on_failed") and str(data.get("task", "")).startswith(ROTATION_TASK):
+            try:
+                result.rotation.extend(json.loads((data.get("res") or {}).get("stdout") or "[]"))
+            except ValueError:
+                pass
         if kind in ("runner_on_ok", "runner_item_on_ok") and (data.get("res") or {}).get("changed"):
             result.diffs.extend(unified_diffs(data["res"].get("diff")))
         if kind in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable", "runner_on_skipped"):
@@ -158,6 +183,9 @@ class EventTally:
             res = data.get("res", {})
             if kind == "runner_on_failed" and not data.get("ignore_errors"):
                 message = res.get("msg") or res.get("stderr") or json.dumps(res)[:300]
+                if str(data.get("task", "")).startswith(ROTATION_TASK):
+                    kept = [f"{s['relay']} {s['action']}: {s['detail']}" for s in result.rotation if not s.get("ok")]
+                    message = "; ".join(kept) or (res.get("stderr") or message)
                 result.messages.append(f"{data.get('task')}: {message}")
             elif kind == "runner_on_unreachable":
                 result.messages.append(f"unreachable: {res.get('msg', '')}")
@@ -190,11 +218,16 @@ def run_playbook(
     verbosity: int = 0,
     output: Callable[[str], None] | None = None,
     command: str = "deploy",
+    rotation: RotationPlan | None = None,
+    rotation_shells: dict[str, HostShell] | None = None,
+    changing_relays: list[str] | None = None,
 ) -> DeployResult:
     """Run playbooks/site.yml through ansible-runner against the topology's hosts (or `hosts`, which
     `hosts.select` chose from --limit), reached as `reaches` says, with the ansible.cfg
     `config_file` chooses. `verbosity` is Ansible's -v count; `output` gets Ansible's own text as
-    it comes. When the run fails, its whole log is kept (runlog) and named in the result."""
+    it comes. When the run fails, its whole log is kept (runlog) and named in the result.
+    `changing_relays` leave the balancer's `rotation` while they change (`rotation_shells` reach
+    its balancers and relays); never with `check`."""
     try:
         import ansible_runner
     except ImportError as exc:  # pragma: no cover - a broken install
@@ -213,6 +246,13 @@ def run_playbook(
         # One inventory file with every host's merged connection (hosts.yml beside the topology
         # included, by hosts.reach_all): Ansible reaches exactly the hosts the other commands reach.
         (private_dir / "inventory" / "mailforge.json").write_text(json.dumps(ansible_inventory(inventory, render_dir, manifest, reaches, names)))
+        extravars: dict[str, object] = {"mailforge_relay_batch": batch}
+        if rotation is not None and rotation.needed and changing_relays and not check:
+            from .rotation import save
+
+            save(rotation, rotation_shells or {}, private_dir / "rotation.json")
+            extravars["mailforge_rotation_command"] = shlex.join([sys.executable, "-m", "mailforge.cli", "rotation-step", str(private_dir / "rotation.json")])
+            extravars["mailforge_rotation_relays"] = changing_relays
         cmdline = []
         if check:
             cmdline.append("--check")
@@ -229,7 +269,7 @@ def run_playbook(
             playbook=str(SITE_PLAYBOOK),
             inventory=str(private_dir / "inventory"),
             cmdline=" ".join(cmdline) or None,
-            extravars={"mailforge_relay_batch": batch},
+            extravars=extravars,
             envvars={
                 **settings,
                 # ansible-runner sets ANSIBLE_HOST_KEY_CHECKING=False unless told otherwise: a host key is always checked.

@@ -2,10 +2,12 @@
 
 `lab up` starts them on a dedicated network with a client, a listed "spammer"
 client and a DNS server (NSD from Debian's packages) serving `mailforge dns zone`
-output for the hosted domains plus the test sender domain and test DNS lists, then deploys through exactly
-the path `mailforge deploy` uses.  For an MX proxy's outbound instance it adds a "submitter", an
-internal host inside `trusted_networks` (the client and the spammer stay outside them), and makes the
-client the outside domain's mail server, so mail the outbound instance sends out is really delivered.  Containers talk to the Docker API through the
+output for the hosted domains plus the test sender domain and test DNS lists, and, for an external
+balancer (a cloud's, which no inventory host stands for), a stand-in that behaves as one; for an MX
+proxy's outbound instance it adds a "submitter", an internal host inside `trusted_networks` (the
+client and the spammer stay outside them), and makes the client the outside domain's mail server, so
+mail the outbound instance sends out is really delivered. Then it deploys through exactly the path
+`mailforge deploy` uses.  Containers talk to the Docker API through the
 docker CLI, so a Docker engine or Podman's Docker-compatible service both work.
 """
 
@@ -16,6 +18,7 @@ import json
 import os
 import shlex
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -23,7 +26,7 @@ from typing import cast
 from . import dns
 from .errors import MailforgeError
 from .hosts import Reach
-from .inventory import Inventory
+from .inventory import Inventory, LoadBalancer
 from .inventory.releases import DEFAULT_RELEASE
 from .remote import close_master
 from .resources import script
@@ -41,6 +44,7 @@ IMAGE = image_of(DEFAULT_RELEASE)  # the lab's own containers (dns, client, spam
 CLUSTER_LABEL = "mailforge.cluster"
 HOST_LABEL = "mailforge.host"
 OWNER_LABEL = "mailforge.inventory"
+STAND_IN = "stand-in"  # the role of an external balancer's container (see `stand_in_cfg`)
 SENDER_DOMAIN = "lab-sender.test"  # an outside domain the probes send from; it resolves in the lab only
 OUTSIDE_DOMAIN = "elsewhere.test"  # a domain nobody hosts: relaying to it must be refused
 
@@ -55,7 +59,7 @@ class LabContainer:
     host: str  # inventory host name, or client / spammer / dns
     address: str
     hostname: str
-    role: str  # balancer, relay, mxproxy, core, client, dns
+    role: str  # balancer, relay, mxproxy, core, client, dns, stand-in
     image: str = IMAGE  # the image of the host's Debian release (debian_release); the default release for the lab's own
 
 
@@ -131,6 +135,17 @@ def trusted_networks(inventory: Inventory) -> Networks:
     return [cast(ipaddress.IPv4Network, ipaddress.ip_network(n)) for n in networks if ipaddress.ip_network(n).version == 4]
 
 
+def _stand_in_address(lb: LoadBalancer, subnet: ipaddress.IPv4Network, free: Callable[[list[int], str], str]) -> str:
+    """Where an external balancer's stand-in sits: the balancer's own address if the inventory gives
+    one, else the first free address (.10 preferred) of its source_networks inside the lab's network,
+    so the relays' firewall and postscreen see it as they would see the cloud's balancer."""
+    if lb.address:
+        return free([int(ipaddress.ip_address(lb.address)) - int(subnet.network_address)], f"external balancer {lb.name}'s address {lb.address}")
+    sources = [n for n in (ipaddress.ip_network(s) for s in lb.source_networks) if n.version == 4 and n.overlaps(subnet)]
+    offsets = [o for o in [10, *range(2, subnet.num_addresses - 1)] if any(subnet.network_address + o in n for n in sources)]
+    return free(offsets, f"the stand-in of external balancer {lb.name} (an address in its source_networks {', '.join(lb.source_networks)})")
+
+
 def plan(inventory: Inventory) -> LabPlan:
     """Which containers the lab runs, where: a pure function of the topology.
 
@@ -141,7 +156,8 @@ def plan(inventory: Inventory) -> LabPlan:
     trusted network. An address taken or not allowed gives way to the highest allowed free one."""
     t = inventory.topology
     prefix = f"mf-{t.cluster}"
-    addresses = [h.address for h in inventory.hosts if h.address]
+    externals = [lb for lb in t.load_balancers if lb.external]
+    addresses = [h.address for h in inventory.hosts if h.address] + [lb.address for lb in externals if lb.address]
     if any(ipaddress.ip_address(a).version != 4 for a in addresses):
         raise LabError("the lab supports IPv4 addresses only")
     user_networks = [cast(ipaddress.IPv4Network, ipaddress.ip_network(n)) for c in t.cores for n in c.user_networks if ipaddress.ip_network(n).version == 4]
@@ -170,6 +186,20 @@ def plan(inventory: Inventory) -> LabPlan:
         }
         taken = set(addresses) | {str(subnet.network_address), str(subnet.network_address + 1), str(subnet.broadcast_address)}  # .1: the engine's gateway
         containers = list(hosts)
+        for lb in externals:  # a cloud balancer's stand-in: at its address, else inside its source_networks (.10 preferred)
+            if lb.address:  # among `addresses`, so inside every candidate subnet
+                address: str | None = lb.address
+            else:
+                sources = [cast(ipaddress.IPv4Network, ipaddress.ip_network(n)) for n in lb.source_networks if ipaddress.ip_network(n).version == 4]
+                address = _pick(subnet, _within(subnet, sources), taken, 10)
+            if address is None:
+                raise LabError(
+                    f"no free address in {subnet} for the stand-in of external balancer {lb.name} "
+                    f"(its address, or one in its source_networks {', '.join(lb.source_networks)})"
+                )
+            assert address is not None
+            taken.add(address)
+            containers.append(LabContainer(f"{prefix}-{lb.name}", lb.name, address, lb.fqdn or f"{lb.name}.lab", STAND_IN))
         for host, hostname, role, where, preferred in own:
             address = _pick(subnet, allowed[where], taken, preferred)
             if address is None:
@@ -180,6 +210,17 @@ def plan(inventory: Inventory) -> LabPlan:
         else:
             return LabPlan(t.cluster, f"{prefix}-net", str(subnet), containers, owner=str(inventory.directory.resolve()))
     raise LabError(f"no lab network up to {subnets[-1]} has a free address for the lab's {short}")
+
+
+def front_door(inventory: Inventory) -> tuple[str, int] | None:
+    """Where mail enters the lab when the front door is an external balancer: its stand-in's address
+    and the balancer's frontend_port (what `verify --lab` sends to). None when the front door is one
+    of the inventory's own hosts (a managed balancer, or the relays), which `verify` finds itself."""
+    t = inventory.topology
+    if t.managed_balancers or not t.load_balancers:
+        return None
+    lb = t.load_balancers[0]
+    return plan(inventory).by_host(lb.name).address, lb.frontend_port
 
 
 # --- labs that cannot hurt each other ------------------------------------------
@@ -290,7 +331,7 @@ def lab_records(inventory: Inventory, lab: LabPlan) -> list[dns.Record]:
     ]
     if dns.missing_mx(t):  # balancers without an fqdn: the lab names them itself, as `dns zone` tells the admin to
         for c in lab.containers:
-            if c.role == "balancer":
+            if c.role in ("balancer", STAND_IN):
                 records += [
                     dns.Record(d, d, "MX", f"{dns.MX_PREFERENCE} {c.hostname}.", "the lab's name for a balancer without fqdn") for d in sorted(t.domains)
                 ]
@@ -348,6 +389,83 @@ def start_dns(env: dict[str, str], lab: LabPlan, files: dict[str, str]) -> None:
         f"rm -rf {DNS_DIRECTORY} && mv {staged} {DNS_DIRECTORY} && {running} && "
         f"for i in $(seq 150); do grep -q 'nsd started' {DNS_DIRECTORY}/nsd.log 2>/dev/null && exit 0; sleep 0.1; done; "
         f"echo 'NSD did not start:' >&2; cat {DNS_DIRECTORY}/nsd.log >&2; exit 1",
+    )
+
+
+# --- an external balancer's stand-in -------------------------------------------
+
+STAND_IN_CFG = "/etc/haproxy/haproxy.cfg"  # in the stand-in container
+STAND_IN_PID = "/run/haproxy.pid"
+STAND_IN_COMMAND = "/usr/local/sbin/mailforge-standin"  # its rotation command (mailforge/data/lab/mailforge-standin)
+STAND_IN_SOCKET = "/run/haproxy/admin.sock"  # where rotation.ADMIN_SOCKET has a managed balancer's: the same runtime API
+STAND_IN_BACKEND = "relays"  # as in a managed balancer's haproxy.cfg (rotation.BACKEND)
+_SEND_PROXY = {"v1": " send-proxy", "v2": " send-proxy-v2", "none": ""}
+
+
+def stand_in_cfg(inventory: Inventory, lab: LabPlan, balancer: LoadBalancer) -> str:
+    """haproxy.cfg of the stand-in for an external `balancer`: lab only, never rendered for a cluster
+    (nothing is deployed to an external balancer). It behaves as a cloud TCP balancer does: it takes
+    connections on the balancer's frontend_port, sends each to one relay at backend_port with the
+    PROXY header the inventory says, from its own address (inside source_networks), never tries
+    another relay when one refuses, and checks health with a plain TCP connect (no PROXY header, no
+    SMTP). Its admin socket gives the lab what a cloud's API gives: relays out of rotation and back."""
+    t = inventory.topology
+    me = lab.by_host(balancer.name)
+    servers = "\n".join(
+        f"    server {r.name} {r.address}:{t.backend_port} check inter 5s fall 2 rise 2{_SEND_PROXY[balancer.proxy_protocol]}" for r in t.relays
+    )
+    return f"""# mailforge lab: the stand-in for external balancer {balancer.name} of cluster '{t.cluster}'.
+# Written by `mailforge lab up`; the lab's own, never part of the rendered cluster.
+global
+    log /dev/log local0
+    stats socket {STAND_IN_SOCKET} mode 660 level admin
+    maxconn 4096
+
+defaults
+    log global
+    mode tcp
+    option tcplog
+    timeout connect 5s
+    timeout client 6m
+    timeout server 6m
+    # a cloud balancer sends a connection to one target and does not try another
+    retries 0
+
+frontend smtp
+    bind {me.address}:{balancer.frontend_port}
+    default_backend {STAND_IN_BACKEND}
+
+backend {STAND_IN_BACKEND}
+    balance roundrobin
+    # health: a plain TCP connect, as a cloud balancer's TCP health check
+{servers}
+"""
+
+
+def start_stand_in(env: dict[str, str], container: LabContainer, cfg: str) -> None:
+    """Install HAProxy in the stand-in if needed, check `cfg` with `haproxy -c`, then start HAProxy on
+    it, or reload it when the configuration changed (a refused configuration never replaces the
+    running one); and install the stand-in's rotation command."""
+    name = container.name
+    _exec(
+        env,
+        name,
+        "command -v haproxy >/dev/null || { printf '#!/bin/sh\\nexit 101\\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d"
+        " && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; }",
+    )
+    docker(env, "exec", "-i", name, "sh", "-c", f"cat > {STAND_IN_CFG}.new", stdin=cfg)
+    checked = docker(env, "exec", name, "haproxy", "-c", "-q", "-f", f"{STAND_IN_CFG}.new", check=False)
+    if checked.returncode != 0:
+        raise LabError(f"HAProxy refuses the stand-in's configuration: {(checked.stderr or checked.stdout).strip()}")
+    command = script("mailforge-standin").read_text()
+    docker(env, "exec", "-i", name, "sh", "-c", f"cat > {STAND_IN_COMMAND} && chmod 755 {STAND_IN_COMMAND}", stdin=command)
+    running = f"[ -s {STAND_IN_PID} ] && kill -0 $(cat {STAND_IN_PID}) 2>/dev/null"
+    _exec(
+        env,
+        name,
+        f"mkdir -p /run/haproxy; if {running} && cmp -s {STAND_IN_CFG}.new {STAND_IN_CFG}; then rm {STAND_IN_CFG}.new; exit 0; fi; "
+        f"mv {STAND_IN_CFG}.new {STAND_IN_CFG}; "
+        f"if {running}; then haproxy -D -f {STAND_IN_CFG} -p {STAND_IN_PID} -sf $(cat {STAND_IN_PID}); else haproxy -D -f {STAND_IN_CFG} -p {STAND_IN_PID}; fi",
     )
 
 
@@ -525,7 +643,7 @@ def reaches(inventory: Inventory) -> dict[str, Reach]:
     """How `--lab` reaches each host: over SSH as the lab's admin user with sudo, checked against the
     lab's known_hosts, replacing every connection setting of the topology and of hosts.yml (see `hosts`)."""
     lab_keys, port = keys(inventory), ssh_port(inventory)
-    return {c.host: _ssh_reach(c, lab_keys, port, True) for c in plan(inventory).containers if c.role not in ("client", "dns")}
+    return {c.host: _ssh_reach(c, lab_keys, port, True) for c in plan(inventory).containers if c.role not in ("client", "dns", STAND_IN)}
 
 
 def probes(inventory: Inventory) -> dict[str, Reach]:
@@ -658,10 +776,14 @@ def up(inventory: Inventory, env: dict[str, str], say=lambda message: None) -> L
         _exec(env, c.name, hosts_lines + "pgrep rsyslogd >/dev/null || rsyslogd")
     say("lab DNS (NSD, serving `mailforge dns zone` output)")
     start_dns(env, lab, dns_files(inventory, lab))
+    for lb in inventory.topology.load_balancers:
+        if lb.external:
+            say(f"stand-in for external balancer {lb.name} (HAProxy, PROXY {lb.proxy_protocol}, plain TCP health checks)")
+            start_stand_in(env, lab.by_host(lb.name), stand_in_cfg(inventory, lab, lb))
     say(f"sshd in every host and client: user {ADMIN_USER} with sudo, keys in {keys(inventory).directory}")
     lab_keys, port = keys(inventory), ssh_port(inventory)
     public_key = make_key(lab_keys)
-    known = [start_sshd(env, c, public_key, port) for c in lab.containers if c.role != "dns"]
+    known = [start_sshd(env, c, public_key, port) for c in lab.containers if c.role not in ("dns", STAND_IN)]
     write_known_hosts(lab_keys, known)
     for reach in [*reaches(inventory).values(), *probes(inventory).values()]:
         close_master(reach.shell().argv)  # a container made again at an address must not be reached through an old connection

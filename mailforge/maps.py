@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import shlex
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
 from . import installed
@@ -26,6 +26,7 @@ from .remote import HostShell
 from .render import Tree
 from .render.files import POSTFIX_RELOAD, POSTMAP, RenderedFile, database_suffix
 from .results import Result, Run
+from .rotation import Rotation, RotationError
 
 # Maps whose entries are the recipients: the guard against a truncated export applies to them.
 RECIPIENT_MAPS = frozenset({"relay_recipients", "virtual_mailboxes"})
@@ -275,12 +276,17 @@ class PushResult:
     pushed: list[str] = field(default_factory=list)
     error: str | None = None
     reloaded: bool = False
+    rotation: list[dict] = field(default_factory=list)  # steps out of the balancer's rotation and back (rotation.Step)
 
 
-def push(shells: dict[str, HostShell], changes: list[MapChange], order: list[list[str]], workers: int = 16) -> list[PushResult]:
+def push(
+    shells: dict[str, HostShell], changes: list[MapChange], order: list[list[str]], workers: int = 16, rotation: Rotation | None = None
+) -> list[PushResult]:
     """Stage and check the changed maps on every host at once, then make them live a batch of hosts
     at a time (`order`), each host checked with a live lookup before the next batch; a failure
-    stops the rollout and leaves the remaining hosts on their working maps."""
+    stops the rollout and leaves the remaining hosts on their working maps. With a `rotation`, the
+    relays of a batch leave the balancer's rotation before their maps change and come back once a
+    PROXY probe shows they take mail; one that does not stays out and stops the rollout."""
     by_host: dict[str, list[MapChange]] = {}
     for c in changes:
         if c.changed:
@@ -326,8 +332,24 @@ def push(shells: dict[str, HostShell], changes: list[MapChange], order: list[lis
         hosts = [h for h in batch if h in by_host]
         if not hosts:
             continue
+        relays = [h for h in hosts if rotation is not None and h in rotation.plan.relays]
+        if relays:
+            assert rotation is not None
+            try:
+                for step in rotation.take_out(relays):
+                    results[step.relay].rotation.append(asdict(step))
+            except RotationError as exc:
+                for h in relays:
+                    results[h].error = f"could not take it out of the balancer's rotation, so nothing went live: {exc}"
+                break
         with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
             list(pool.map(go_live, hosts))
+        if relays:
+            assert rotation is not None
+            for step in rotation.put_back([h for h in relays if not results[h].error]):
+                results[step.relay].rotation.append(asdict(step))
+                if not step.ok:
+                    results[step.relay].error = f"stays out of the balancer's rotation: {step.detail}"
         if any(results[h].error for h in hosts):
             break
     for host in by_host:  # hosts never reached by the rollout keep their maps; drop what was staged
@@ -366,6 +388,7 @@ def run(
     max_shrink: float = 0.10,
     batch: int = 1,
     cache: Path | None = None,
+    rotation: Rotation | None = None,
 ) -> MapsRun:
     """The maps workflow: render the maps from the sources, compare them with every host's (or `hosts`'),
     refuse a shrink beyond `max_shrink` (a share) unless `force`, push what changed (never with
@@ -382,7 +405,7 @@ def run(
     refusals = [] if force else guard(changes, max_shrink)
     results: list[PushResult] = []
     if any(c.changed for c in changes) and not check and not refusals:
-        results = push(shells, changes, rollout_order(inventory.hosts, batch))
+        results = push(shells, changes, rollout_order(inventory.hosts, batch), rotation=rotation)
     if not check and cache is not None:
         remember(cache, changes, results, prune=hosts is None)
     return MapsRun(changes, refusals, results, time.monotonic() - started, check, sorted(tables))
@@ -412,6 +435,6 @@ def results_of(result: MapsRun, cluster: str, warnings: list | None = None) -> R
             "refused": [
                 {"host": r.change.host, "map": r.change.path, "reason": r.reason, "removed_examples": r.change.removed_examples} for r in result.refusals
             ],
-            "pushed": {r.host: {"pushed": r.pushed, "reloaded": r.reloaded, "error": r.error} for r in result.results},
+            "pushed": {r.host: {"pushed": r.pushed, "reloaded": r.reloaded, "error": r.error, "rotation": r.rotation} for r in result.results},
         },
     )

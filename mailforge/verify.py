@@ -12,34 +12,33 @@ Every host is reached through `remote.HostShell`: `docker exec` in the lab, SSH 
 
 from __future__ import annotations
 
-import base64
 import ipaddress
-import json
 import re
 import shlex
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from importlib.resources import files
 from pathlib import Path
 
 from . import drift
 from .drift import IN_SYNC, Item
 from .errors import MailforgeError
 from .inventory import Inventory
+from .probes import run_probe
 from .remote import HostShell
+from .render.metrics import SERVICE as EXPORTER_SERVICE
 from .results import Result, Run
 
 SENDER = "probe@lab-sender.test"
 OUTSIDE = "someone@elsewhere.test"  # at a domain nobody hosts: the front door must refuse to relay there
 OUTSIDE_MAILBOX = "friend@lab-sender.test"  # outside, at a domain with a mail server (in the lab, the client)
-PROBE_TIMEOUT = 600  # seconds for one run of the probe script (it bounds every connection itself)
 EVIDENCE_ITEMS = 4  # a failing row names this many of its items, then says how many more
 
 # The host rows, and which of drift's items each one rolls up.
 PACKAGES = "packages installed"
 HAPROXY_RUNNING = "haproxy running"
+EXPORTERS_RUNNING = "postfix exporters running"
 INSTANCES = "postfix instances as rendered"
 MAPS = "maps compiled and current"
 FILES = "files as rendered"
@@ -85,6 +84,8 @@ def row_of(item: Item) -> tuple[int, str]:
         return 1, postfix_running(item.name.split(" ", 1)[1])
     if item.kind == "service" and item.name == "haproxy":
         return 2, HAPROXY_RUNNING
+    if item.kind == "service" and item.name.startswith(EXPORTER_SERVICE):
+        return 2, EXPORTERS_RUNNING
     if item.kind == "instance":
         return 3, INSTANCES
     if item.kind == "main.cf":
@@ -148,10 +149,12 @@ def host_rows(items: list[Item]) -> list[Check]:
 
 
 def wanted_ports(inventory: Inventory, host: str) -> set[int]:
-    """The TCP ports `host` must take mail on, as the host model says (a balancer's frontend port, a
-    relay's postscreen or port 25, an MX proxy's instances, a core's 25): from the inventory, so a
-    host whose live master.cf cannot be read still has ports to be checked for."""
-    return set(inventory.host(host).ports)
+    """The TCP ports `host` must listen on, as the host model says: the ports it takes mail on (a
+    balancer's frontend port, a relay's postscreen or port 25, an MX proxy's instances, a core's 25)
+    and, with `monitoring`, its exporters'. From the inventory, so a host whose live master.cf cannot
+    be read still has ports to be checked for."""
+    h = inventory.host(host)
+    return set(h.ports) | set(h.exporters.values())
 
 
 def listening(ss_output: str) -> set[int]:
@@ -193,21 +196,6 @@ def host_checks(inventory: Inventory, render_dir: Path, manifest: dict, shells: 
 # --- mail through the front door ------------------------------------------------------------------
 
 
-def run_probe(shell: HostShell, payload: dict) -> list[dict]:
-    """Run probes/smtp_probe.py with the probing host's own python3, `payload` as JSON on stdin;
-    return its JSON answer. The script travels base64 in the command, so nothing is copied there."""
-    script = files("mailforge.probes").joinpath("smtp_probe.py").read_text()
-    code = base64.b64encode(script.encode()).decode()
-    result = shell.run(f'python3 -c "$(echo {code} | base64 -d)"', stdin=json.dumps(payload).encode(), timeout=PROBE_TIMEOUT)
-    if result.returncode != 0:
-        raise VerifyError(f"probe on {shell.name} failed: {result.stderr.decode(errors='replace').strip()[-300:]}")
-    try:
-        answer = json.loads(result.stdout)
-    except ValueError:
-        raise VerifyError(f"probe on {shell.name} printed no JSON: {result.stdout.decode(errors='replace')[-300:]!r}") from None
-    return answer
-
-
 def _listed_recipient(inventory: Inventory) -> tuple[str, str]:
     t = inventory.topology
     domain = sorted(t.domains)[0]
@@ -220,11 +208,24 @@ def _listed_recipient(inventory: Inventory) -> tuple[str, str]:
     return "postmaster", domain
 
 
-def _front_door(inventory: Inventory) -> tuple[str, int]:
+def _front_door(inventory: Inventory, stand_in: tuple[str, int] | None = None) -> tuple[str, int]:
+    """Where the probes send mail, as the world does: a managed balancer's address; an external
+    balancer's fqdn (the name the MX records use), or in the lab `stand_in`, the address of the
+    container standing in for it (`lab.front_door`); without a balancer, the first relay."""
     t = inventory.topology
     if t.managed_balancers:
         lb = t.managed_balancers[0]
         return str(lb.address), lb.frontend_port  # a managed balancer has an address (the topology checks)
+    if t.load_balancers:
+        lb = t.load_balancers[0]
+        if stand_in is not None:
+            return stand_in
+        if lb.fqdn:
+            return lb.fqdn, lb.frontend_port
+        raise VerifyError(
+            f"external balancer {lb.name} has no fqdn, so verify has no front door to send its mail to (the relays take mail only "
+            f"from the balancer): give it the name the MX records use, `fqdn:` under load_balancers (`mailforge dns zone` suggests one)"
+        )
     relay = t.relays[0]
     port = relay.instances.inbound.port if relay.instances and relay.instances.inbound else 25
     return relay.address, port
@@ -245,11 +246,13 @@ def mail_checks(
     client: HostShell,
     listed_client: HostShell | None,
     wait: int = 60,
+    door: tuple[str, int] | None = None,
     submitter: HostShell | None = None,
 ) -> list[Check]:
-    """Real mail through the front door, the PROXY protocol's truth, an MX proxy's outbound instance, and the walls."""
+    """Real mail through the front door (`door`, else `_front_door`), the PROXY protocol's truth, an MX
+    proxy's outbound instance, and the walls."""
     t = inventory.topology
-    host, port = _front_door(inventory)
+    host, port = door or _front_door(inventory)
     token = uuid.uuid4().hex[:12]
     local, domain = _listed_recipient(inventory)
     recipient = f"{local}@{domain}"
@@ -452,11 +455,14 @@ def verify(
     client: HostShell,
     listed_client: HostShell | None = None,
     wait: int = 60,
+    door: tuple[str, int] | None = None,
     submitter: HostShell | None = None,
 ) -> list[Check]:
-    """Every check, host rows first, against hosts already reached the way the caller chose."""
+    """Every check, host rows first, against hosts already reached the way the caller chose; the mail
+    goes through `door` (the caller asks `_front_door` before reaching any host), else `_front_door`."""
+    door = door or _front_door(inventory)
     reachable({**shells, client.name: client})
-    return host_checks(inventory, render_dir, manifest, shells) + mail_checks(inventory, shells, client, listed_client, wait, submitter)
+    return host_checks(inventory, render_dir, manifest, shells) + mail_checks(inventory, shells, client, listed_client, wait, door, submitter)
 
 
 def results_of(checks: list[Check], cluster: str, warnings: list | None = None, hosts: list[str] | None = None) -> Run:

@@ -11,12 +11,14 @@ REPO = Path(__file__).resolve().parents[1]
 CONTRACT = REPO / "tests" / "fixtures" / "contract"
 MAILFORGE = Path(sys.executable).parent / "mailforge"
 
-# The contract inventories (accepted exactly as written) and the project's own example.
+# The contract inventories (accepted exactly as written), the project's own example, and the shipped
+# ELB layout (an external balancer; its lab has a stand-in balancer: tests/test_lab_elb.py).
 INVENTORIES = {
     "lb-relays-core": CONTRACT / "lb-relays-core",
     "elb-relays": CONTRACT / "elb-relays",
     "mx-proxy": CONTRACT / "mx-proxy",
     "example": REPO / "inventories" / "example",
+    "elb": REPO / "inventories" / "elb",
 }
 
 

@@ -24,8 +24,9 @@ BIN = Path(sys.executable).parent
 ROLE_NAMES = sorted(p.name for p in ROLES.iterdir() if (p / "tasks" / "main.yml").is_file())
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 # Variables the roles read that no role defines: the loop variable of mailforge_postfix's instance
-# loop, and the playbook's batch size (deploy's --batch, an extra variable).
-NOT_ROLE_VARIABLES = {"mailforge_postfix_config_directory", "mailforge_relay_batch"}
+# loop, and the playbook's own extra variables that deploy sets: the batch size (--batch) and the
+# rotation step around each relay batch (site.yml, documented there and in the collection's README).
+NOT_ROLE_VARIABLES = {"mailforge_postfix_config_directory", "mailforge_relay_batch", "mailforge_rotation_command", "mailforge_rotation_relays"}
 
 
 def spec(role: str) -> dict:

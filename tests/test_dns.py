@@ -82,6 +82,9 @@ def zone_output():
 # a name of their choosing for the balancer, as the MX of every domain. For the external balancer, a
 # name resolving to an address of the provider's (a documentation address here).
 NAMELESS_BALANCER = {"lb-relays-core": ("mail.example.com", "10.231.0.10"), "elb-relays": ("elb.mail.example.io", "198.51.100.25")}
+# An external balancer with a name but no address: `dns zone` prints the MX, and its name is the
+# admin's to point at the provider's addresses (a documentation address here).
+EXTERNAL_BALANCER_NAME = {"elb": ("mx.example.net", "198.51.100.26")}
 
 
 def right_set(zone_output, name: str) -> dict[str, list[str]]:
@@ -94,6 +97,9 @@ def right_set(zone_output, name: str) -> dict[str, list[str]]:
         for domain in domains:
             zones[domain] = [f"{domain}. 300 IN MX 10 {mx}.", *zones[domain]]
         zones[domains[0]].append(f"{mx}. 300 IN A {address}")
+    if name in EXTERNAL_BALANCER_NAME:
+        mx, address = EXTERNAL_BALANCER_NAME[name]
+        zones[mx.split(".", 1)[1]].append(f"{mx}. 300 IN A {address}")
     return zones
 
 

@@ -39,6 +39,8 @@ def test_a_second_deploy_changes_nothing(lab):
     assert result.returncode == 0
     summary = [line for line in result.stdout.splitlines() if line.startswith("│")]
     assert summary and all(line.split("│")[3].strip() == "0" for line in summary), result.stdout
+    # nothing changes, so no relay leaves the balancer's rotation (the steps would be listed)
+    assert ": drained" not in result.stdout and ": back" not in result.stdout, result.stdout
 
 
 def test_the_lab_dns_serves_what_dns_zone_says(lab):

@@ -123,6 +123,89 @@ def test_every_inventory_gets_labels_naming_its_directory(name):
     ]
 
 
+# --- an external balancer's stand-in ------------------------------------------------------------
+
+
+def test_an_external_balancer_gets_a_stand_in_inside_its_source_networks():
+    """The lab has no inventory host for a cloud's balancer: it plans one container that stands in for
+    it, where the relays' firewall and postscreen expect the balancer (its source_networks), named
+    mf-<cluster>-<balancer> and labelled like the rest, so `lab down` removes it with the lab."""
+    import ipaddress
+
+    plan = planned("elb")
+    [stand_in] = [c for c in plan.containers if c.role == lab.STAND_IN]
+    assert (stand_in.name, stand_in.host, stand_in.address, stand_in.hostname) == ("mf-elb-elb", "elb", "10.234.0.10", "mx.example.net")
+    assert ipaddress.ip_address(stand_in.address) in ipaddress.ip_network("10.234.0.0/28")
+    assert [c.address for c in plan.containers if c.host in ("client", "spammer")] == ["10.234.0.200", "10.234.0.201"]  # strangers, outside it
+    assert "elb" not in lab.reaches(load_topology(INVENTORIES["elb"]))  # not an inventory host: nothing is deployed to it
+    remove, _ = lab.leftovers(plan, made_by(plan))
+    assert "mf-elb-elb" in [f.name for f in remove]
+    assert all(c.role != lab.STAND_IN for name in ("example", "lb-relays-core", "mx-proxy") for c in planned(name).containers)
+
+
+def test_the_stand_in_takes_the_balancers_address_or_says_why_it_has_none(tmp_path):
+    from mailforge.inventory import load_inventory
+
+    source = INVENTORIES["elb"]
+    for name in ("topology.yml", "users.txt"):
+        shutil.copy(source / name, tmp_path / name)
+    text = (source / "topology.yml").read_text()
+    (tmp_path / "topology.yml").write_text(
+        text.replace("    source_networks: [10.234.0.0/28]", "    address: 10.234.0.7\n    source_networks: [10.234.0.0/28]")
+    )
+    assert lab.plan(load_topology(tmp_path)).by_host("elb").address == "10.234.0.7"
+    assert lab.front_door(load_inventory(tmp_path)) == ("10.234.0.7", 25)
+    (tmp_path / "topology.yml").write_text(text.replace("source_networks: [10.234.0.0/28]", "source_networks: [192.0.2.0/28]"))
+    with pytest.raises(
+        lab.LabError,
+        match=r"no free address in 10\.234\.0\.0/24 for the stand-in of external balancer elb \(its address, or one in its source_networks 192\.0\.2\.0/28\)",
+    ):
+        lab.plan(load_topology(tmp_path))
+
+
+def test_the_front_door_in_the_lab_is_the_stand_in_or_none():
+    from mailforge.inventory import load_inventory
+
+    assert lab.front_door(load_inventory(INVENTORIES["elb"])) == ("10.234.0.10", 25)
+    assert lab.front_door(load_inventory(INVENTORIES["example"])) is None  # a managed balancer: verify finds it itself
+    assert lab.front_door(load_inventory(INVENTORIES["mx-proxy"])) is None
+
+
+@pytest.mark.tools
+@pytest.mark.parametrize("proxy", ["v1", "v2", "none"])
+def test_the_stand_in_behaves_as_a_cloud_balancer_and_haproxy_accepts_it(proxy, tmp_path):
+    """The stand-in's haproxy.cfg (written by `lab up`, never rendered for the cluster): every relay at
+    backend_port with the inventory's PROXY version, a plain TCP health check (no check-send-proxy, no
+    SMTP dialogue: what a cloud balancer's TCP check does), no retry on another relay, the admin socket
+    the rotation reads; and the real `haproxy -c` accepts it."""
+    import subprocess
+
+    from mailforge.inventory import load_inventory
+    from mailforge.rotation import ADMIN_SOCKET, BACKEND
+
+    inventory = load_inventory(INVENTORIES["elb"])
+    lb = inventory.topology.load_balancers[0].model_copy(update={"proxy_protocol": proxy})
+    cfg = lab.stand_in_cfg(inventory, lab.plan(inventory), lb)
+    send = {"v1": " send-proxy", "v2": " send-proxy-v2", "none": ""}[proxy]
+    assert f"    server relay1 10.234.0.21:25 check inter 5s fall 2 rise 2{send}\n" in cfg
+    assert "bind 10.234.0.10:25" in cfg and f"backend {BACKEND}" in cfg and f"stats socket {ADMIN_SOCKET} " in cfg
+    assert "tcp-check" not in cfg and "check-send-proxy" not in cfg and "redispatch" not in cfg and "retries 0" in cfg
+    (tmp_path / "haproxy.cfg").write_text(cfg)
+    result = subprocess.run(["haproxy", "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_nameless_external_balancer_is_the_mx_by_its_stand_ins_lab_name():
+    """Without an fqdn `dns zone` prints no MX; the lab names the stand-in as it names a nameless
+    managed balancer, so the lab's mail still finds the front door."""
+    from mailforge.inventory import load_inventory
+
+    inventory = load_inventory(INVENTORIES["elb-relays"])
+    plan = lab.plan(inventory)
+    records = {(r.name, r.rtype, r.value) for r in lab.lab_records(inventory, plan)}
+    assert ("mail.example.io", "MX", "10 elb.lab.") in records and ("elb.lab", "A", "172.31.0.10") in records
+
+
 # --- an MX proxy's outbound instance: strangers outside trusted_networks, a submitter inside ---------
 
 

@@ -205,6 +205,9 @@ def test_haproxy_health_checks_speak_proxy(rendered):
     v2 = (rendered("example") / "lb/etc/haproxy/haproxy.cfg").read_text()
     assert "server mx1 10.231.0.21:10024 check" in v1 and " send-proxy check-send-proxy" in v1
     assert " send-proxy-v2 check-send-proxy" in v2
+    # EHLO as a client: the balancer's fqdn, or its address literal when it has none (lb1)
+    assert 'tcp-check send "EHLO mx.example.com\\r\\n"' in v2
+    assert 'tcp-check send "EHLO [10.231.0.10]\\r\\n"' in v1
 
 
 def test_every_rules_file_passes_iptables_restore_test(inventory_name, rendered):

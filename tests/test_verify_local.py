@@ -13,8 +13,9 @@ import threading
 import pytest
 from conftest import INVENTORIES, unreachable_example
 
-from mailforge import verify
+from mailforge.probes import run_probe
 from mailforge.remote import HostShell, ShellSpecError, shell_from_spec
+from mailforge.verify import _front_door
 
 
 def test_host_specs_become_shells():
@@ -64,7 +65,7 @@ def test_the_probe_runs_through_a_shell_with_its_payload_on_stdin():
     closed.bind(("127.0.0.1", 0))
     closed_port = closed.getsockname()[1]  # bound, never listening: the connection is refused
     try:
-        answers = verify.run_probe(
+        answers = run_probe(
             HostShell("here", ["env"]),
             {
                 "probes": [
@@ -110,3 +111,24 @@ def test_verify_of_unreachable_hosts_exits_2_naming_one(tmp_path):
     result = mailforge_without_pytest("verify", str(inventory), "--probe-from", "ssh://nobody@127.0.0.1:1")
     assert result.returncode == 2, result.stdout + result.stderr
     assert "cannot reach lb" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_front_door_is_where_the_worlds_mail_comes_in():
+    """A managed balancer's address; an external balancer's fqdn (its MX name), or in the lab its
+    stand-in; without a balancer, the first relay's inbound port."""
+    from mailforge.inventory import load_inventory
+
+    assert _front_door(load_inventory(INVENTORIES["example"])) == ("10.232.0.10", 25)
+    elb = load_inventory(INVENTORIES["elb"])
+    assert _front_door(elb) == ("mx.example.net", 25)
+    assert _front_door(elb, stand_in=("10.234.0.10", 25)) == ("10.234.0.10", 25)
+    assert _front_door(load_inventory(INVENTORIES["mx-proxy"])) == ("10.231.1.25", 25)
+
+
+def test_verify_without_a_front_door_stops_before_asking_any_host(tmp_path):
+    """An external balancer without fqdn (the elb-relays contract): the relays take mail only from the
+    balancer, so there is nowhere to send the probe mail; verify says so, exit 2, no host asked."""
+    result = mailforge_without_pytest("verify", str(INVENTORIES["elb-relays"]), "--probe-from", "ssh://nobody@127.0.0.1:1", "--render-dir", str(tmp_path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "external balancer elb has no fqdn, so verify has no front door" in result.stderr and "Traceback" not in result.stderr
+    assert "cannot reach" not in result.stderr

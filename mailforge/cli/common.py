@@ -138,10 +138,11 @@ def render_for_hosts(inventory: Path, render_dir: Path | None):
     return inv, directory, manifest
 
 
-def reach(inv, lab: bool, limit: str | None, ansible: bool = False):
+def reach(inv, lab: bool, limit: str | None, ansible: bool = False, access: bool = True):
     """(the hosts --limit selects, how each is reached, how each answered `hosts.check_access`): the one
     way deploy, verify, maps and drift find their hosts, and make sure of them before doing anything
-    (`ansible`: and that Ansible has the connection plugins they are reached with)."""
+    (`ansible`: and that Ansible has the connection plugins they are reached with; `access=False`:
+    without asking them first, for `status`, which reports a host that does not answer as such)."""
     from .. import hosts
 
     if not lab:  # hosts.yml first: its problems and warnings come before a --limit that fails
@@ -155,7 +156,7 @@ def reach(inv, lab: bool, limit: str | None, ansible: bool = False):
         from ..ansible_env import ansible_settings, check_connections
 
         check_connections(reaches, selected, ansible_settings(inv.directory)[0]["ANSIBLE_COLLECTIONS_PATH"])
-    return selected, reaches, hosts.check_access(reaches, selected)
+    return selected, reaches, hosts.check_access(reaches, selected) if access else {}
 
 
 def summary_line(inv) -> str:

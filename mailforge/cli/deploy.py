@@ -23,6 +23,7 @@ from .common import (
     out,
     reach,
     render_for_hosts,
+    warn,
 )
 
 
@@ -62,9 +63,19 @@ def run_deploy(inv, directory, manifest, reaches, accesses, *, hosts: list[str] 
     per host (and, with -v, Ansible's own output above it)."""
     from rich.progress import BarColumn, Progress, TextColumn
 
-    from ..deploy import refuse_lockout, results_of, run_playbook
+    from ..deploy import refuse_lockout, relays_changing, results_of, run_playbook
+    from ..rotation import batch_size, plan_of
 
     refuse_lockout(inv, accesses)
+    rotation = plan_of(inv)
+    options["batch"], why = batch_size(rotation, options.get("batch", 1))
+    if why:
+        warn(why)
+    if rotation.needed and not options.get("check"):
+        # Which relays this run will change, so which leave the balancer's rotation while they do.
+        shells = {name: reaches[name].shell() for name in [*rotation.managed, *rotation.relays]}
+        relays = [r for r in rotation.relays if hosts is None or r in hosts]
+        options.update(rotation=rotation, rotation_shells=shells, changing_relays=relays_changing(inv, directory, manifest, shells, relays))
 
     with Progress(
         TextColumn("{task.description:<12}"),
@@ -94,6 +105,26 @@ def run_deploy(inv, directory, manifest, reaches, accesses, *, hosts: list[str] 
     return run
 
 
+@app.command("rotation-step", hidden=True)
+@command("rotation-step")
+def rotation_step(
+    state: Path = typer.Argument(..., help="The rotation plan deploy saved for this run."),
+    action: str = typer.Argument(..., help="take-out or put-back"),
+    relays: list[str] = typer.Argument(..., help="The relays of the batch."),
+):
+    """Run by the playbook around a relay batch: take it out of the balancer's rotation, or prove it and put it back. Prints the steps as JSON."""
+    import json
+
+    from ..rotation import as_dicts, step
+
+    if action not in ("take-out", "put-back"):
+        raise typer.BadParameter("take-out or put-back", param_hint="ACTION")
+    steps, ok = step(state, action, relays)
+    print(json.dumps(as_dicts(steps)))
+    if not ok:
+        raise typer.Exit(1)
+
+
 def _summary(result) -> None:
     table = Table(title="Deploy summary", title_justify="left")
     for column in ("host", "ok", "changed", "failed", "unreachable"):
@@ -106,6 +137,11 @@ def _summary(result) -> None:
             out.print(f"[bold]{host}[/bold]")
             out.print(text, markup=False, end="")
     out.print(table)
+    for host, r in result.hosts.items():
+        for step in r.rotation:
+            style = "green" if step["ok"] else "bold red"
+            out.print(f"[{style}]{host}: {step['action']}[/{style}] ", end="")
+            out.print(f"{step['detail']} ({step['seconds']} s)" if step["seconds"] else step["detail"], markup=False)
     for host, r in result.hosts.items():
         for message in r.messages:
             err.print(f"[red]{host}:[/red] ", end="")

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from .app import app
-from .common import BatchOption, InventoryArg, JsonOption, LabOption, LimitOption, command, err, finish, load, out, reach
+from .common import BatchOption, InventoryArg, JsonOption, LabOption, LimitOption, command, err, finish, load, out, reach, warn
 
 
 @app.command()
@@ -27,16 +27,33 @@ def maps(
 ):
     """Regenerate the maps from the recipient sources and push only what changed, atomically. Exit 1 if refused or a push failed."""
     from .. import maps as mapping
+    from ..rotation import Rotation, batch_size, plan_of
 
     inv = load(inventory)
     selected, reaches, _ = reach(inv, lab, limit)
     shells = {name: reaches[name].shell() for name in selected}
     cache = inv.directory / ".mailforge" / "live-maps"  # what this machine last pushed, by sha256
-    result = mapping.run(inv, shells, hosts=selected if limit else None, check=check, force=force, max_shrink=max_shrink / 100, batch=batch, cache=cache)
+    plan = plan_of(inv)
+    batch, why = batch_size(plan, batch)
+    if why:
+        warn(why)
+    rotation = None
+    if plan.needed and not check:  # relays leave the balancer's rotation while their maps change
+        rotation = Rotation(plan, {name: reaches[name].shell() for name in [*plan.managed, *plan.relays]}, say=_say_step)
+    result = mapping.run(
+        inv, shells, hosts=selected if limit else None, check=check, force=force, max_shrink=max_shrink / 100, batch=batch, cache=cache, rotation=rotation
+    )
     run = mapping.results_of(result, inv.topology.cluster, inv.warnings)
     if not as_json:
         _print(inv, result)
     finish(run, as_json)
+
+
+def _say_step(step) -> None:
+    """A relay's step out of the balancer's rotation or back, as it happens (stderr: --json keeps stdout clean)."""
+    style = "green" if step.ok else "bold red"
+    err.print(f"[{style}]{step.relay}: {step.action}[/{style}] ", end="")
+    err.print(step.detail, markup=False)
 
 
 def _print(inv, result) -> None:

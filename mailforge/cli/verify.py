@@ -32,6 +32,12 @@ def verify(
     if probe is None and not lab:
         raise verifying.VerifyError("name the probing host with --probe-from (or use --lab)")
     inv, directory, manifest = render_for_hosts(inventory, render_dir)
+    stand_in = None
+    if lab:
+        from .. import lab as lab_module
+
+        stand_in = lab_module.front_door(inv)  # an external balancer's stand-in, if the inventory has one
+    door = verifying._front_door(inv, stand_in)  # before any host is asked: an external balancer without a name has none
     selected, reaches, _ = reach(inv, lab, limit)
     spammer = submitter = None
     if lab:
@@ -49,7 +55,7 @@ def verify(
         assert probe is not None
         client = probe
     shells = {name: reaches[name].shell() for name in selected}
-    checks = verifying.verify(inv, directory, manifest, shells, client, spammer, wait=wait, submitter=submitter)
+    checks = verifying.verify(inv, directory, manifest, shells, client, spammer, wait=wait, door=door, submitter=submitter)
     run = verifying.results_of(checks, inv.topology.cluster, inv.warnings, selected)
     if not as_json:
         table = Table(title=f"verify {inv.topology.cluster}", title_justify="left")

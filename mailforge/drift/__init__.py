@@ -43,7 +43,7 @@ from .compare import (
 )
 from .firewall import canonical_lines, canonical_rendered, firewall_method, kernel_canonical, ruleset, textual_canonical
 from .model import DRIFTED, IN_SYNC, MISSING, UNEXPECTED, Desired, DriftError, Item
-from .survey import MARK, parse_sections, read_back, role_packages, survey_script
+from .survey import MARK, expected_packages, parse_sections, read_back, role_packages, survey_script
 
 __all__ = [
     "BIG_MAP_LINES",
@@ -70,6 +70,7 @@ __all__ = [
     "compare_postconf",
     "compare_services",
     "desired_state",
+    "expected_packages",
     "firewall_method",
     "kernel_canonical",
     "local_postconf",
@@ -103,8 +104,11 @@ class Report:
 def desired_state(inventory: Inventory, render_dir: Path, manifest: dict, hosts: list[str]) -> dict[str, Desired]:
     """What each of `hosts` should be: its manifest entries, its rendered files, its group's packages."""
     group_of = {h.name: h.group for h in inventory.hosts}
-    packages = role_packages()
-    return {host: Desired(host, group_of[host], manifest["hosts"][host]["files"], render_dir / host, packages.get(group_of[host], [])) for host in hosts}
+    desired = {}
+    for host in hosts:
+        files = manifest["hosts"][host]["files"]
+        desired[host] = Desired(host, group_of[host], files, render_dir / host, expected_packages(group_of[host], files))
+    return desired
 
 
 def audit_host(d: Desired, shell: HostShell) -> list[Item]:

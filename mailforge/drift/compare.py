@@ -18,7 +18,7 @@ from ..installed import map_entries
 from ..render.files import entry_database_path
 from .firewall import canonical_lines, canonical_rendered
 from .model import DRIFTED, IN_SYNC, MISSING, UNEXPECTED, Desired, Item
-from .survey import FIREWALL_UNIT, HAPROXY_CONFIG, HAPROXY_UNIT, POSTFIX_UNIT, has_firewall
+from .survey import FIREWALL_UNIT, HAPROXY_CONFIG, HAPROXY_UNIT, POSTFIX_UNIT, exporters, has_firewall
 
 Sections = dict[str, tuple[str, int]]
 
@@ -151,8 +151,8 @@ def compare_packages(d: Desired, sections: Sections) -> list[Item]:
 
 
 def compare_services(d: Desired, sections: Sections) -> list[Item]:
-    """Postfix running per instance and HAProxy running; each enabled where the host has systemd,
-    and the unit that loads the rules at boot enabled."""
+    """Postfix running per instance, HAProxy running, and each Postfix exporter running on its
+    address; each enabled where the host has systemd, and the unit that loads the rules at boot enabled."""
     units_text, _ = sections.get("systemd", ("no-systemd", 0))
     systemd = "no-systemd" not in units_text
     enabled = dict(line.split(" ", 1) for line in units_text.splitlines() if " " in line) if systemd else {}
@@ -189,6 +189,19 @@ def compare_services(d: Desired, sections: Sections) -> list[Item]:
                 IN_SYNC if rc == 0 and ok_enabled else DRIFTED,
                 desired="running, enabled",
                 live=f"{'running' if rc == 0 else 'stopped'}, enabled: {state}",
+            )
+        )
+    for service, listen in exporters(d).items():
+        _, rc = sections.get(f"exporter {service}", ("", 1))
+        ok_enabled, state = enabled_state(service)
+        items.append(
+            Item(
+                d.host,
+                "service",
+                service,
+                IN_SYNC if rc == 0 and ok_enabled else DRIFTED,
+                desired=f"running on {listen}, enabled",
+                live=f"{'running' if rc == 0 else 'not running'} on {listen}, enabled: {state}",
             )
         )
     if has_firewall(d):

@@ -13,18 +13,47 @@ import shlex
 
 from .. import installed
 from ..remote import HostShell
-from ..render.files import entry_database_path
+from ..render.files import EXPORTER_RESTART, entry_database_path
 from .model import Desired
 
 MARK = "@@mailforge-drift@@"
 # systemd units whose "enabled" state drift reads, by what the host runs.
 POSTFIX_UNIT, HAPROXY_UNIT, FIREWALL_UNIT = "postfix", "haproxy", "netfilter-persistent"
 HAPROXY_CONFIG = "/etc/haproxy/haproxy.cfg"
+# Package lists a role installs only on hosts with rendered files of an action (the inventory's
+# `monitoring`): drift expects those packages there and nowhere else.
+CONDITIONAL_PACKAGES = {"mailforge_postfix_exporter_packages": EXPORTER_RESTART}
+EXPORTER_SETTINGS = "/etc/default/"  # an exporter's settings: /etc/default/<its service>
 
 
-def role_packages() -> dict[str, list[str]]:
+def role_packages(conditional: bool = False) -> dict[str, list[str]]:
     """Ansible group -> the packages its roles install: playbooks/site.yml's roles, their meta
-    dependencies, and every `*_packages` list in their defaults/main.yml."""
+    dependencies, and every `*_packages` list in their defaults/main.yml. The lists installed on
+    every host of the group, or (`conditional`) only those of CONDITIONAL_PACKAGES."""
+    return _role_packages(lambda variable: (variable in CONDITIONAL_PACKAGES) == conditional)
+
+
+def expected_packages(group: str, files: dict[str, dict]) -> list[str]:
+    """The packages a host of `group` with these rendered files must have: its roles' own, and a
+    conditional role's when a file of that role's action is rendered for it."""
+    packages = list(role_packages().get(group, []))
+    if any(f["action"] in CONDITIONAL_PACKAGES.values() for f in files.values()):
+        packages += [p for p in role_packages(conditional=True).get(group, []) if p not in packages]
+    return packages
+
+
+def exporters(d: Desired) -> dict[str, str]:
+    """The Postfix exporters rendered for the host: service -> the address it listens on (from its settings)."""
+    found = {}
+    for path, meta in d.files.items():
+        if meta["action"] == EXPORTER_RESTART and path.startswith(EXPORTER_SETTINGS):
+            text = d.local(path).read_text()
+            listen = text.split("--web.listen-address=", 1)[1].split()[0].rstrip('"')
+            found[path[len(EXPORTER_SETTINGS) :]] = listen
+    return found
+
+
+def _role_packages(counts) -> dict[str, list[str]]:
     import yaml
 
     from ..resources import SITE_PLAYBOOK, role_dir
@@ -49,7 +78,7 @@ def role_packages() -> dict[str, list[str]]:
             defaults = role_dir(name) / "defaults" / "main.yml"
             values = (yaml.safe_load(defaults.read_text()) or {}) if defaults.is_file() else {}
             for key, value in values.items():
-                if key.endswith("_packages") and isinstance(value, list):
+                if key.endswith("_packages") and isinstance(value, list) and counts(key):
                     packages += [p for p in value if p not in packages]
         for group in str(play.get("hosts", "")).split(","):
             result.setdefault(group.strip(), [])
@@ -82,6 +111,9 @@ def survey_script(d: Desired) -> str:
     if HAPROXY_CONFIG in d.files:
         units.append(HAPROXY_UNIT)
         lines.append("s haproxy pgrep -x haproxy")
+    for service, listen in exporters(d).items():
+        units.append(service)
+        lines.append(f"s {q('exporter ' + service)} pgrep -f -- {q('--web.listen-address=' + listen)}")
     lines.append(f"s systemd systemd_units {' '.join(units)}")
     for directory in d.instances:
         lines.append(f"s {q('postconf-n ' + directory)} postconf -c {q(directory)} -n")

@@ -15,7 +15,7 @@ from typing import cast
 
 from ..errors import Problem
 from . import header_checks as header_check_syntax
-from .model import LdapSource, Recipients, Topology
+from .model import LdapSource, Monitoring, Recipients, Topology
 from .partial import identified, present
 from .positions import Located, format_path
 from .postfix_parameters import GUARDED_PARAMETERS, PARAMETERS_BY_RELEASE, POSTFIX_PARAMETERS
@@ -87,6 +87,13 @@ def balancers_are_usable(t: Topology, source: Located) -> Iterator[Finding]:
                 path,
                 f"external balancer {lb.name!r} gives no address or source_networks, so the relays could not tell it from anyone else",
                 "source_networks: the networks its connections come from",
+            )
+        if lb.rotation is not None and not lb.external:
+            yield _error(
+                source,
+                path + ("rotation",),
+                f"managed balancer {lb.name!r} has rotation hooks, but mailforge drains its relays itself through HAProxy's admin socket",
+                "rotation only under an external balancer (external: true); remove it here",
             )
         if lb.proxy_protocol == "none":
             yield _warning(
@@ -274,6 +281,64 @@ def _parameter_on_every_release(source: Located, path: tuple, name: str, release
         )
 
 
+def metrics_ports_are_free(t: Topology, source: Located) -> Iterator[Finding]:
+    """Each exporter gets a port no mail service or SSH already has on its host: HAProxy's on every
+    managed balancer, and the Postfix exporters' consecutive ports (one per instance) on every relay
+    and core; and no monitoring network covers a large part of the Internet (a warning)."""
+    monitoring = getattr(t, "monitoring", None)
+    if not isinstance(monitoring, Monitoring):
+        return
+    ssh = t.firewall.ssh_port
+    haproxy_port, postfix_port = getattr(monitoring, "haproxy_exporter_port", None), getattr(monitoring, "postfix_exporter_port", None)
+    if isinstance(haproxy_port, int):
+        for _, lb in present(t.load_balancers):
+            taken = {lb.frontend_port: "its SMTP frontend", ssh: "SSH"}
+            if not lb.external and haproxy_port in taken:
+                yield _error(
+                    source,
+                    ("monitoring", "haproxy_exporter_port"),
+                    f"port {haproxy_port} is already {taken[haproxy_port]} on balancer {lb.name!r}",
+                    f"a port for HAProxy's exporter other than {' and '.join(str(p) for p in sorted(taken))}, e.g. 8405",
+                )
+    if not isinstance(postfix_port, int):
+        return
+    hosts = [
+        (r.name, _mail_ports(t, r), 1 + (r.instances.inbound is not None) + (r.instances.outbound is not None) if r.instances else 1)
+        for _, r in present(t.relays)
+    ]
+    hosts += [(c.name, [25], 1) for _, c in present(t.cores)]
+    for name, mail_ports, instances in hosts:
+        exporter_ports = range(postfix_port, postfix_port + instances)
+        taken = {port: f"its mail port {port}" for port in mail_ports} | {ssh: f"the SSH port {ssh}"}
+        clash = [taken[p] for p in exporter_ports if p in taken]
+        if not clash and exporter_ports[-1] <= 65535:
+            continue
+        why = f"{'already' if instances == 1 else 'which include'} {' and '.join(clash)}" if clash else "beyond 65535"
+        if instances == 1:
+            message, expected = f"the Postfix exporter of {name!r} would take port {postfix_port}, {why}", "another port, e.g. 9154"
+        else:
+            message = f"the Postfix exporters of {name!r} would take ports {postfix_port}-{exporter_ports[-1]} (one per Postfix instance), {why}"
+            expected = f"a port whose next {instances - 1} ports are free too, e.g. 9154"
+        yield _error(source, ("monitoring", "postfix_exporter_port"), message, expected)
+    for j, net in enumerate(getattr(monitoring, "networks", None) or []):
+        network = ipaddress.ip_network(net)
+        if network.prefixlen < (8 if network.version == 4 else 16):
+            yield _warning(
+                source,
+                ("monitoring", "networks", j),
+                f"monitoring network {net} covers a large part of the Internet, which could then read queue sizes and mail counts",
+                "the networks your monitoring system scrapes from",
+            )
+
+
+def _mail_ports(t: Topology, relay) -> list[int]:
+    """The ports a relay takes mail on (as `roles.Host.ports` says, for a relay of a partial topology)."""
+    if relay.instances:
+        return [i.port for i in (relay.instances.inbound, relay.instances.outbound) if i is not None]
+    balancers = [lb for _, lb in present(t.load_balancers)]
+    return [(balancers[0].backend_port or 25) if balancers else 25]
+
+
 def ssh_is_not_open_to_all(t: Topology, source: Located) -> Iterator[Finding]:
     if not t.firewall.admin_networks:
         yield _warning(source, ("firewall",), "SSH stays open to any address", "firewall.admin_networks: the networks you administer from")
@@ -290,6 +355,7 @@ CHECKS: list[Check] = [
     no_open_relay_networks,
     header_checks_are_sound,
     main_cf_parameters_exist,
+    metrics_ports_are_free,
     ssh_is_not_open_to_all,
 ]
 

@@ -82,6 +82,17 @@ class Connection(Strict):
     become: bool | None = Field(None, description="Use sudo (or the plugin's equivalent) to become root.")
 
 
+class RotationHooks(Strict):
+    """How an external balancer is told to stop and resume sending to a relay (e.g. the AWS CLI).
+
+    Each is a command run on the machine running mailforge, through /bin/sh, with {relay},
+    {address} and {fqdn} replaced by the relay's (shell-quoted); it must return only once the
+    balancer has acted (for take_out: once the relay's connections have drained)."""
+
+    take_out: ConfigText = Field(description="Command that takes one relay out of the balancer's rotation and waits until it has drained.")
+    put_back: ConfigText = Field(description="Command that puts one relay back into the balancer's rotation.")
+
+
 class LoadBalancer(Strict):
     """A TCP balancer in front of the relays; managed (HAProxy) unless external."""
 
@@ -93,6 +104,12 @@ class LoadBalancer(Strict):
     proxy_protocol: Literal["v1", "v2", "none"] = "v1"
     backend_port: Port | None = Field(None, description="Port the relays listen on for the balancer.")
     frontend_port: Port = 25
+    drain_seconds: Annotated[StrictInt, Field(ge=0, le=3600)] = Field(
+        120, description="While a relay changes, how long to wait for its sessions through the balancer to end before going on."
+    )
+    rotation: RotationHooks | None = Field(
+        None, description="External balancer only: the commands that take a relay out of its rotation and put it back during deploy and maps."
+    )
     debian_release: DebianCodename | None = Field(
         None, description="The Debian release this host runs, when not the topology's debian_release: trixie (Debian 13) or bookworm (Debian 12)."
     )
@@ -167,6 +184,21 @@ class Firewall(Strict):
     ssh_port: Port = 22
 
 
+class Monitoring(Strict):
+    """Prometheus metrics for a monitoring system: HAProxy's own exporter on each managed balancer, and
+    Debian's prometheus-postfix-exporter for every Postfix instance of the relays and cores."""
+
+    networks: list[Network] = Field(
+        min_length=1, description="The networks the monitoring system scrapes from: the only ones the firewalls (and HAProxy) let reach the metrics."
+    )
+    postfix_exporter_port: Port = Field(
+        9154,
+        description="Port of the Postfix exporter of a relay's or core's Postfix; an MX proxy's instances take this port and the next ones, in order: "
+        "the default instance, postfix-inbound, postfix-outbound.",
+    )
+    haproxy_exporter_port: Port = Field(8405, description="Port of HAProxy's Prometheus exporter (/metrics) on each managed balancer.")
+
+
 class Tls(Strict):
     """The certificate the relays and cores offer with STARTTLS (Debian's snakeoil pair by default)."""
 
@@ -184,6 +216,7 @@ class Topology(Strict):
     policy: Policy = Field(default_factory=Policy)
     firewall: Firewall = Field(default_factory=Firewall)
     tls: Tls = Field(default_factory=Tls)
+    monitoring: Monitoring | None = Field(None, description="Expose Prometheus metrics to the monitoring networks; absent: no metrics.")
     connection: Connection | None = Field(None, description="How Ansible reaches every host, unless a host says otherwise.")
     debian_release: DebianCodename = Field(
         default=DEFAULT_RELEASE,  # by keyword: mypy reads a field's default only from default=

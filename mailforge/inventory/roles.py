@@ -92,6 +92,22 @@ class Host:
             return [t.backend_port if t.load_balancers else 25]
         return [25]
 
+    @property
+    def exporters(self) -> dict[str, int]:
+        """The host's Prometheus exporters and their ports, with `monitoring` on: HAProxy's own on a
+        balancer (key "haproxy"), else one prometheus-postfix-exporter per Postfix instance (keyed by
+        its config directory), on consecutive ports from postfix_exporter_port in `instances` order.
+        Empty without `monitoring`."""
+        monitoring = self.topology.monitoring
+        if monitoring is None:
+            return {}
+        if self.role is Role.BALANCER:
+            return {HAPROXY_EXPORTER: monitoring.haproxy_exporter_port}
+        return {directory: monitoring.postfix_exporter_port + n for n, directory in enumerate(self.instances)}
+
+
+HAPROXY_EXPORTER = "haproxy"  # the key of a balancer's exporter in `Host.exporters`
+
 
 def hosts_of(topology: Topology) -> list[Host]:
     """The hosts mailforge deploys to, in the inventory's order: managed balancers, relays, cores.

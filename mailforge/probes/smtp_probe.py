@@ -28,6 +28,7 @@ def smtp(probe):
             code, text = client.rcpt(probe["recipient"])
             result["stages"]["rcpt"] = [code, text.decode("utf-8", "replace")]
             if code < 400 and probe.get("data") is not None:
+                time.sleep(probe.get("hold", 0))  # a slow sender: the session stays open this long
                 code, text = client.data(probe["data"].encode("utf-8"))
                 result["stages"]["data"] = [code, text.decode("utf-8", "replace")]
         try:
@@ -55,11 +56,92 @@ def banner(probe):
         return {"banner": None, "error": f"{type(exc).__name__}: {exc}", "seconds": round(time.monotonic() - started, 2)}
 
 
+def proxy_header(version, source, destination):
+    """The PROXY protocol header a balancer sends before the client's first byte (v1 text, v2 binary)."""
+    import ipaddress
+    import struct
+
+    (src, sport), (dst, dport) = source, destination
+    family = ipaddress.ip_address(src).version
+    if version == "v1":
+        return f"PROXY {'TCP4' if family == 4 else 'TCP6'} {src} {dst} {sport} {dport}\r\n".encode()
+    packed = ipaddress.ip_address(src).packed + ipaddress.ip_address(dst).packed + struct.pack("!HH", sport, dport)
+    return b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11 if family == 4 else 0x21]) + struct.pack("!H", len(packed)) + packed
+
+
+def greeting(probe):
+    """What a balancer's health check does: (PROXY header,) 220, EHLO, 250, QUIT: does this relay take mail?"""
+    started = time.monotonic()
+    result = {"ok": False, "replies": []}  # type: dict
+    try:
+        with socket.create_connection((probe["host"], probe["port"]), timeout=probe.get("timeout", 10)) as conn:
+            conn.settimeout(probe.get("timeout", 10))
+            if probe.get("proxy") in ("v1", "v2"):
+                local = conn.getsockname()[:2]
+                conn.sendall(proxy_header(probe["proxy"], local, (probe["host"], probe["port"])))
+            reader = conn.makefile("rb")
+
+            def reply():
+                lines = []
+                while True:
+                    line = reader.readline(1024)
+                    if not line:
+                        raise OSError("connection closed")
+                    lines.append(line.decode("utf-8", "replace").rstrip())
+                    if len(line) < 4 or line[3:4] != b"-":
+                        result["replies"].append(lines[-1])
+                        return int(line[:3]) if line[:3].isdigit() else 0
+
+            if reply() == 220:
+                conn.sendall(("EHLO {}\r\n".format(probe.get("helo", socket.getfqdn()))).encode())
+                if reply() == 250:
+                    conn.sendall(b"QUIT\r\n")
+                    result["ok"] = reply() == 221
+    except OSError as exc:
+        result["error"] = f"{type(exc).__name__}: {exc}"
+    result["seconds"] = round(time.monotonic() - started, 2)
+    return result
+
+
+def stream(probe):
+    """A bounded stream of messages at a fixed rate, one connection each, as independent senders
+    would send them: each message's outcome, whatever happens to the hosts meanwhile."""
+    import threading
+
+    count, rate = int(probe["count"]), float(probe["rate"])
+    results = [None] * count
+
+    def send(i):
+        token = f"{probe['token']}-{i:04d}"
+        data = "From: <{}>\r\nTo: <{}>\r\nSubject: mailforge stream {}\r\nMessage-ID: <{}@lab-sender.test>\r\n\r\nstream {}\r\n".format(
+            probe["sender"], probe["recipient"], token, token, token
+        )
+        outcome = smtp({**probe, "data": data})
+        outcome["token"] = token
+        outcome["sent_at"] = round(time.monotonic() - started, 2)
+        results[i] = outcome
+
+    started = time.monotonic()
+    threads = []
+    for i in range(count):
+        delay = started + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        thread = threading.Thread(target=send, args=(i,), daemon=True)
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join(probe.get("timeout", 30) * 6 + 10)
+    return [
+        r if r is not None else {"stages": {"error": [0, "no outcome (still running)"]}, "token": f"{probe['token']}-{i:04d}"} for i, r in enumerate(results)
+    ]
+
+
 def main():
     request = json.load(sys.stdin)
     results = []
     for probe in request["probes"]:
-        handler = {"smtp": smtp, "banner": banner}[probe["kind"]]
+        handler = {"smtp": smtp, "banner": banner, "greeting": greeting, "stream": stream}[probe["kind"]]
         results.append(handler(probe))
     json.dump(results, sys.stdout)
 

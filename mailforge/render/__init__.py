@@ -7,7 +7,8 @@ puts that on disk.  Same inventory in, byte-identical files out.
 from __future__ import annotations
 
 from ..inventory import Core, Inventory, LoadBalancer, Relay, Role
-from . import balancer, firewall, maps, postfix
+from ..inventory.roles import HAPROXY_EXPORTER
+from . import balancer, firewall, maps, metrics, postfix
 from .files import RenderedFile, Tree
 
 __all__ = ["render", "RenderedFile", "Tree"]
@@ -25,7 +26,7 @@ def render(inventory: Inventory) -> Tree:
         if host.role is Role.BALANCER:
             lb = host.entry
             assert isinstance(lb, LoadBalancer)
-            files["/etc/haproxy/haproxy.cfg"] = balancer.haproxy_cfg(t, lb)
+            files["/etc/haproxy/haproxy.cfg"] = balancer.haproxy_cfg(t, lb, host.exporters.get(HAPROXY_EXPORTER))
             files.update(firewall.rules_files(t, firewall.host_openings(host)))
         elif host.role is Role.MX_PROXY:
             relay = host.entry
@@ -43,5 +44,7 @@ def render(inventory: Inventory) -> Tree:
             assert isinstance(core, Core)
             files.update(postfix.core_instance(t, core, recipients).files(t.cluster))
             files.update(firewall.rules_files(t, firewall.host_openings(host)))
+        if host.role.runs_postfix:
+            files.update(metrics.postfix_exporters(host, t.cluster))
         tree[host.name] = dict(sorted(files.items()))
     return tree

@@ -1,8 +1,17 @@
 """haproxy.cfg for a managed balancer: TCP on the frontend port, every relay behind it.
 
-Health checks go through the same PROXY header as real clients
-(`check-send-proxy`): a relay whose postscreen expects the header would
-otherwise see a bare SMTP conversation and fail every check.
+No message is lost to a relay that dies: a connection a relay refuses, or does not answer within
+`timeout connect`, is sent to another relay (`retries`, `option redispatch 1`: every retry goes
+elsewhere), so the client never sees the failure; and the health checks take a dead or hung relay
+out within seconds (`CHECK_TIMING`). Sessions already open on a relay that is marked down are left
+to finish (no `on-marked-down shutdown-sessions`): a relay that is merely slow keeps what it took.
+
+Health checks speak SMTP as real clients do, through the same PROXY header (`check-send-proxy`):
+greeting 220, EHLO 250, QUIT 221. A relay whose postscreen expects the header would otherwise see
+a bare SMTP conversation and fail every check.
+
+With `monitoring`, a `frontend prometheus` serves HAProxy's built-in exporter on /metrics,
+refusing every connection from outside the monitoring networks (which the firewall drops too).
 """
 
 from __future__ import annotations
@@ -12,12 +21,31 @@ from .files import HAPROXY_RELOAD, RenderedFile, header, template
 
 SEND_PROXY = {"v1": "send-proxy", "v2": "send-proxy-v2", "none": ""}
 
+# A check every 2 s; after a first failure the next comes 1 s later, and two failures in a row
+# take a relay out: a relay that refuses is out within about 3 s, one that hangs (no greeting
+# within `timeout check`) within about 10 s. Two passes in a row, 2 s apart, put it back.
+CHECK_TIMING = "check inter 2s fastinter 1s downinter 2s fall 2 rise 2"
 
-def haproxy_cfg(t: Topology, balancer: LoadBalancer) -> RenderedFile:
+
+def ehlo_name(balancer: LoadBalancer) -> str:
+    """The name the health check gives in EHLO: the balancer's fqdn, or its address literal (RFC 5321 4.1.3)."""
+    if balancer.fqdn:
+        return balancer.fqdn
+    assert balancer.address is not None  # checks.py: a managed balancer has an address
+    return f"[IPv6:{balancer.address}]" if ":" in balancer.address else f"[{balancer.address}]"
+
+
+def haproxy_cfg(t: Topology, balancer: LoadBalancer, metrics_port: int | None = None) -> RenderedFile:
+    """The balancer's haproxy.cfg; with `metrics_port` (monitoring on), HAProxy's own Prometheus
+    exporter on that port too, answering the monitoring networks only."""
     proxy = SEND_PROXY[balancer.proxy_protocol]
-    server_options = "check inter 10s fall 3 rise 2" + (f" {proxy} check-send-proxy" if proxy else "")
+    server_options = CHECK_TIMING + (f" {proxy} check-send-proxy" if proxy else "")
     assert balancer.address is not None  # checks.py: a managed balancer has an address
     bind = f"[{balancer.address}]" if ":" in balancer.address else balancer.address
+    metrics = None
+    if metrics_port is not None:
+        assert t.monitoring is not None  # Host.exporters: a metrics port only with monitoring
+        metrics = {"bind": f"{bind}:{metrics_port}", "sources": " ".join(t.monitoring.networks)}
     text = template(
         "etc/haproxy/haproxy.cfg",
         header=header(t.cluster),
@@ -25,5 +53,7 @@ def haproxy_cfg(t: Topology, balancer: LoadBalancer) -> RenderedFile:
         servers=[{"name": r.name, "address": f"[{r.address}]" if ":" in r.address else r.address} for r in t.relays],
         backend_port=t.backend_port,
         server_options=server_options,
+        ehlo=ehlo_name(balancer),
+        metrics=metrics,
     )
     return RenderedFile(text, HAPROXY_RELOAD)

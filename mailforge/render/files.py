@@ -12,6 +12,7 @@ POSTFIX_RELOAD = "postfix reload"
 IPTABLES_RESTORE = "iptables-restore"
 IP6TABLES_RESTORE = "ip6tables-restore"
 HAPROXY_RELOAD = "haproxy reload"
+EXPORTER_RESTART = "exporter restart"  # a Prometheus exporter's settings or init script: restart that exporter
 
 # The database file `postmap` makes beside an indexed table, by table type. Types not named here
 # (cidr, regexp, texthash, ...) are read from the source file itself: no database.

@@ -12,6 +12,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from ..inventory import Core, Host, LoadBalancer, Relay, Role, Topology
+from ..inventory.roles import HAPROXY_EXPORTER
 from .files import IP6TABLES_RESTORE, IPTABLES_RESTORE, RenderedFile, header, template
 
 ANYWHERE = ("0.0.0.0/0", "::/0")
@@ -63,8 +64,24 @@ def host_networks(*addresses: str) -> tuple[str, ...]:
 
 
 def host_openings(host: Host) -> list[Opening]:
-    """Who the host's firewall admits on its mail ports, and why (SSH is added by `rules_files`): what
-    render writes into the rules and `mailforge graph` draws."""
+    """Who the host's firewall admits on its mail ports and its metrics ports, and why (SSH is added by
+    `rules_files`): what render writes into the rules and `mailforge graph` draws."""
+    return mail_openings(host) + metrics_openings(host)
+
+
+def metrics_openings(host: Host) -> list[Opening]:
+    """Each exporter's port, to the monitoring networks only (none without `monitoring`)."""
+    monitoring = host.topology.monitoring
+    if monitoring is None:
+        return []
+    return [
+        Opening(port, tuple(monitoring.networks), "prometheus metrics of " + ("haproxy" if what == HAPROXY_EXPORTER else what) + " for the monitoring networks")
+        for what, port in host.exporters.items()
+    ]
+
+
+def mail_openings(host: Host) -> list[Opening]:
+    """Who the host's firewall admits on its mail ports, and why."""
     t = host.topology
     entry = host.entry
     if host.role is Role.BALANCER:

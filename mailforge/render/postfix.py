@@ -21,6 +21,18 @@ MapEntry = tuple[str | Pieces, str, str]  # (text, action, Postfix table type)
 
 LOOPBACK = "127.0.0.0/8 [::1]/128"
 
+# The relays' queue timing (seconds), sized for a private next hop, the cores (see relay_instance);
+# policy.main_cf may override each. Only the relays and an MX proxy's inbound instance have them:
+# the cores and the outbound instance send to the Internet and keep Postfix's defaults.
+RELAY_RETRIES = {"queue_run_delay": 10, "minimal_backoff_time": 10, "maximal_backoff_time": 60}
+
+
+def backlog_bound(retries: dict[str, int] = RELAY_RETRIES) -> int:
+    """Seconds within which a relay tries its queued mail again once a core answers: a message may
+    just have been deferred for up to maximal_backoff_time; the destination may just have been
+    marked dead (minimal_backoff_time), and the deferred queue is looked at every queue_run_delay."""
+    return retries["maximal_backoff_time"] + retries["minimal_backoff_time"] + retries["queue_run_delay"]
+
 
 @dataclass(frozen=True)
 class Service:
@@ -195,6 +207,15 @@ def relay_instance(
         # Only the listed domains themselves, never their subdomains, are relayed or routed.
         ("parent_domain_matches_subdomains", "debug_peer_list smtpd_access_maps"),
     ]
+    # While every core is down, the relays queue the mail; once one answers again, Postfix's own
+    # clock decides when the backlog goes. qmgr retries a deferred message no earlier than its age
+    # (between minimal_backoff_time and maximal_backoff_time) after the last try, looks at the
+    # deferred queue every queue_run_delay, and after failures marks the destination dead (no try
+    # at all) for minimal_backoff_time. Postfix's defaults (300s, 4000s, 300s), sized for strangers
+    # on the Internet, leave a backlog waiting up to an hour after the core is back. The cores are
+    # a private next hop of this cluster: a try costs a connection on the local network, so these
+    # settings bound the wait (`backlog_bound`), with nobody flushing by hand.
+    retries: list[tuple[str, Value]] = [(name, f"{seconds}s") for name, seconds in RELAY_RETRIES.items()]
     hardening: list[tuple[str, Value]] = [
         ("smtpd_helo_required", "yes"),
         ("strict_rfc821_envelopes", "yes"),
@@ -223,6 +244,7 @@ def relay_instance(
         ("Identity", _identity(relay.fqdn, inet_interfaces, ipv6)),
         ("No local delivery: a relay only forwards", _no_local_delivery("relay")),
         ("What is relayed, for whom, and to which core", routing),
+        ("Retries to the cores: a private next hop, tried again soon after it answers", retries),
         ("Checks of a public relay", hardening),
     ]
     if behind_proxy:
