@@ -18,7 +18,6 @@ import json
 import os
 import shlex
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -133,17 +132,6 @@ def trusted_networks(inventory: Inventory) -> Networks:
     """The IPv4 networks an MX proxy's outbound instance takes submissions from."""
     networks = [n for r in inventory.topology.relays if r.instances and r.instances.outbound for n in r.instances.outbound.trusted_networks]
     return [cast(ipaddress.IPv4Network, ipaddress.ip_network(n)) for n in networks if ipaddress.ip_network(n).version == 4]
-
-
-def _stand_in_address(lb: LoadBalancer, subnet: ipaddress.IPv4Network, free: Callable[[list[int], str], str]) -> str:
-    """Where an external balancer's stand-in sits: the balancer's own address if the inventory gives
-    one, else the first free address (.10 preferred) of its source_networks inside the lab's network,
-    so the relays' firewall and postscreen see it as they would see the cloud's balancer."""
-    if lb.address:
-        return free([int(ipaddress.ip_address(lb.address)) - int(subnet.network_address)], f"external balancer {lb.name}'s address {lb.address}")
-    sources = [n for n in (ipaddress.ip_network(s) for s in lb.source_networks) if n.version == 4 and n.overlaps(subnet)]
-    offsets = [o for o in [10, *range(2, subnet.num_addresses - 1)] if any(subnet.network_address + o in n for n in sources)]
-    return free(offsets, f"the stand-in of external balancer {lb.name} (an address in its source_networks {', '.join(lb.source_networks)})")
 
 
 def plan(inventory: Inventory) -> LabPlan:
