@@ -18,7 +18,6 @@ from .fields import (
     DebianCodename,
     Domain,
     EnvName,
-    FilePath,
     HostName,
     LdapAttribute,
     LdapFilter,
@@ -199,11 +198,86 @@ class Monitoring(Strict):
     haproxy_exporter_port: Port = Field(8405, description="Port of HAProxy's Prometheus exporter (/metrics) on each managed balancer.")
 
 
-class Tls(Strict):
-    """The certificate the relays and cores offer with STARTTLS (Debian's snakeoil pair by default)."""
+class DnsUpdate(Strict):
+    """RFC 2136 dynamic updates that answer ACME's DNS-01 challenges; the TSIG key is never in the inventory."""
 
-    cert_file: FilePath = "/etc/ssl/certs/ssl-cert-snakeoil.pem"
-    key_file: FilePath = "/etc/ssl/private/ssl-cert-snakeoil.key"
+    server: Address = Field(description="Address of the primary name server that takes dynamic updates for the MX names' zones.")
+    port: Port = 53
+    tsig_key_file: ConfigText | None = Field(
+        None, description="File holding the TSIG key (a BIND/Knot `key` clause, or `algorithm:name:secret`), relative to the inventory directory."
+    )
+    tsig_key_env: EnvName | None = Field(None, description="Environment variable holding the TSIG key as `algorithm:name:secret`.")
+    zone: Domain | None = Field(None, description="Zone to update; default: the zone found by asking the server for the SOA of each name.")
+    propagation_seconds: Annotated[StrictInt, Field(ge=1, le=3600)] = Field(
+        60, description="How long to wait, at most, for the server to serve a challenge record before giving up."
+    )
+
+
+class Acme(Strict):
+    """Certificates for the MX names (and mta-sts names) from an ACME CA, by DNS-01."""
+
+    directory: ConfigText = Field(description="The ACME directory URL, e.g. https://acme-v02.api.letsencrypt.org/directory.")
+    contact: ConfigText = Field(description="Address the CA writes to about the account, e.g. hostmaster@example.com.")
+    ca_file: ConfigText | None = Field(
+        None, description="CA certificates to trust the ACME server's HTTPS with, relative to the inventory directory; default: the system's."
+    )
+    renew_days: Annotated[StrictInt, Field(ge=1, le=89)] = Field(30, description="Renew when the certificate expires within this many days.")
+    dns_update: DnsUpdate
+
+
+class Dane(Strict):
+    """TLSA records (3 1 1) for the MX names, with a pre-published next key so a roll never breaks DANE."""
+
+    publish_wait_hours: Annotated[StrictInt, Field(ge=0, le=8760)] = Field(
+        48, description="Hours the next key's TLSA record must have been seen published before `certs` rolls to it."
+    )
+
+
+class MtaSts(Strict):
+    """An MTA-STS policy (RFC 8461) for every hosted domain."""
+
+    mode: Literal["testing", "enforce"] = "testing"
+    max_age: Annotated[StrictInt, Field(ge=86400, le=31557600)] = Field(604800, description="Seconds a sender may cache the policy.")
+    cert_file: ConfigText | None = Field(None, description="Certificate for the mta-sts.<domain> names, on the controller; default: ACME, else none.")
+    key_file: ConfigText | None = None
+
+
+class TlsRpt(Strict):
+    """Where receivers send TLS reports (RFC 8460)."""
+
+    addresses: list[ConfigText] = Field(min_length=1, description="mailto: or https: URIs, e.g. mailto:tlsrpt@example.com.")
+
+
+class OutboundTls(Strict):
+    """How the cores' outbound delivery authenticates other sites' MX hosts."""
+
+    dane: bool = Field(False, description="Use DANE (smtp_tls_security_level = dane) with a local validating resolver (unbound).")
+    mta_sts: bool = Field(False, description="Look up MTA-STS policies with postfix-mta-sts-resolver.")
+
+
+class Tls(Strict):
+    """The certificates the cluster presents and requires.
+
+    The MX certificate (the names clients connect to) comes from files on the controller
+    (`cert_file`, `key_file`), from ACME (`acme`), or, with neither, from the cluster's private CA.
+    The hop from relays to cores always uses the private CA and is verified."""
+
+    cert_file: ConfigText | None = Field(
+        None, description="The MX names' certificate chain (PEM, leaf first) on the controller, relative to the inventory directory."
+    )
+    key_file: ConfigText | None = Field(None, description="Its private key on the controller (mode 0600); never copied into rendered files.")
+    acme: Acme | None = None
+    trust_file: ConfigText | None = Field(
+        None, description="CA certificates that verify the MX certificate, for `verify` and `dns check`; default: the system's (or the private CA)."
+    )
+    expiry_warning_days: Annotated[StrictInt, Field(ge=1, le=365)] = Field(21, description="`deploy` and `verify` warn when a certificate expires within this many days.")
+    internal_level: Literal["secure", "verify"] = Field(
+        "secure", description="Postfix's TLS level for relay-to-core delivery; both verify the core's certificate against the private CA."
+    )
+    dane: Dane | None = None
+    mta_sts: MtaSts | None = None
+    tls_rpt: TlsRpt | None = None
+    outbound: OutboundTls | None = None
 
 
 class Topology(Strict):
