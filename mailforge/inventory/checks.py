@@ -15,7 +15,7 @@ from typing import cast
 
 from ..errors import Problem
 from . import header_checks as header_check_syntax
-from .model import LdapSource, Monitoring, Recipients, Topology
+from .model import Acme, DnsUpdate, LdapSource, Monitoring, Recipients, Tls, Topology
 from .partial import identified, present
 from .positions import Located, format_path
 from .postfix_parameters import GUARDED_PARAMETERS, PARAMETERS_BY_RELEASE, POSTFIX_PARAMETERS
@@ -339,6 +339,34 @@ def _mail_ports(t: Topology, relay) -> list[int]:
     return [(balancers[0].backend_port or 25) if balancers else 25]
 
 
+def tls_settings_agree(t: Topology, source: Located) -> Iterator[Finding]:
+    """A certificate needs its key and a key its certificate; the TSIG key comes from exactly one place."""
+    tls = getattr(t, "tls", None)
+    if not isinstance(tls, Tls):
+        return
+    for given, lacking in (("cert_file", "key_file"), ("key_file", "cert_file")):
+        if getattr(tls, given, None) and not getattr(tls, lacking, None) and ("tls", lacking) not in source.keys:
+            yield _error(
+                source,
+                ("tls", given),
+                f"{given} is given without {lacking}, so the MX certificate could not be presented",
+                f"{lacking}: the {'private key of the certificate' if lacking == 'key_file' else 'certificate chain of the key'}, or neither",
+            )
+    acme = getattr(tls, "acme", None)
+    update = getattr(acme, "dns_update", None) if isinstance(acme, Acme) else None
+    if isinstance(update, DnsUpdate):
+        path = ("tls", "acme", "dns_update")
+        if update.tsig_key_file and update.tsig_key_env:
+            yield _error(source, path + ("tsig_key_env",), "both tsig_key_file and tsig_key_env are given", "one of them")
+        elif not update.tsig_key_file and not update.tsig_key_env and not any(path + (k,) in source.keys for k in ("tsig_key_file", "tsig_key_env")):
+            yield _error(
+                source,
+                path,
+                "names no TSIG key, so the DNS server would refuse the ACME challenge records",
+                "tsig_key_file: a file holding the key, or tsig_key_env: a variable holding it",
+            )
+
+
 def ssh_is_not_open_to_all(t: Topology, source: Located) -> Iterator[Finding]:
     if not t.firewall.admin_networks:
         yield _warning(source, ("firewall",), "SSH stays open to any address", "firewall.admin_networks: the networks you administer from")
@@ -356,6 +384,7 @@ CHECKS: list[Check] = [
     header_checks_are_sound,
     main_cf_parameters_exist,
     metrics_ports_are_free,
+    tls_settings_agree,
     ssh_is_not_open_to_all,
 ]
 
