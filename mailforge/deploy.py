@@ -31,9 +31,17 @@ class DeployError(MailforgeError):
     """Ansible could not be run at all (not: a host failed)."""
 
 
-def ansible_inventory(inventory: Inventory, render_dir: Path, manifest: dict, reaches: dict[str, Reach], hosts: list[str] | None = None) -> dict:
+def ansible_inventory(
+    inventory: Inventory,
+    render_dir: Path,
+    manifest: dict,
+    reaches: dict[str, Reach],
+    hosts: list[str] | None = None,
+    tls_files: dict[str, list[dict]] | None = None,
+) -> dict:
     """The Ansible inventory for a topology: groups balancers, relays, mxproxies, cores, each host
-    with how it is reached (`hosts.reach_all`) and where its rendered files are."""
+    with how it is reached (`hosts.reach_all`), where its rendered files are, and its assembled TLS
+    files (`tls.material.assemble`: controller paths only, never their content)."""
     groups: dict[str, dict] = {group: {} for group in GROUPS}
     for host in inventory.hosts:
         if hosts is not None and host.name not in hosts:
@@ -42,6 +50,7 @@ def ansible_inventory(inventory: Inventory, render_dir: Path, manifest: dict, re
         hostvars = {
             "mailforge_render_dir": str((render_dir / host.name).resolve()),
             "mailforge_files": files,
+            "mailforge_tls_files": (tls_files or {}).get(host.name, []),
             **reaches[host.name].ansible_vars(),
         }
         groups[host.group][host.name] = hostvars
@@ -221,13 +230,15 @@ def run_playbook(
     rotation: RotationPlan | None = None,
     rotation_shells: dict[str, HostShell] | None = None,
     changing_relays: list[str] | None = None,
+    tls_shipment: dict | None = None,
 ) -> DeployResult:
     """Run playbooks/site.yml through ansible-runner against the topology's hosts (or `hosts`, which
     `hosts.select` chose from --limit), reached as `reaches` says, with the ansible.cfg
     `config_file` chooses. `verbosity` is Ansible's -v count; `output` gets Ansible's own text as
     it comes. When the run fails, its whole log is kept (runlog) and named in the result.
     `changing_relays` leave the balancer's `rotation` while they change (`rotation_shells` reach
-    its balancers and relays); never with `check`."""
+    its balancers and relays); never with `check`. `tls_shipment` (`tls.material.shipment`) is assembled
+    into 0600 files in the run's private 0700 directory, removed with it after the run."""
     try:
         import ansible_runner
     except ImportError as exc:  # pragma: no cover - a broken install
@@ -243,9 +254,14 @@ def run_playbook(
     with tempfile.TemporaryDirectory(prefix="mailforge-ansible-") as private:
         private_dir = Path(private)
         (private_dir / "inventory").mkdir()
+        tls_files = None
+        if tls_shipment:
+            from .tls.material import assemble
+
+            tls_files = assemble(tls_shipment, private_dir / "tls", names)
         # One inventory file with every host's merged connection (hosts.yml beside the topology
         # included, by hosts.reach_all): Ansible reaches exactly the hosts the other commands reach.
-        (private_dir / "inventory" / "mailforge.json").write_text(json.dumps(ansible_inventory(inventory, render_dir, manifest, reaches, names)))
+        (private_dir / "inventory" / "mailforge.json").write_text(json.dumps(ansible_inventory(inventory, render_dir, manifest, reaches, names, tls_files)))
         extravars: dict[str, object] = {"mailforge_relay_batch": batch}
         if rotation is not None and rotation.needed and changing_relays and not check:
             from .rotation import save

@@ -185,8 +185,21 @@ def test_core_maps_deliver_and_admit_only_relays(rendered, tmp_path):
     assert query(f"hash:{maps / 'virtual_mailboxes'}", "bob@example.org") == "example.org/bob/"
     assert query(f"hash:{maps / 'virtual_mailboxes'}", "mallory@example.org") is None
     clients = f"cidr:{maps / 'relay_clients.cidr'}"
-    assert query(clients, "10.231.0.21") == "OK"
+    assert query(clients, "10.231.0.21") == "reject_plaintext_session, permit"  # a relay: only over TLS
     assert query(clients, "10.231.0.10") is None
+
+
+def test_tls_policy_parses_and_keys_each_core_as_the_transport_names_it(rendered, tmp_path):
+    """The relays' smtp_tls_policy_maps: postmap reads it as texthash, and the key is the transport's next hop."""
+    maps = compiled_copy(host_dir(rendered("elb-relays"), "ingest3"), tmp_path)
+    policy = f"texthash:{maps / 'tls_policy'}"
+    transport = query(f"hash:{maps / 'transport'}", "mail.example.io")
+    assert transport is not None
+    hops = transport.removeprefix("relay:").split(", ")
+    answers = [query(policy, hop) for hop in hops]
+    assert all(a is not None and a.startswith("secure match=") for a in answers), answers
+    assert query(policy, "[172.31.40.99]:25") is None
+    assert run("postconf", "-c", str(maps), "-h", "smtp_tls_policy_maps").stdout.strip() == "texthash:/etc/postfix/tls_policy"
 
 
 def test_every_haproxy_cfg_passes_haproxy_check(rendered):

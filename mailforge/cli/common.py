@@ -127,15 +127,34 @@ def load(inventory: Path, recipients: bool = True, quiet: bool = False):
     return inv
 
 
-def render_for_hosts(inventory: Path, render_dir: Path | None):
-    """Validate and render into the directory deploy ships from; returns (inventory, directory, manifest)."""
+def render_for_hosts(inventory: Path, render_dir: Path | None, tls: bool = False):
+    """Validate and render into the directory deploy ships from; returns (inventory, directory, manifest).
+    `tls` (deploy, lab up): first make the TLS store ready and check the MX certificate, so a bad one
+    stops everything before the render directory is written or a host is touched."""
     from ..render import render
     from ..write import write_tree
 
     inv = load(inventory)
+    if tls:
+        prepare_tls(inv)
     directory = render_dir or inv.directory / ".mailforge" / "render"
     manifest = write_tree(render(inv), inv.topology.cluster, directory)
     return inv, directory, manifest
+
+
+def prepare_tls(inv):
+    """Make the cluster's TLS store ready (`tls.material.prepare`) and check the MX certificate: every
+    error at once, located, raised as an InventoryError (exit 2, nothing written); warnings printed."""
+    from ..errors import InventoryError
+    from ..tls import material, store_of
+
+    store = store_of(inv.topology.cluster)
+    made = material.prepare(inv, store)
+    errors, warnings = material.check_mx(inv, store)
+    if errors:
+        raise InventoryError(errors, warnings)
+    print_problems(warnings, "yellow", "warning")
+    return made
 
 
 def reach(inv, lab: bool, limit: str | None, ansible: bool = False, access: bool = True):

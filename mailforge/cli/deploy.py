@@ -41,7 +41,7 @@ def deploy(
     as_json: bool = JsonOption,
 ):
     """Render, then apply the result with Ansible: checked before it goes live, reloaded not restarted."""
-    inv, directory, manifest = render_for_hosts(inventory, render_dir)
+    inv, directory, manifest = render_for_hosts(inventory, render_dir, tls=True)
     selected, reaches, accesses = reach(inv, lab, limit, ansible=True)
     run_deploy(
         inv,
@@ -65,8 +65,10 @@ def run_deploy(inv, directory, manifest, reaches, accesses, *, hosts: list[str] 
 
     from ..deploy import refuse_lockout, relays_changing, results_of, run_playbook
     from ..rotation import batch_size, plan_of
+    from ..tls import material, store_of
 
     refuse_lockout(inv, accesses)
+    options["tls_shipment"] = material.shipment(inv, store_of(inv.topology.cluster))
     rotation = plan_of(inv)
     options["batch"], why = batch_size(rotation, options.get("batch", 1))
     if why:

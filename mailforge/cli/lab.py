@@ -29,7 +29,7 @@ def lab_up(
     from .. import hosts, lab
 
     started = time.monotonic()
-    inv, directory, manifest = render_for_hosts(inventory, render_dir)
+    inv, directory, manifest = render_for_hosts(inventory, render_dir, tls=True)
     env = lab.engine_environment()
     console = err if as_json else out
     plan = lab.up(inv, env, say=lambda message: console.print(f"[dim]lab:[/dim] {message}"))

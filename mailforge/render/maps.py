@@ -73,8 +73,16 @@ def postscreen_access(t: Topology) -> str:
 
 
 def relay_clients(t: Topology) -> str:
-    """On a core: the relays may hand over mail, every other non-user client is refused."""
-    return header(t.cluster) + "".join(f"{ipaddress.ip_network(r.address)} OK\n" for r in t.relays)
+    """On a core: the relays may hand over mail, but only over TLS (a plaintext session gets a 450, so
+    the relay keeps the mail queued); every other non-user client is refused."""
+    return header(t.cluster) + "".join(f"{ipaddress.ip_network(r.address)} reject_plaintext_session, permit\n" for r in t.relays)
+
+
+def tls_policy(t: Topology, cores: list[Core]) -> str:
+    """On a relay: each core's next hop, keyed exactly as `transport` names it, gets TLS that verifies
+    against the private CA (smtp_tls_CAfile) and matches the core's fqdn: never delivered in clear."""
+    level = t.tls.internal_level
+    return header(t.cluster) + "".join(f"{nexthop(core.address)} {level} match={core.fqdn}\n" for core in cores)
 
 
 def virtual_mailboxes(t: Topology, recipients: RecipientSet | None) -> str | Pieces:

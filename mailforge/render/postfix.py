@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from ..inventory import Core, Relay, Topology
 from ..inventory.roles import DEFAULT_INSTANCE, INBOUND_INSTANCE, OUTBOUND_INSTANCE
+from ..tls import HOST_CERT, HOST_INTERNAL_CA, HOST_MX
 from . import maps
 from .files import POSTFIX_RELOAD, POSTMAP, Pieces, RenderedFile, header, template
 
@@ -115,15 +116,35 @@ def _uses_ipv6(*addresses: str) -> bool:
     return any(ipaddress.ip_network(a, strict=False).version == 6 for a in addresses)
 
 
-def _tls(t: Topology) -> list[tuple[str, Value]]:
+TLS_PROTOCOLS = ">=TLSv1.2"
+
+
+def _tls_presenting(chain_file: str) -> list[tuple[str, Value]]:
+    """What every Postfix that takes mail presents: one key+chain file (`tls.material` ships it), TLS 1.2 and newer."""
     return [
-        # Until the TLS store ships its files (issue 14), Debian's snakeoil pair.
-        ("smtpd_tls_cert_file", "/etc/ssl/certs/ssl-cert-snakeoil.pem"),
-        ("smtpd_tls_key_file", "/etc/ssl/private/ssl-cert-snakeoil.key"),
+        ("smtpd_tls_chain_files", chain_file),
         ("smtpd_tls_security_level", "may"),
-        ("smtp_tls_security_level", "may"),
+        ("smtpd_tls_protocols", TLS_PROTOCOLS),
+        ("smtpd_tls_mandatory_protocols", TLS_PROTOCOLS),
         ("smtpd_tls_loglevel", "1"),
     ]
+
+
+def _tls_public(cfg: str) -> list[tuple[str, Value]]:
+    """A relay (or an MX proxy's inbound instance): the MX certificate to the world; to the cores,
+    TLS that must verify against the private CA and name the core (`maps.tls_policy`), never in clear."""
+    return _tls_presenting(HOST_MX) + [
+        ("smtp_tls_security_level", "may"),
+        ("smtp_tls_policy_maps", f"texthash:{cfg}/tls_policy"),
+        ("smtp_tls_CAfile", HOST_INTERNAL_CA),
+        ("smtp_tls_loglevel", "1"),
+    ]
+
+
+def _tls_own(t: Topology) -> list[tuple[str, Value]]:
+    """A core or an MX proxy's outbound instance: its own fqdn's certificate from the private CA;
+    delivery to the Internet stays opportunistic."""
+    return _tls_presenting(HOST_CERT) + [("smtp_tls_security_level", "may")]
 
 
 def _identity(fqdn: str, inet_interfaces: str, ipv6: bool) -> list[tuple[str, Value]]:
@@ -260,7 +281,7 @@ def relay_instance(
                 ],
             )
         )
-    sections.append(("TLS", _tls(t)))
+    sections.append(("TLS: the MX certificate inbound; to the cores only verified TLS", _tls_public(cfg)))
     sections = _overrides(t, sections)
 
     if behind_proxy:
@@ -276,6 +297,7 @@ def relay_instance(
     instance_maps: dict[str, MapEntry] = {
         "relay_domains": (maps.relay_domains(t), POSTMAP, map_type),
         "transport": (maps.transport(t, cores), POSTMAP, map_type),
+        "tls_policy": (maps.tls_policy(t, cores), POSTFIX_RELOAD, "texthash"),
     }
     if has_recipients:
         # One map object for every relay (`recipients_map`, made once by `render`): written and hashed once.
@@ -345,7 +367,7 @@ def mx_proxy_instances(t: Topology, relay: Relay, cores: list[Core], recipients,
                     ("message_size_limit", str(t.policy.message_size_limit)),
                 ],
             ),
-            ("TLS", _tls(t)),
+            ("TLS", _tls_own(t)),
         ]
         submission = Service(_port_service(outbound.port), "inet", "n", command="smtpd", args=("-o syslog_name=postfix-outbound/submission",))
         instances.append(PostfixInstance(OUTBOUND_INSTANCE, sections, [submission] + _STANDARD_SERVICES))
@@ -408,7 +430,7 @@ def core_instance(t: Topology, core: Core, recipients) -> PostfixInstance:
                 ("disable_vrfy_command", "yes"),
             ],
         ),
-        ("TLS", _tls(t)),
+        ("TLS: this core's own certificate; the relays must use it (relay_clients.cidr)", _tls_own(t)),
     ]
     services = [Service("smtp", "inet", "n", command="smtpd")] + _STANDARD_SERVICES
     core_maps: dict[str, MapEntry] = {

@@ -163,7 +163,8 @@ def prepare(inventory: Inventory, store: Path) -> Material:
             key = _controller_file(inventory, t.tls.key_file).read_bytes()
         except OSError:
             chain = key = b""
-        if _certificates(chain) and _key(key) is not None:
+        certs, private = _certificates(chain), _key(key)
+        if certs and private is not None and _public(private) == _public(certs[0]):  # a bad pair stays out of the store
             _write_if_changed(store / MX_DIR / "chain.pem", chain, written)
             _write_if_changed(store / MX_DIR / "key.pem", key, written)
     elif source == "internal":
