@@ -11,7 +11,7 @@ from .app import app
 __all__ = ["app", "main"]
 
 # `mailforge --help` lists the commands in the order a cluster's life uses them.
-_ORDER = ["validate", "render", "deploy", "verify", "status", "maps", "drift", "graph", "schema", "rotation_step"]
+_ORDER = ["validate", "render", "deploy", "verify", "status", "maps", "drift", "graph", "schema", "rotation_step", "tls_stage"]
 app.registered_commands.sort(key=lambda c: _ORDER.index(getattr(c.callback, "__name__", "")))
 
 

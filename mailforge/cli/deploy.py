@@ -148,3 +148,23 @@ def _summary(result) -> None:
         for message in r.messages:
             err.print(f"[red]{host}:[/red] ", end="")
             err.print(message, markup=False)
+
+
+@app.command("tls-stage", hidden=True)
+@command("tls-stage")
+def tls_stage(
+    inventory: Path = InventoryArg,
+    directory: Path = typer.Argument(..., help="Where to write the assembled TLS files (made 0700; files 0600) and tls_files.json."),
+):
+    """For Molecule's shared playbooks: prepare the TLS store and check the MX certificate as deploy does,
+    then write each host's assembled TLS files and `tls_files.json` ({host: mailforge_tls_files}). Prints paths only."""
+    import json
+
+    from ..tls import material, store_of
+    from .common import load, prepare_tls
+
+    inv = load(inventory, recipients=False)
+    prepare_tls(inv)
+    staged = material.assemble(material.shipment(inv, store_of(inv.topology.cluster)), directory)
+    (directory / "tls_files.json").write_text(json.dumps(staged, indent=2, sort_keys=True) + "\n")
+    out.print(f"staged the TLS files of {len(staged)} hosts in {directory}", markup=False)
