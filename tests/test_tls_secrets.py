@@ -150,3 +150,20 @@ def test_deploy_refuses_a_mismatched_key_before_writing_anything(example, env, t
     assert "Traceback" not in run.stderr
     assert not (example / ".mailforge").exists()
     assert not (Path(env["MAILFORGE_STATE_DIR"]) / "clusters" / "example" / "tls" / "mx").exists(), "a bad pair never enters the store"
+
+
+def test_tls_stage_writes_what_deploy_would_ship_and_prints_no_key(example, env, tmp_path):
+    """The hidden command Molecule's shared playbooks use: prepares an empty store, stages 0600 files in a 0700 directory."""
+    import json
+
+    run = cli("tls-stage", str(example), str(tmp_path / "stage"), env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    bodies = key_bodies(Path(env["MAILFORGE_STATE_DIR"]) / "clusters" / "example" / "tls")
+    assert_clean(run.stdout + run.stderr, bodies, "tls-stage output")
+    staged = json.loads((tmp_path / "stage" / "tls_files.json").read_text())
+    assert sorted(staged) == ["core", "relay1", "relay2"]
+    assert stat.S_IMODE((tmp_path / "stage").stat().st_mode) == 0o700
+    for entry in staged["relay1"]:
+        assert stat.S_IMODE(Path(entry["src"]).stat().st_mode) == 0o600
+        assert entry["path"].startswith("/etc/mailforge/tls/")
+    assert_clean((tmp_path / "stage" / "tls_files.json").read_text(), bodies, "tls_files.json")
