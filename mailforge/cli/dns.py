@@ -48,6 +48,28 @@ def dns_check(
     finish(run, as_json)
 
 
+def _tlsa(topology):
+    """With tls.dane: the TLSA records of the live and next MX keys in the controller's store (the next key
+    is made there, 0600, when absent), and comment lines for what is missing. Public halves only."""
+    from ..dns.tlsa import tlsa_records
+    from ..tls import store_of
+    from ..tls.dane import keys
+
+    if topology.tls.dane is None:
+        return [], []
+    store = store_of(topology.cluster)
+    found = keys(store, make_next=True)
+    digests, notes = [], []
+    if found.live:
+        digests.append((found.live, f"live MX key ({found.live_source})"))
+    else:
+        notes.append(f"DANE: no live MX key in {store} yet (`mailforge deploy` or `mailforge certs` makes it): only the next key's TLSA below;")
+        notes.append("run `mailforge dns zone` again afterwards and publish the live key's record too, before the relays present it.")
+    assert found.next is not None  # made above
+    digests.append((found.next, "next MX key (mx/next-key.pem): published ahead, so a key roll never breaks DANE"))
+    return tlsa_records(topology, digests), notes
+
+
 @dns_app.command("zone")
 @command("dns zone")
 def dns_zone(
@@ -55,14 +77,15 @@ def dns_zone(
     ttl: int = typer.Option(3600, "--ttl", min=1, max=2147483647, help="TTL of every record, in seconds."),
     as_json: bool = JsonOption,
 ):
-    """Print the records the topology needs, in zone-file syntax: MX, SPF, A/AAAA, and the PTRs for the reverse zones.
+    """Print the records the topology needs, in zone-file syntax: MX, SPF, A/AAAA, the PTRs for the reverse zones, and with tls: TLSA, MTA-STS, TLS-RPT.
     Exit 1 if no MX can be printed (balancers without an fqdn): the output says what name to give them."""
     from .. import dns as dnscheck
     from ..inventory import suggested_mx_name
 
     inv = load(inventory, recipients=False, quiet=as_json)
-    text = dnscheck.zone_text(inv.topology, ttl=ttl)
-    records = dnscheck.zone_records(inv.topology)
+    tlsa, notes = _tlsa(inv.topology)
+    text = dnscheck.zone_text(inv.topology, ttl=ttl, extra=tlsa, notes=notes)
+    records = dnscheck.zone_records(inv.topology) + tlsa
     results = [
         Result(
             r.zone,
