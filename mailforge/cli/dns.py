@@ -12,6 +12,23 @@ from .app import dns_app
 from .common import InventoryArg, JsonOption, command, err, finish, load, out
 
 
+def _tls_inputs(inv, timeout: float):
+    """What the TLS rows need from the controller (None when the inventory asks for no DANE, MTA-STS, TLS-RPT):
+    the store, the MX keys' digests (public halves only; nothing is made here) and the CA files to trust."""
+    from ..dns import TlsInputs
+    from ..tls import store_of
+    from ..tls.dane import keys
+
+    tls = inv.topology.tls
+    if tls.dane is None and tls.mta_sts is None and tls.tls_rpt is None:
+        return None
+    store = store_of(inv.topology.cluster)
+    trust = [store / "trust.pem", store / "internal-ca" / "cert.pem"]
+    if tls.trust_file:
+        trust.insert(0, inv.directory / tls.trust_file)
+    return TlsInputs(store, keys(store, make_next=False), trust, timeout=max(5.0, timeout))
+
+
 @dns_app.command("check")
 @command("dns check")
 def dns_check(
@@ -20,13 +37,14 @@ def dns_check(
     timeout: float = typer.Option(2.0, "--timeout", min=0.05, help="Seconds to wait for each answer (each question is tried twice per server)."),
     as_json: bool = JsonOption,
 ):
-    """Check the live DNS against the topology: MX, MX addresses, no core in MX, SPF, FCrDNS, the DNS lists. Exit 1 if any check fails."""
+    """Check the live DNS against the topology: MX, MX addresses, no core in MX, SPF, FCrDNS, the DNS lists, and with tls:
+    TLSA against the key each relay presents, the MTA-STS policy over HTTPS, TLS-RPT. Exit 1 if any check fails."""
     from .. import dns as dnscheck
 
     inv = load(inventory, recipients=False, quiet=as_json)
     servers = [dnscheck.parse_nameserver(s) for s in nameserver] if nameserver else dnscheck.system_nameservers()
     querier = dnscheck.Querier(servers, timeout=timeout)
-    checks = dnscheck.run_checks(inv.topology, querier)
+    checks = dnscheck.run_checks(inv.topology, querier, _tls_inputs(inv, timeout))
     run = Run(
         "dns check",
         inv.topology.cluster,

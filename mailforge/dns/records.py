@@ -217,7 +217,8 @@ def _record_key(r: Record):
     if r.reverse:
         base = 10 if r.zone.endswith(".in-addr.arpa") else 16
         return (1, "", [int(p, base) for p in reversed(r.name.split(".")[:-2])], _TYPE_ORDER.get(r.rtype, 9), r.value)
-    return (0 if r.name == r.zone else 1, r.name, [], _TYPE_ORDER.get(r.rtype, 9), r.value)
+    # TLSA records keep their given order (the live key's, then the next one's); the others sort by value.
+    return (0 if r.name == r.zone else 1, r.name, [], _TYPE_ORDER.get(r.rtype, 9), "" if r.rtype == "TLSA" else r.value)
 
 
 def _record_lines(records: list[Record], ttl: int) -> list[str]:
@@ -269,11 +270,11 @@ def _policy_note(topology: Topology) -> list[str]:
     """Without a managed balancer to serve it, the MTA-STS policy for the user to host, as comment lines."""
     if topology.tls.mta_sts is None or served_by_balancer(topology):
         return []
-    names = ", ".join(f"https://mta-sts.{d}{WELL_KNOWN}" for d in sorted(topology.domains))
     return [
         ";",
         "; MTA-STS: no managed balancer serves the policy. Host the text between the dashed lines (without the leading '; ')",
-        f"; as {names}, with a certificate valid for that name, and point mta-sts.<domain> at that server.",
+        "; at each of these URLs, with a certificate valid for its name, and point each mta-sts.<domain> at that server:",
+        *(f";   https://mta-sts.{d}{WELL_KNOWN}" for d in sorted(topology.domains)),
         "; The _mta-sts TXT id below is the hash of exactly this text: change one and the other changes too.",
         "; ------",
         *(f"; {line}" for line in policy_text(topology).splitlines()),
