@@ -67,25 +67,11 @@ def dns_check(
 
 
 def _tlsa(topology):
-    """With tls.dane: the TLSA records of the live and next MX keys in the controller's store (the next key
-    is made there, 0600, when absent), and comment lines for what is missing. Public halves only."""
-    from ..dns.tlsa import tlsa_records
+    """The TLSA records from the controller's store (see `dns.tlsa.store_tlsa`): I/O, so here, not in zone_text."""
+    from ..dns.tlsa import store_tlsa
     from ..tls import store_of
-    from ..tls.dane import keys
 
-    if topology.tls.dane is None:
-        return [], []
-    store = store_of(topology.cluster)
-    found = keys(store, make_next=True)
-    digests, notes = [], []
-    if found.live:
-        digests.append((found.live, f"live MX key ({found.live_source})"))
-    else:
-        notes.append(f"DANE: no live MX key in {store} yet (`mailforge deploy` or `mailforge certs` makes it): only the next key's TLSA below;")
-        notes.append("run `mailforge dns zone` again afterwards and publish the live key's record too, before the relays present it.")
-    assert found.next is not None  # made above
-    digests.append((found.next, "next MX key (mx/next-key.pem): published ahead, so a key roll never breaks DANE"))
-    return tlsa_records(topology, digests), notes
+    return store_tlsa(topology, store_of(topology.cluster))
 
 
 @dns_app.command("zone")
