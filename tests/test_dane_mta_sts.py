@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import MAILFORGE
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -396,3 +397,16 @@ def test_a_policy_changed_under_an_unchanged_id_fails(site):
     assert sorted((c["subject"], c["check"]) for c in failures(report)) == [("example.com", "MTA-STS id"), ("example.org", "MTA-STS id")]
     evidence = row(report, "example.com", "MTA-STS id")["evidence"]
     assert evidence.startswith("record _mta-sts.example.com TXT id=") and "did not change, but the policy did" in evidence
+
+
+def test_an_unreadable_key_in_the_store_exits_2_naming_the_file(tmp_path, monkeypatch):
+    from mailforge.tls import store_of
+
+    monkeypatch.setenv("MAILFORGE_STATE_DIR", str(tmp_path / "state"))
+    chain = store_of("tlsdemo") / "mx" / "chain.pem"
+    chain.parent.mkdir(parents=True)
+    chain.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    for args in (("dns", "zone", str(FIXTURE)), ("dns", "check", str(FIXTURE), "--nameserver", "127.0.0.1:9", "--timeout", "0.1")):
+        result = subprocess.run([str(MAILFORGE), *args], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert f"{chain}: not a PEM key or certificate" in result.stderr and "Traceback" not in result.stderr

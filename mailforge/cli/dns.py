@@ -15,6 +15,7 @@ from .common import InventoryArg, JsonOption, command, err, finish, load, out
 def _tls_inputs(inv, timeout: float):
     """What the TLS rows need from the controller (None when the inventory asks for no DANE, MTA-STS, TLS-RPT):
     the store, the MX keys' digests (public halves only; nothing is made here) and the CA files to trust."""
+    from ..dns import DnsError as dnscheck_error
     from ..dns import TlsInputs
     from ..tls import store_of
     from ..tls.dane import keys
@@ -26,7 +27,11 @@ def _tls_inputs(inv, timeout: float):
     trust = [store / "trust.pem", store / "internal-ca" / "cert.pem"]
     if tls.trust_file:
         trust.insert(0, inv.directory / tls.trust_file)
-    return TlsInputs(store, keys(store, make_next=False), trust, timeout=max(5.0, timeout))
+    try:
+        found = keys(store, make_next=False)
+    except (OSError, ValueError) as exc:  # a key or chain in the store that cannot be read or parsed
+        raise dnscheck_error(f"the TLS store {store}: {exc} (let `mailforge deploy` or `mailforge certs` remake it)") from None
+    return TlsInputs(store, found, trust, timeout=max(5.0, timeout))
 
 
 @dns_app.command("check")
@@ -68,10 +73,15 @@ def dns_check(
 
 def _tlsa(topology):
     """The TLSA records from the controller's store (see `dns.tlsa.store_tlsa`): I/O, so here, not in zone_text."""
+    from ..dns import DnsError
     from ..dns.tlsa import store_tlsa
     from ..tls import store_of
 
-    return store_tlsa(topology, store_of(topology.cluster))
+    store = store_of(topology.cluster)
+    try:
+        return store_tlsa(topology, store)
+    except (OSError, ValueError) as exc:  # a key or chain in the store that cannot be read or parsed
+        raise DnsError(f"the TLS store {store}: {exc} (let `mailforge deploy` or `mailforge certs` remake it)") from None
 
 
 @dns_app.command("zone")

@@ -52,6 +52,14 @@ def public_key_digest(public_key) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+def _digest_of(path: Path) -> str:
+    """`spki_digest` of a file, a parse error naming the file (never its content)."""
+    try:
+        return spki_digest(path.read_bytes())
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a PEM key or certificate ({str(exc).split('.')[0]})") from None
+
+
 @dataclass(frozen=True)
 class DaneKeys:
     """The SPKI digests `dns zone` publishes and `dns check` expects; None for a key the store has not got."""
@@ -68,7 +76,7 @@ def live_digest(store: Path) -> tuple[str | None, str | None]:
         for relative in (chain, key):
             path = store / relative
             if path.is_file():
-                return spki_digest(path.read_bytes()), relative
+                return _digest_of(path), relative
     return None, None
 
 
@@ -108,9 +116,9 @@ def keys(store: Path, make_next: bool) -> DaneKeys:
     live, source = live_digest(store)
     nxt = None
     if make_next:
-        nxt = spki_digest(ensure_next_key(store).read_bytes())
+        nxt = _digest_of(ensure_next_key(store))
     elif (store / NEXT_KEY).is_file():
-        nxt = spki_digest((store / NEXT_KEY).read_bytes())
+        nxt = _digest_of(store / NEXT_KEY)
     return DaneKeys(live, source, nxt)
 
 
