@@ -313,3 +313,25 @@ def test_lmdb_maps_compile_and_answer(tmp_path):
     assert (relay / "relay_recipients.lmdb").is_file()
     assert query(f"lmdb:{relay / 'relay_recipients'}", "abuse@example.com") == "OK"
     assert query(f"lmdb:{relay / 'relay_recipients'}", "nobody@example.com") is None
+
+
+def test_the_mta_sts_frontend_passes_haproxy_check(tmp_path):
+    """With tls.mta_sts, the balancer's haproxy.cfg has a 443 frontend: `haproxy -c` accepts it once the
+    certificate the TLS shipment puts at HOST_MTA_STS and the rendered policy are in place (here in tmp)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from test_dane_mta_sts import FIXTURE, _cert, _pem, _pem_key
+
+    from mailforge.inventory import load_inventory
+    from mailforge.render import render
+    from mailforge.render.mta_sts import HAPROXY_POLICY
+    from mailforge.tls import HOST_MTA_STS
+
+    files = render(load_inventory(FIXTURE))["lb"]
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "mta-sts.pem").write_bytes(_pem_key(key) + _pem(_cert(key, ["mta-sts.example.com", "mta-sts.example.org"])))
+    (tmp_path / "mta-sts.txt").write_text(files[HAPROXY_POLICY].text)
+    cfg = files["/etc/haproxy/haproxy.cfg"].text.replace(HOST_MTA_STS, str(tmp_path / "mta-sts.pem")).replace(HAPROXY_POLICY, str(tmp_path / "mta-sts.txt"))
+    (tmp_path / "haproxy.cfg").write_text(cfg)
+    result = run("haproxy", "-c", "-f", str(tmp_path / "haproxy.cfg"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "bind 10.232.0.10:443 ssl crt " in cfg

@@ -12,6 +12,28 @@ from .app import dns_app
 from .common import InventoryArg, JsonOption, command, err, finish, load, out
 
 
+def _tls_inputs(inv, timeout: float):
+    """What the TLS rows need from the controller (None when the inventory asks for no DANE, MTA-STS, TLS-RPT):
+    the store, the MX keys' digests (public halves only; nothing is made here) and the CA files to trust."""
+    from ..dns import DnsError as dnscheck_error
+    from ..dns import TlsInputs
+    from ..tls import store_of
+    from ..tls.dane import keys
+
+    tls = inv.topology.tls
+    if tls.dane is None and tls.mta_sts is None and tls.tls_rpt is None:
+        return None
+    store = store_of(inv.topology.cluster)
+    trust = [store / "trust.pem", store / "internal-ca" / "cert.pem"]
+    if tls.trust_file:
+        trust.insert(0, inv.directory / tls.trust_file)
+    try:
+        found = keys(store, make_next=False)
+    except (OSError, ValueError) as exc:  # a key or chain in the store that cannot be read or parsed
+        raise dnscheck_error(f"the TLS store {store}: {exc} (let `mailforge deploy` or `mailforge certs` remake it)") from None
+    return TlsInputs(store, found, trust, timeout=max(5.0, timeout))
+
+
 @dns_app.command("check")
 @command("dns check")
 def dns_check(
@@ -20,13 +42,14 @@ def dns_check(
     timeout: float = typer.Option(2.0, "--timeout", min=0.05, help="Seconds to wait for each answer (each question is tried twice per server)."),
     as_json: bool = JsonOption,
 ):
-    """Check the live DNS against the topology: MX, MX addresses, no core in MX, SPF, FCrDNS, the DNS lists. Exit 1 if any check fails."""
+    """Check the live DNS against the topology: MX, MX addresses, no core in MX, SPF, FCrDNS, the DNS lists, and with tls:
+    TLSA against the key each relay presents, the MTA-STS policy over HTTPS, TLS-RPT. Exit 1 if any check fails."""
     from .. import dns as dnscheck
 
     inv = load(inventory, recipients=False, quiet=as_json)
     servers = [dnscheck.parse_nameserver(s) for s in nameserver] if nameserver else dnscheck.system_nameservers()
     querier = dnscheck.Querier(servers, timeout=timeout)
-    checks = dnscheck.run_checks(inv.topology, querier)
+    checks = dnscheck.run_checks(inv.topology, querier, _tls_inputs(inv, timeout))
     run = Run(
         "dns check",
         inv.topology.cluster,
@@ -48,6 +71,19 @@ def dns_check(
     finish(run, as_json)
 
 
+def _tlsa(topology):
+    """The TLSA records from the controller's store (see `dns.tlsa.store_tlsa`): I/O, so here, not in zone_text."""
+    from ..dns import DnsError
+    from ..dns.tlsa import store_tlsa
+    from ..tls import store_of
+
+    store = store_of(topology.cluster)
+    try:
+        return store_tlsa(topology, store)
+    except (OSError, ValueError) as exc:  # a key or chain in the store that cannot be read or parsed
+        raise DnsError(f"the TLS store {store}: {exc} (let `mailforge deploy` or `mailforge certs` remake it)") from None
+
+
 @dns_app.command("zone")
 @command("dns zone")
 def dns_zone(
@@ -55,14 +91,15 @@ def dns_zone(
     ttl: int = typer.Option(3600, "--ttl", min=1, max=2147483647, help="TTL of every record, in seconds."),
     as_json: bool = JsonOption,
 ):
-    """Print the records the topology needs, in zone-file syntax: MX, SPF, A/AAAA, and the PTRs for the reverse zones.
+    """Print the records the topology needs, in zone-file syntax: MX, SPF, A/AAAA, the PTRs for the reverse zones, and with tls: TLSA, MTA-STS, TLS-RPT.
     Exit 1 if no MX can be printed (balancers without an fqdn): the output says what name to give them."""
     from .. import dns as dnscheck
     from ..inventory import suggested_mx_name
 
     inv = load(inventory, recipients=False, quiet=as_json)
-    text = dnscheck.zone_text(inv.topology, ttl=ttl)
-    records = dnscheck.zone_records(inv.topology)
+    tlsa, notes = _tlsa(inv.topology)
+    text = dnscheck.zone_text(inv.topology, ttl=ttl, extra=tlsa, notes=notes)
+    records = dnscheck.zone_records(inv.topology) + tlsa
     results = [
         Result(
             r.zone,

@@ -59,6 +59,7 @@ from .records import (
     zone_text,
 )
 from .spf import Spf, spf_records
+from .tls_checks import TlsInputs
 
 __all__ = [
     # records: planning, pure
@@ -107,6 +108,7 @@ __all__ = [
     "OUTSIDER_V6",
     "Check",
     "run_checks",
+    "TlsInputs",
     # nsd
     "nsd_conf",
     "zone_file_name",

@@ -23,6 +23,7 @@ from .records import (
     spf_record,
 )
 from .spf import Spf, spf_records
+from .tls_checks import TlsInputs, tls_checks
 
 if TYPE_CHECKING:
     from ..inventory import Topology
@@ -77,8 +78,9 @@ class _Context:
         return None
 
 
-def run_checks(topology: Topology, querier: Querier) -> list[Check]:
-    """Every check of `mailforge dns check`, in a stable order. Raises DnsError if no nameserver answers at all."""
+def run_checks(topology: Topology, querier: Querier, tls: TlsInputs | None = None) -> list[Check]:
+    """Every check of `mailforge dns check`, in a stable order. Raises DnsError if no nameserver answers at all.
+    With `tls` (the controller's store and trust), the TLSA, MTA-STS and TLS-RPT rows the tls section asks for."""
     t = topology
     querier.probe(sorted(t.domains)[0])
     allowed = {}
@@ -125,6 +127,8 @@ def run_checks(topology: Topology, querier: Querier) -> list[Check]:
         checks.append(_check_list(zone, "DNSBL (IP list)", _ip_query(IP_TEST_LISTED, zone), _ip_query(IP_TEST_UNLISTED, zone), querier))
     for zone in t.policy.rhsbl_senders:
         checks.append(_check_list(zone, "RHSBL (domain list)", f"{rhsbl_test_name(zone)}.{zone}", f"{DOMAIN_TEST_UNLISTED}.{zone}", querier))
+    if tls is not None:
+        checks.extend(Check(c.subject, c.check, c.status, c.evidence) for c in tls_checks(t, querier, tls))
     return checks
 
 

@@ -27,6 +27,7 @@ def render(inventory: Inventory) -> Tree:
             lb = host.entry
             assert isinstance(lb, LoadBalancer)
             files["/etc/haproxy/haproxy.cfg"] = balancer.haproxy_cfg(t, lb, host.exporters.get(HAPROXY_EXPORTER))
+            files.update(balancer.mta_sts_files(t))
             files.update(firewall.rules_files(t, firewall.host_openings(host)))
         elif host.role is Role.MX_PROXY:
             relay = host.entry

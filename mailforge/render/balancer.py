@@ -12,12 +12,21 @@ a bare SMTP conversation and fail every check.
 
 With `monitoring`, a `frontend prometheus` serves HAProxy's built-in exporter on /metrics,
 refusing every connection from outside the monitoring networks (which the firewall drops too).
+
+With `tls.mta_sts`, a `frontend mta_sts` on 443 serves the MTA-STS policy (render/mta_sts.py, rendered
+beside haproxy.cfg) with the certificate the TLS shipment puts at HOST_MTA_STS. It depends only on
+the inventory: render never looks at the controller's store, and the shipment always provides that
+file for a managed balancer with tls.mta_sts.
 """
 
 from __future__ import annotations
 
 from ..inventory import LoadBalancer, Topology
+from ..tls import HOST_MTA_STS
 from .files import HAPROXY_RELOAD, RenderedFile, header, template
+from .mta_sts import HAPROXY_POLICY, WELL_KNOWN, policy_hosts, policy_text
+
+MTA_STS_PORT = 443  # RFC 8461: the policy is fetched from https://mta-sts.<domain>/ on the default port
 
 SEND_PROXY = {"v1": "send-proxy", "v2": "send-proxy-v2", "none": ""}
 
@@ -55,5 +64,19 @@ def haproxy_cfg(t: Topology, balancer: LoadBalancer, metrics_port: int | None = 
         server_options=server_options,
         ehlo=ehlo_name(balancer),
         metrics=metrics,
+        mta_sts=mta_sts_frontend(t, bind),
     )
     return RenderedFile(text, HAPROXY_RELOAD)
+
+
+def mta_sts_frontend(t: Topology, bind: str) -> dict | None:
+    if t.tls.mta_sts is None:
+        return None
+    return {"bind": f"{bind}:{MTA_STS_PORT}", "crt": HOST_MTA_STS, "file": HAPROXY_POLICY, "path": WELL_KNOWN, "hosts": " ".join(policy_hosts(t))}
+
+
+def mta_sts_files(t: Topology) -> dict[str, RenderedFile]:
+    """The policy file HAProxy returns (read when HAProxy loads its configuration: a change needs a reload)."""
+    if t.tls.mta_sts is None:
+        return {}
+    return {HAPROXY_POLICY: RenderedFile(policy_text(t), HAPROXY_RELOAD)}

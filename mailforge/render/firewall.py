@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ..inventory import Core, Host, LoadBalancer, Relay, Role, Topology
 from ..inventory.roles import HAPROXY_EXPORTER
+from .balancer import MTA_STS_PORT
 from .files import IP6TABLES_RESTORE, IPTABLES_RESTORE, RenderedFile, header, template
 
 ANYWHERE = ("0.0.0.0/0", "::/0")
@@ -86,7 +87,10 @@ def mail_openings(host: Host) -> list[Opening]:
     entry = host.entry
     if host.role is Role.BALANCER:
         assert isinstance(entry, LoadBalancer)
-        return [Opening(entry.frontend_port, ANYWHERE, "public smtp")]
+        openings = [Opening(entry.frontend_port, ANYWHERE, "public smtp")]
+        if t.tls.mta_sts is not None:
+            openings.append(Opening(MTA_STS_PORT, ANYWHERE, "the MTA-STS policy over https"))
+        return openings
     if host.role is Role.MX_PROXY:
         assert isinstance(entry, Relay) and entry.instances is not None
         openings = []
