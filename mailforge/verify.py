@@ -42,6 +42,7 @@ EXPORTERS_RUNNING = "postfix exporters running"
 INSTANCES = "postfix instances as rendered"
 MAPS = "maps compiled and current"
 FILES = "files as rendered"
+TLS_SHIPPED = "TLS keys and certificates as shipped"
 PORTS = "ports listening"
 FIREWALL = "firewall rules loaded"
 
@@ -96,6 +97,8 @@ def row_of(item: Item) -> tuple[int, str]:
         return 6, MAPS
     if item.kind == "file":
         return 7, FILES
+    if item.kind == "tls file":
+        return 8, TLS_SHIPPED
     if item.kind == "firewall" or item.kind == "service":
         return 9, FIREWALL  # the loaded rules, and the unit that loads them at boot (netfilter-persistent)
     return 10, f"{item.kind} as rendered"
@@ -105,7 +108,7 @@ def _evidence(item: Item) -> str:
     """One item that is not in sync, in a few words."""
     if item.kind in ("main.cf", "master.cf"):
         return f"{item.name}: {item.detail}" if item.detail else f"{item.name}: live {item.live!r}, rendered {item.desired!r}"
-    if item.kind in ("map", "file"):
+    if item.kind in ("map", "file", "tls file"):  # a TLS file by its sha256 alone: it may hold a key
         return f"{item.name}: {item.live or 'missing'}" if item.status == drift.MISSING else f"{item.name}: {item.detail}"
     return f"{item.name}: {item.status}, {item.live}" + (f" ({item.detail})" if item.detail else "")
 
@@ -127,6 +130,8 @@ def _ok_evidence(name: str, items: list[Item]) -> str:
         return f"{n} map{'s' if n != 1 else ''} as rendered, databases current"
     if name == FILES:
         return f"{n} file{'s' if n != 1 else ''} as rendered"
+    if name == TLS_SHIPPED:
+        return f"{n} file{'s' if n != 1 else ''} as shipped (sha256)"
     return "; ".join(f"{i.name}: {i.live}" for i in items)
 
 
