@@ -18,6 +18,7 @@ import pytest
 from conftest import INVENTORIES
 from tlsserver import NOW, Authority, SmtpTlsServer, pem, write_chain
 
+from mailforge import verify
 from mailforge.inventory import load_inventory
 from mailforge.probes import run_probe
 from mailforge.remote import HostShell
@@ -131,3 +132,57 @@ def test_the_trust_is_the_trust_file_else_the_store_and_the_system(tmp_path, ca)
 def test_the_mx_names_are_the_balancers_else_the_relays():
     assert mx_names(load_inventory(INVENTORIES["example"]).topology) == ["mx.example.com"]
     assert mx_names(load_inventory(INVENTORIES["elb"]).topology) == ["mx.example.net"]
+
+
+# --- relay-to-core: the relay's own log says each hop was verified ----------------------------------
+
+CLEANUP = "Dec  7 12:00:01 relay1 postfix/cleanup[311]: 4dQk1x0Zz1: message-id=<a1b2c3-1@lab-sender.test>"
+VERIFIED = (
+    "Dec  7 12:00:01 relay1 postfix/smtp[320]: Verified TLS connection established to core.internal.example.com[10.232.0.30]:25: "
+    "TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits) key-exchange X25519 server-signature ECDSA (P-256) server-digest SHA256"
+)
+SENT = (
+    "Dec  7 12:00:01 relay1 postfix/smtp[320]: 4dQk1x0Zz1: to=<abuse@example.com>, relay=core.internal.example.com[10.232.0.30]:25, "
+    "delay=0.1, delays=0.02/0/0.05/0.03, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as 4dQk1x1Abc)"
+)
+
+
+def test_a_verified_hop_is_read_from_the_relays_log():
+    other = "Dec  7 11:00:00 relay1 postfix/smtp[300]: 4dQj0000001: to=<abuse@example.com>, relay=core.internal.example.com[10.232.0.30]:25, status=sent (250)"
+    assert verify.hop_of("\n".join([other, CLEANUP, VERIFIED, SENT]), "a1b2c3") == (
+        True,
+        "core.internal.example.com",
+        "Verified TLS connection established to core.internal.example.com[10.232.0.30]:25: TLSv1.3",
+    )
+    assert verify.hop_of("\n".join([other, VERIFIED, SENT]), "a1b2c3") is None  # no copy of the test mail: nothing to judge yet
+
+
+def test_an_unverified_or_clear_or_deferred_hop_fails():
+    untrusted = VERIFIED.replace("Verified TLS", "Untrusted TLS")
+    ok, hop, evidence = verify.hop_of("\n".join([CLEANUP, untrusted, SENT]), "a1b2c3")
+    assert not ok and hop == "core.internal.example.com" and "Untrusted TLS connection established to core.internal.example.com" in evidence
+    ok, _, evidence = verify.hop_of("\n".join([CLEANUP, SENT]), "a1b2c3")
+    assert not ok and "no TLS connection logged for this delivery" in evidence
+    deferred = SENT.replace("status=sent (250 2.0.0 Ok: queued as 4dQk1x1Abc)", "status=deferred (Server certificate not verified)")
+    ok, _, evidence = verify.hop_of("\n".join([CLEANUP, deferred]), "a1b2c3")
+    assert not ok and evidence.startswith("status=deferred (Server certificate not verified)")
+
+
+def test_the_verify_rows_through_a_door(tmp_path, ca):
+    """verify's own function, as `verify` calls it: the rows, under the probing host, and a warning
+    that holds (exit 0) but says so in the result's status."""
+    key, cert = ca.issue([MX], not_after=NOW + datetime.timedelta(days=3))
+    server = SmtpTlsServer(write_chain(tmp_path, key, [cert]))
+    try:
+        inventory = load_inventory(INVENTORIES["example"])
+        checks = verify.inbound_tls_checks(inventory, HostShell("here", ["env"]), ("127.0.0.1", server.port), [ca.cert], "the test CA")
+    finally:
+        server.close()
+    assert [(c.name, c.host, c.ok, c.warning) for c in checks] == [
+        (inbound.CHAIN, "here", True, False),
+        (inbound.NAMES, "here", True, False),
+        (inbound.PROTOCOL, "here", True, False),
+        (inbound.EXPIRY, "here", True, True),
+    ]
+    run = verify.results_of(checks, "example")
+    assert run.exit_code == 0 and [r.status for r in run.results] == ["ok", "ok", "ok", "warning"]
