@@ -12,6 +12,7 @@ Every host is reached through `remote.HostShell`: `docker exec` in the lab, SSH 
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import re
 import shlex
@@ -29,6 +30,8 @@ from .probes import run_probe
 from .remote import HostShell
 from .render.metrics import SERVICE as EXPORTER_SERVICE
 from .results import Result, Run
+from .tls import inbound, store_of
+from .tls.names import mx_names
 
 SENDER = "probe@lab-sender.test"
 OUTSIDE = "someone@elsewhere.test"  # at a domain nobody hosts: the front door must refuse to relay there
@@ -42,6 +45,7 @@ EXPORTERS_RUNNING = "postfix exporters running"
 INSTANCES = "postfix instances as rendered"
 MAPS = "maps compiled and current"
 FILES = "files as rendered"
+TLS_SHIPPED = "TLS keys and certificates as shipped"
 PORTS = "ports listening"
 FIREWALL = "firewall rules loaded"
 
@@ -70,6 +74,7 @@ class Check:
     host: str
     ok: bool
     detail: str
+    warning: bool = False  # holds, but someone should act (a certificate close to its end)
 
 
 # --- host state: drift's items, rolled up ---------------------------------------------------------
@@ -96,6 +101,8 @@ def row_of(item: Item) -> tuple[int, str]:
         return 6, MAPS
     if item.kind == "file":
         return 7, FILES
+    if item.kind == "tls file":
+        return 8, TLS_SHIPPED
     if item.kind == "firewall" or item.kind == "service":
         return 9, FIREWALL  # the loaded rules, and the unit that loads them at boot (netfilter-persistent)
     return 10, f"{item.kind} as rendered"
@@ -105,7 +112,7 @@ def _evidence(item: Item) -> str:
     """One item that is not in sync, in a few words."""
     if item.kind in ("main.cf", "master.cf"):
         return f"{item.name}: {item.detail}" if item.detail else f"{item.name}: live {item.live!r}, rendered {item.desired!r}"
-    if item.kind in ("map", "file"):
+    if item.kind in ("map", "file", "tls file"):  # a TLS file by its sha256 alone: it may hold a key
         return f"{item.name}: {item.live or 'missing'}" if item.status == drift.MISSING else f"{item.name}: {item.detail}"
     return f"{item.name}: {item.status}, {item.live}" + (f" ({item.detail})" if item.detail else "")
 
@@ -127,6 +134,8 @@ def _ok_evidence(name: str, items: list[Item]) -> str:
         return f"{n} map{'s' if n != 1 else ''} as rendered, databases current"
     if name == FILES:
         return f"{n} file{'s' if n != 1 else ''} as rendered"
+    if name == TLS_SHIPPED:
+        return f"{n} file{'s' if n != 1 else ''} as shipped (sha256)"
     return "; ".join(f"{i.name}: {i.live}" for i in items)
 
 
@@ -174,9 +183,12 @@ def ports_check(host: str, want: set[int], ports: set[int]) -> Check:
     return Check("host", PORTS, host, want <= ports, f"want {sorted(want)}, listening {sorted(p for p in ports if p < 20000)}")
 
 
-def host_checks(inventory: Inventory, render_dir: Path, manifest: dict, shells: dict[str, HostShell]) -> list[Check]:
-    """Every host's state as drift compares it, rolled up, and the ports each one listens on."""
-    report = drift.audit(inventory, render_dir, manifest, shells)
+def host_checks(
+    inventory: Inventory, render_dir: Path, manifest: dict, shells: dict[str, HostShell], shipped: dict[str, dict[str, str]] | None = None
+) -> list[Check]:
+    """Every host's state as drift compares it (with the TLS files `shipped`: host -> path -> sha256),
+    rolled up, and the ports each one listens on."""
+    report = drift.audit(inventory, render_dir, manifest, shells, tls=shipped)
 
     def ss(host: str) -> set[int]:
         return listening(shells[host].run("ss -ltnH").stdout.decode(errors="replace"))
@@ -206,6 +218,99 @@ def _listed_recipient(inventory: Inventory) -> tuple[str, str]:
         if local_parts:
             return local_parts[0], candidate
     return "postmaster", domain
+
+
+def hop_row(relay: str, core: str) -> str:
+    """The row of one relay's verified delivery to a core (the lab test asserts these names)."""
+    return f"relay-to-core TLS {relay} -> {core}"
+
+
+def _hop_doors(inventory: Inventory, door: tuple[str, int]) -> list[tuple[str, int]]:
+    """Where the copies of the test mail go so that every relay delivers one to a core: through a
+    balancer (round robin), twice as many as there are relays, back to back; without one, one
+    straight to each relay's inbound port (each is an MX)."""
+    t = inventory.topology
+    if t.load_balancers:
+        return [door] * (2 * len(t.relays))
+    return [(r.address, r.instances.inbound.port if r.instances and r.instances.inbound else 25) for r in t.relays]
+
+
+_CLEANUP = re.compile(r"/cleanup\[\d+\]: ([0-9A-Za-z]+): message-id=<")
+_TLS = re.compile(r"/smtp\[(\d+)\]: ((\w+) TLS connection established to (\S+?)\[([^\]]*)\]:\d+.*)")
+_SENT = re.compile(r"/smtp\[(\d+)\]: ([0-9A-Za-z]+): to=<[^>]*>, relay=(\S+?)\[([^\]]*)\]:\d+.*? status=(\w+)(.*)")
+
+
+def hop_of(log: str, token: str) -> tuple[bool, str, str] | None:
+    """From a relay's mail log: its delivery of a copy of the test mail (Message-ID <token...>) to a
+    core, and the TLS line its smtp process logged for that connection just before. Returns (the hop
+    was verified TLS and the mail sent, the next hop's name or address, evidence), None when no
+    delivery of a copy is logged yet. Postfix does not reuse TLS connections by default, so each
+    delivery logs its own "Verified TLS connection established to <core>[address]:25"."""
+    queue_ids = {m.group(1) for line in log.splitlines() if token in line and (m := _CLEANUP.search(line))}
+    tls_of: dict[str, re.Match] = {}
+    for line in log.splitlines():
+        if m := _TLS.search(line):
+            tls_of[m.group(1)] = m
+        elif (m := _SENT.search(line)) and m.group(2) in queue_ids:
+            pid, status = m.group(1), m.group(5)
+            tls = tls_of.get(pid)
+            hop = tls.group(2) if tls else "no TLS connection logged for this delivery"
+            if tls and tls.group(3) == "Verified" and status == "sent":
+                return True, m.group(3), hop[: hop.index(" with cipher")] if " with cipher" in hop else hop
+            return False, m.group(3), f"status={status}{m.group(6)[:120]}; {hop}"
+    return None
+
+
+def hop_checks(inventory: Inventory, shells: dict[str, HostShell], token: str, wait: float) -> list[Check]:
+    """One row per relay: its delivery of a copy of the test mail to a core went over TLS that
+    verified the core's certificate against the private CA and its name (the relay's log says
+    "Verified TLS connection established to <core>"). Waits up to `wait` seconds for the logs."""
+    t = inventory.topology
+    relays = [r.name for r in t.relays if r.name in shells]
+    cores = {n: c.name for c in t.cores for n in (c.fqdn.lower(), str(c.address))}
+    found: dict[str, tuple[bool, str, str]] = {}
+    deadline = time.monotonic() + wait
+    while True:
+        for relay in relays:
+            if relay not in found:
+                log = shells[relay].run(
+                    f"grep -a -F -e {shlex.quote(token)} -e ' TLS connection established to ' -e ': to=<' /var/log/mail.log | tail -n 20000"
+                )
+                hop = hop_of(log.stdout.decode(errors="replace"), token)
+                if hop is not None:
+                    found[relay] = hop
+        if len(found) == len(relays) or time.monotonic() >= deadline:
+            break
+        time.sleep(2)
+    checks = []
+    for relay in relays:
+        if relay in found:
+            ok, next_hop, evidence = found[relay]
+            checks.append(Check("tls", hop_row(relay, cores.get(next_hop.lower(), next_hop)), relay, ok, evidence))
+        else:
+            checks.append(
+                Check(
+                    "tls",
+                    hop_row(relay, " or ".join(c.name for c in t.cores)),
+                    relay,
+                    False,
+                    f"no delivery of a copy of the test mail logged within {wait:.0f} s",
+                )
+            )
+    return checks
+
+
+def inbound_tls_checks(
+    inventory: Inventory, client: HostShell, door: tuple[str, int], roots: list, where: str, now: datetime.datetime | None = None
+) -> list[Check]:
+    """STARTTLS through the front door from the probing host, judged on this machine (`tls.inbound`):
+    the chain against the trust, the MX names, the protocol (and TLSv1.1 refused), the dates."""
+    t = inventory.topology
+    names = mx_names(t)
+    probe = {"kind": "starttls", "host": door[0], "port": door[1], "helo": "client.lab-sender.test", "server_name": names[0] if names else None, "timeout": 30}
+    answer = run_probe(client, {"probes": [probe]})[0]
+    judged = inbound.judge(answer, names, roots, where, now or datetime.datetime.now(datetime.UTC), t.tls.expiry_warning_days)
+    return [Check("tls", row, client.name, j.ok, j.detail, warning=j.status == inbound.WARNING) for row, j in judged.items()]
 
 
 def _front_door(inventory: Inventory, stand_in: tuple[str, int] | None = None) -> tuple[str, int]:
@@ -261,15 +366,22 @@ def mail_checks(
         f"Message-ID: <{token}@lab-sender.test>\r\n\r\nmailforge verify probe {token}\r\n"
     )
     base = {"kind": "smtp", "host": host, "port": port, "sender": SENDER, "helo": "client.lab-sender.test", "timeout": 30}
+    # Copies of the test mail (Message-ID <token-N@...>), back to back, so that every relay delivers one to a core over TLS (hop_checks).
+    copies = [
+        {**base, "host": h, "port": p, "recipient": recipient, "data": message.replace(f"Message-ID: <{token}@", f"Message-ID: <{token}-{n}@")}
+        for n, (h, p) in enumerate(_hop_doors(inventory, (host, port)) if t.cores and any(r.name in shells for r in t.relays) else [])
+    ]
     probes = [
         {**base, "recipient": recipient, "data": message},
+        *copies,
         {**base, "recipient": f"nobody-{token}@{domain}"},
         {**base, "recipient": OUTSIDE},
     ]
     example = next((c.example for c in t.policy.header_checks if c.example), None)
     if example:
         probes.append({**base, "recipient": recipient, "data": f"From: <{SENDER}>\r\nTo: <{recipient}>\r\n{example}\r\n\r\nbody\r\n"})
-    results = run_probe(client, {"probes": probes})
+    answers = run_probe(client, {"probes": probes})
+    results = [answers[0], *answers[1 + len(copies) :]]
     checks: list[Check] = []
     accepted = _code(results[0], "data") == 250
     checks.append(Check("mail", f"mail to listed {recipient} accepted", client.name, accepted, _describe(results[0])))
@@ -301,6 +413,8 @@ def mail_checks(
                 f"found on {delivered_on}" if delivered_on else f"not delivered within {wait} s" if accepted else "not accepted, so not delivered",
             )
         )
+    if copies:
+        checks += hop_checks(inventory, shells, token, max(5.0, deadline - time.monotonic()))
 
     addresses = client.run("hostname -I")
     words = addresses.stdout.decode(errors="replace").split()
@@ -457,12 +571,21 @@ def verify(
     wait: int = 60,
     door: tuple[str, int] | None = None,
     submitter: HostShell | None = None,
+    trust: tuple[list, str] | None = None,
+    shipped: dict[str, dict[str, str]] | None = None,
 ) -> list[Check]:
     """Every check, host rows first, against hosts already reached the way the caller chose; the mail
-    goes through `door` (the caller asks `_front_door` before reaching any host), else `_front_door`."""
+    goes through `door` (the caller asks `_front_door` before reaching any host), else `_front_door`.
+    The inbound certificate is judged against `trust` (certificates, where from), else
+    `tls.inbound.trust` of the cluster's store; the TLS files against `shipped` (host -> path -> sha256)."""
     door = door or _front_door(inventory)
+    roots, where = trust or inbound.trust(inventory, store_of(inventory.topology.cluster))  # bad tls.trust_file: exit 2 before any host is asked
     reachable({**shells, client.name: client})
-    return host_checks(inventory, render_dir, manifest, shells) + mail_checks(inventory, shells, client, listed_client, wait, door, submitter)
+    return (
+        host_checks(inventory, render_dir, manifest, shells, shipped)
+        + mail_checks(inventory, shells, client, listed_client, wait, door, submitter)
+        + inbound_tls_checks(inventory, client, door, roots, where)
+    )
 
 
 def results_of(checks: list[Check], cluster: str, warnings: list | None = None, hosts: list[str] | None = None) -> Run:
@@ -471,7 +594,7 @@ def results_of(checks: list[Check], cluster: str, warnings: list | None = None, 
     return Run(
         "verify",
         cluster,
-        [Result(c.host, c.name, "ok" if c.ok else "failed", c.ok, detail=c.detail, data=asdict(c)) for c in checks],
+        [Result(c.host, c.name, ("warning" if c.warning else "ok") if c.ok else "failed", c.ok, detail=c.detail, data=asdict(c)) for c in checks],
         warnings=list(warnings or []),
         hosts=hosts,
     )

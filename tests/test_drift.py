@@ -275,3 +275,39 @@ def test_verify_rows_fail_exactly_where_drift_finds_drift(example):
     sections = in_sync_sections(d)
     sections["packages"] = (sections["packages"][0].replace("postfix-lmdb\tii ", "postfix-lmdb\trc "), 0)
     assert failing_rows(d, sections) == {"packages installed": "postfix-lmdb: missing, dpkg state 'rc'"}
+
+
+def test_a_shipped_tls_file_is_compared_by_sha256_and_never_shown(tmp_path):
+    """The survey really runs (this machine's sh) over real files standing in for the shipped ones:
+    as shipped -> in sync; changed -> drifted, naming only sha256s; gone -> missing. A key's bytes
+    appear in no item, no diff, and no verify row."""
+    import hashlib
+
+    key = tmp_path / "mx.pem"
+    secret = b"-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg-not-a-real-key\n-----END PRIVATE KEY-----\n"
+    key.write_bytes(secret)
+    gone = tmp_path / "internal-ca.pem"
+    shipped = {str(key): hashlib.sha256(secret).hexdigest(), str(gone): hashlib.sha256(b"ca").hexdigest()}
+    d = drift.Desired("relay1", "relays", {}, tmp_path / "render", [], shipped)
+
+    def survey() -> list[drift.Item]:
+        result = subprocess.run(["sh", "-c", drift.survey_script(d)], capture_output=True, timeout=60)
+        items, differing = drift.compare_host(d, drift.parse_sections(result.stdout.decode()))
+        assert differing == []  # never read back for a diff
+        return [i for i in items if i.kind == "tls file"]
+
+    gone.write_bytes(b"ca")
+    assert {(i.name, i.status) for i in survey()} == {(str(key), drift.IN_SYNC), (str(gone), drift.IN_SYNC)}
+    assert [r.detail for r in verify.host_rows(survey())] == ["2 files as shipped (sha256)"]
+
+    key.write_bytes(secret.replace(b"not-a-real", b"another"))
+    gone.unlink()
+    items = survey()
+    assert {(i.name, i.status) for i in items} == {(str(key), drift.DRIFTED), (str(gone), drift.MISSING)}
+    changed = next(i for i in items if i.status == drift.DRIFTED)
+    assert changed.live == hashlib.sha256(key.read_bytes()).hexdigest() and changed.detail == drift.TLS_DIFFERS and changed.diff == ""
+    [row] = verify.host_rows(items)
+    assert (row.name, row.ok) == (verify.TLS_SHIPPED, False)
+    assert f"{key}: sha256 differs from the shipment" in row.detail and f"{gone}: absent" in row.detail
+    shown = json.dumps(drift.results_of(drift.Report("example", ["relay1"], items)).envelope()) + row.detail
+    assert "PRIVATE KEY" not in shown and "MIGHAgEA" not in shown

@@ -45,7 +45,7 @@ def _print(report, verbose: bool) -> None:
         shown = items if verbose else [i for i in items if i.status != drifting.IN_SYNC]
         for n, i in enumerate(shown):
             desired, live = i.desired or "", i.live or ""
-            if i.kind in ("file", "map"):  # sha256s: the first 12 hex digits say enough here (--json has them whole)
+            if i.kind in ("file", "map", "tls file"):  # sha256s: the first 12 hex digits say enough here (--json has them whole)
                 desired, live = (f"sha256 {x[:12]}" if len(x) == 64 else x for x in (desired, live))
             live = " / ".join(x for x in (live, i.detail) if x)
             table.add_row(host if n == 0 else "", i.label, f"[{styles[i.status]}]{i.status}[/{styles[i.status]}]", desired, live)

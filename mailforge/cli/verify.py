@@ -62,7 +62,7 @@ def verify(
         for column in ("", "check", "host", "evidence"):
             table.add_column(column)
         for c in checks:
-            table.add_row("[green]ok[/green]" if c.ok else "[bold red]FAIL[/bold red]", c.name, c.host, c.detail)
+            table.add_row("[yellow]warn[/yellow]" if c.warning else "[green]ok[/green]" if c.ok else "[bold red]FAIL[/bold red]", c.name, c.host, c.detail)
         out.print(table)
         failed = sum(not c.ok for c in checks)
         out.print(f"{len(checks) - failed} of {len(checks)} checks passed" + (f"; [bold red]{failed} failed[/bold red]" if failed else ""))

@@ -29,6 +29,7 @@ from .compare import (
     BIG_MAP_LINES,
     DIFF_LINES,
     MAP_EXAMPLES,
+    TLS_DIFFERS,
     compare_files,
     compare_firewall,
     compare_host,
@@ -36,6 +37,7 @@ from .compare import (
     compare_packages,
     compare_postconf,
     compare_services,
+    compare_tls_files,
     local_postconf,
     map_diff,
     parse_postconf,
@@ -53,6 +55,7 @@ __all__ = [
     "MAP_EXAMPLES",
     "MARK",
     "MISSING",
+    "TLS_DIFFERS",
     "UNEXPECTED",
     "Desired",
     "DriftError",
@@ -69,6 +72,7 @@ __all__ = [
     "compare_packages",
     "compare_postconf",
     "compare_services",
+    "compare_tls_files",
     "desired_state",
     "expected_packages",
     "firewall_method",
@@ -101,13 +105,17 @@ class Report:
         return [i for i in self.items if i.status != IN_SYNC]
 
 
-def desired_state(inventory: Inventory, render_dir: Path, manifest: dict, hosts: list[str]) -> dict[str, Desired]:
-    """What each of `hosts` should be: its manifest entries, its rendered files, its group's packages."""
+def desired_state(
+    inventory: Inventory, render_dir: Path, manifest: dict, hosts: list[str], tls: dict[str, dict[str, str]] | None = None
+) -> dict[str, Desired]:
+    """What each of `hosts` should be: its manifest entries, its rendered files, its group's packages,
+    and the sha256 of each TLS file shipped to it (`tls`: host -> path -> sha256; not rendered files:
+    they hold private keys, so they are not in the render tree or the manifest)."""
     group_of = {h.name: h.group for h in inventory.hosts}
     desired = {}
     for host in hosts:
         files = manifest["hosts"][host]["files"]
-        desired[host] = Desired(host, group_of[host], files, render_dir / host, expected_packages(group_of[host], files))
+        desired[host] = Desired(host, group_of[host], files, render_dir / host, expected_packages(group_of[host], files), dict((tls or {}).get(host, {})))
     return desired
 
 
@@ -134,13 +142,20 @@ def audit_host(d: Desired, shell: HostShell) -> list[Item]:
 
 
 def audit(
-    inventory: Inventory, render_dir: Path, manifest: dict, shells: dict[str, HostShell], hosts: list[str] | set[str] | None = None, workers: int = 32
+    inventory: Inventory,
+    render_dir: Path,
+    manifest: dict,
+    shells: dict[str, HostShell],
+    hosts: list[str] | set[str] | None = None,
+    workers: int = 32,
+    tls: dict[str, dict[str, str]] | None = None,
 ) -> Report:
-    """Compare every host (or `hosts`) with the rendered tree, all at once. Raises DriftError naming
-    every host that could not be reached or read."""
+    """Compare every host (or `hosts`) with the rendered tree and the TLS files shipped (`tls`:
+    host -> path -> sha256), all at once. Raises DriftError naming every host that could not be
+    reached or read."""
     started = time.monotonic()
     audited = [h for h in inventory.names if h in shells and (hosts is None or h in hosts)]
-    desired = desired_state(inventory, render_dir, manifest, audited)
+    desired = desired_state(inventory, render_dir, manifest, audited, tls)
     errors: dict[str, str] = {}
 
     def one(host: str) -> list[Item]:

@@ -298,6 +298,24 @@ def compare_files(d: Desired, sections: Sections) -> tuple[list[Item], list[str]
     return items, differing
 
 
+TLS_DIFFERS = "sha256 differs from the shipment (contents not shown: it may hold a private key)"
+
+
+def compare_tls_files(d: Desired, sections: Sections) -> list[Item]:
+    """The TLS keys and certificates shipped to the host (`tls.material.shipment`), by sha256 only:
+    a file that holds a private key is never read back, diffed or shown; a deploy ships it again."""
+    live_files = installed.parse(sections.get("tls", ("", 1))[0])
+    items = []
+    for path, sha256 in d.tls.items():
+        live = live_files.get(path)
+        if live is None or live.sha256 is None:
+            items.append(Item(d.host, "tls file", path, MISSING, desired=sha256, live="absent"))
+        else:
+            same = live.sha256 == sha256
+            items.append(Item(d.host, "tls file", path, IN_SYNC if same else DRIFTED, desired=sha256, live=live.sha256, detail="" if same else TLS_DIFFERS))
+    return items
+
+
 def compare_firewall(d: Desired, sections: Sections) -> list[Item]:
     """The loaded rules (iptables-save, ip6tables-save) against the rendered ones, as the kernel prints them."""
     items = []
@@ -342,6 +360,7 @@ def compare_host(d: Desired, sections: Sections) -> tuple[list[Item], list[str]]
         + compare_instances(d, sections)
         + compare_postconf(d, sections)
         + files
+        + compare_tls_files(d, sections)
         + compare_firewall(d, sections)
     )
     return items, differing

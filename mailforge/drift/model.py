@@ -6,7 +6,7 @@ importing the package that imports them (no import cycle); the package re-export
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import MailforgeError
@@ -23,7 +23,7 @@ class Item:
     """One thing on one host, compared: a package, a service, a parameter, a file, a ruleset."""
 
     host: str
-    kind: str  # package, service, instance, main.cf, master.cf, map, file, firewall
+    kind: str  # package, service, instance, main.cf, master.cf, map, file, firewall, tls file
     name: str
     status: str
     instance: str | None = None  # the Postfix config directory a main.cf/master.cf/map item belongs to
@@ -47,6 +47,7 @@ class Desired:
     files: dict[str, dict]  # the manifest's entries: path -> {sha256, mode, owner, group, action, ...}
     directory: Path  # render_dir/host
     packages: list[str]
+    tls: dict[str, str] = field(default_factory=dict)  # a shipped TLS file's host path -> sha256 of what was shipped
 
     @property
     def instances(self) -> list[str]:

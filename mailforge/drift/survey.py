@@ -123,6 +123,9 @@ def survey_script(d: Desired) -> str:
     checks = [installed.check_command(path, entry_database_path(path, meta)) for path, meta in d.files.items()]
     lines.append("files() { " + "; ".join(checks) + "; }" if checks else "files() { :; }")
     lines.append("s files files")
+    if d.tls:  # the shipped keys and certificates: their sha256 only, never read back
+        lines.append("tls() { " + "; ".join(installed.check_command(path) for path in d.tls) + "; }")
+        lines.append("s tls tls")
     for path in d.files:
         if path.endswith("rules.v4"):
             lines.append("s iptables iptables-save")

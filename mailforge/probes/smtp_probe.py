@@ -103,6 +103,101 @@ def greeting(probe):
     return result
 
 
+def _ssl_reason(exc):
+    """A TLS failure in a few words: OpenSSL's reason code when there is one."""
+    return "{}: {}".format(type(exc).__name__, getattr(exc, "reason", None) or exc)
+
+
+def starttls(probe):
+    """(PROXY header,) banner, EHLO, STARTTLS and a TLS handshake that trusts nothing and checks no
+    name: the judging (chain, names, protocol, expiry) is the controller's, from what this returns:
+    the peer's chain as PEM (leaf first), the protocol and cipher negotiated, and, from a second
+    connection offering only TLSv1.1, whether the server refused it."""
+    import ssl
+
+    started = time.monotonic()
+    result = {"stages": {}}  # type: dict
+
+    def session(context):
+        conn = socket.create_connection((probe["host"], probe["port"]), timeout=probe.get("timeout", 30))
+        conn.settimeout(probe.get("timeout", 30))
+        if probe.get("proxy") in ("v1", "v2"):
+            conn.sendall(proxy_header(probe["proxy"], conn.getsockname()[:2], (probe["host"], probe["port"])))
+        reader = conn.makefile("rb")
+
+        def reply(stage):
+            lines = []
+            while True:
+                line = reader.readline(1024)
+                if not line:
+                    raise OSError("connection closed during " + stage)
+                lines.append(line.decode("utf-8", "replace").rstrip())
+                if len(line) < 4 or line[3:4] != b"-":
+                    code = int(line[:3]) if line[:3].isdigit() else 0
+                    result["stages"].setdefault(stage, [code, lines[-1][4:]])
+                    return code, lines
+
+        if reply("banner")[0] != 220:
+            raise OSError("no 220 banner")
+        conn.sendall("EHLO {}\r\n".format(probe.get("helo", socket.getfqdn())).encode())
+        code, lines = reply("ehlo")
+        if code != 250 or not any(line[4:].upper().startswith("STARTTLS") for line in lines):
+            raise OSError("the server does not offer STARTTLS")
+        conn.sendall(b"STARTTLS\r\n")
+        if reply("starttls")[0] != 220:
+            raise OSError("STARTTLS refused")
+        return context.wrap_socket(conn, server_hostname=probe.get("server_name") or None)
+
+    def context(oldest=None, newest=None):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        if oldest is not None:
+            ctx.set_ciphers("ALL:@SECLEVEL=0")  # so that this side offers what it is asked to offer
+            ctx.minimum_version, ctx.maximum_version = oldest, newest
+        return ctx
+
+    try:
+        with session(context(ssl.TLSVersion.MINIMUM_SUPPORTED, ssl.TLSVersion.MAXIMUM_SUPPORTED)) as tls:  # what the server prefers, even if old
+            getter = getattr(tls, "get_unverified_chain", None)  # Python 3.13; before, the C object has it
+            chain = getter() if getter else tls._sslobj.get_unverified_chain()
+            result["chain"] = [
+                c
+                if isinstance(c, str)
+                else ssl.DER_cert_to_PEM_cert(c)
+                if isinstance(c, bytes)
+                else c.public_bytes()  # 3.13: DER bytes; 3.10-3.12: Certificate
+                for c in chain or []
+            ]
+            result["version"], result["cipher"] = tls.version(), (tls.cipher() or [""])[0]
+            try:
+                tls.sendall(b"QUIT\r\n")
+                tls.recv(512)
+            except OSError:
+                pass
+    except (ssl.SSLError, OSError) as exc:
+        result["error"] = _ssl_reason(exc)
+    if "chain" in result:
+        try:
+            old = context(ssl.TLSVersion.TLSv1_1, ssl.TLSVersion.TLSv1_1)
+        except (ValueError, ssl.SSLError) as exc:
+            result["tls11"] = {"untested": _ssl_reason(exc)}
+        else:
+            try:
+                with session(old) as tls:
+                    result["tls11"] = {"refused": False, "detail": f"{tls.version()} negotiated"}
+            except ssl.SSLError as exc:
+                reason = str(getattr(exc, "reason", "") or "")
+                if reason in ("NO_PROTOCOLS_AVAILABLE", "NO_SUITABLE_SIGNATURE_ALGORITHM", "NO_CIPHERS_AVAILABLE"):
+                    result["tls11"] = {"untested": _ssl_reason(exc)}  # this side could not offer TLSv1.1 at all
+                else:
+                    result["tls11"] = {"refused": True, "detail": _ssl_reason(exc)}
+            except OSError as exc:
+                result["tls11"] = {"refused": True, "detail": _ssl_reason(exc)}
+    result["seconds"] = round(time.monotonic() - started, 2)
+    return result
+
+
 def stream(probe):
     """A bounded stream of messages at a fixed rate, one connection each, as independent senders
     would send them: each message's outcome, whatever happens to the hosts meanwhile."""
@@ -141,7 +236,7 @@ def main():
     request = json.load(sys.stdin)
     results = []
     for probe in request["probes"]:
-        handler = {"smtp": smtp, "banner": banner, "greeting": greeting, "stream": stream}[probe["kind"]]
+        handler = {"smtp": smtp, "banner": banner, "greeting": greeting, "stream": stream, "starttls": starttls}[probe["kind"]]
         results.append(handler(probe))
     json.dump(results, sys.stdout)
 
