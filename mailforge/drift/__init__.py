@@ -105,9 +105,7 @@ class Report:
         return [i for i in self.items if i.status != IN_SYNC]
 
 
-def desired_state(
-    inventory: Inventory, render_dir: Path, manifest: dict, hosts: list[str], tls: dict[str, dict[str, str]] | None = None
-) -> dict[str, Desired]:
+def desired_state(inventory: Inventory, render_dir: Path, manifest: dict, hosts: list[str], tls: dict[str, dict[str, str]] | None = None) -> dict[str, Desired]:
     """What each of `hosts` should be: its manifest entries, its rendered files, its group's packages,
     and the sha256 of each TLS file shipped to it (`tls`: host -> path -> sha256; not rendered files:
     they hold private keys, so they are not in the render tree or the manifest)."""

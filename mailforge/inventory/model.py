@@ -204,12 +204,12 @@ class DnsUpdate(Strict):
     server: Address = Field(description="Address of the primary name server that takes dynamic updates for the MX names' zones.")
     port: Port = 53
     tsig_key_file: ConfigText | None = Field(
-        None, description="File holding the TSIG key (a BIND/Knot `key` clause, or `algorithm:name:secret`), relative to the inventory directory."
+        default=None, description="File holding the TSIG key (a BIND/Knot `key` clause, or `algorithm:name:secret`), relative to the inventory directory."
     )
-    tsig_key_env: EnvName | None = Field(None, description="Environment variable holding the TSIG key as `algorithm:name:secret`.")
-    zone: Domain | None = Field(None, description="Zone to update; default: the zone found by asking the server for the SOA of each name.")
+    tsig_key_env: EnvName | None = Field(default=None, description="Environment variable holding the TSIG key as `algorithm:name:secret`.")
+    zone: Domain | None = Field(default=None, description="Zone to update; default: the zone found by asking the server for the SOA of each name.")
     propagation_seconds: Annotated[StrictInt, Field(ge=1, le=3600)] = Field(
-        60, description="How long to wait, at most, for the server to serve a challenge record before giving up."
+        default=60, description="How long to wait, at most, for the server to serve a challenge record before giving up."
     )
 
 
@@ -219,9 +219,9 @@ class Acme(Strict):
     directory: ConfigText = Field(description="The ACME directory URL, e.g. https://acme-v02.api.letsencrypt.org/directory.")
     contact: ConfigText = Field(description="Address the CA writes to about the account, e.g. hostmaster@example.com.")
     ca_file: ConfigText | None = Field(
-        None, description="CA certificates to trust the ACME server's HTTPS with, relative to the inventory directory; default: the system's."
+        default=None, description="CA certificates to trust the ACME server's HTTPS with, relative to the inventory directory; default: the system's."
     )
-    renew_days: Annotated[StrictInt, Field(ge=1, le=89)] = Field(30, description="Renew when the certificate expires within this many days.")
+    renew_days: Annotated[StrictInt, Field(ge=1, le=89)] = Field(default=30, description="Renew when the certificate expires within this many days.")
     dns_update: DnsUpdate
 
 
@@ -229,7 +229,7 @@ class Dane(Strict):
     """TLSA records (3 1 1) for the MX names, with a pre-published next key so a roll never breaks DANE."""
 
     publish_wait_hours: Annotated[StrictInt, Field(ge=0, le=8760)] = Field(
-        48, description="Hours the next key's TLSA record must have been seen published before `certs` rolls to it."
+        default=48, description="Hours the next key's TLSA record must have been seen published before `certs` rolls to it."
     )
 
 
@@ -237,8 +237,8 @@ class MtaSts(Strict):
     """An MTA-STS policy (RFC 8461) for every hosted domain."""
 
     mode: Literal["testing", "enforce"] = "testing"
-    max_age: Annotated[StrictInt, Field(ge=86400, le=31557600)] = Field(604800, description="Seconds a sender may cache the policy.")
-    cert_file: ConfigText | None = Field(None, description="Certificate for the mta-sts.<domain> names, on the controller; default: ACME, else none.")
+    max_age: Annotated[StrictInt, Field(ge=86400, le=31557600)] = Field(default=604800, description="Seconds a sender may cache the policy.")
+    cert_file: ConfigText | None = Field(default=None, description="Certificate for the mta-sts.<domain> names, on the controller; default: ACME, else none.")
     key_file: ConfigText | None = None
 
 
@@ -263,16 +263,18 @@ class Tls(Strict):
     The hop from relays to cores always uses the private CA and is verified."""
 
     cert_file: ConfigText | None = Field(
-        None, description="The MX names' certificate chain (PEM, leaf first) on the controller, relative to the inventory directory."
+        default=None, description="The MX names' certificate chain (PEM, leaf first) on the controller, relative to the inventory directory."
     )
-    key_file: ConfigText | None = Field(None, description="Its private key on the controller (mode 0600); never copied into rendered files.")
+    key_file: ConfigText | None = Field(default=None, description="Its private key on the controller (mode 0600); never copied into rendered files.")
     acme: Acme | None = None
     trust_file: ConfigText | None = Field(
-        None, description="CA certificates that verify the MX certificate, for `verify` and `dns check`; default: the system's (or the private CA)."
+        default=None, description="CA certificates that verify the MX certificate, for `verify` and `dns check`; default: the system's (or the private CA)."
     )
-    expiry_warning_days: Annotated[StrictInt, Field(ge=1, le=365)] = Field(21, description="`deploy` and `verify` warn when a certificate expires within this many days.")
+    expiry_warning_days: Annotated[StrictInt, Field(ge=1, le=365)] = Field(
+        default=21, description="`deploy` and `verify` warn when a certificate expires within this many days."
+    )
     internal_level: Literal["secure", "verify"] = Field(
-        "secure", description="Postfix's TLS level for relay-to-core delivery; both verify the core's certificate against the private CA."
+        default="secure", description="Postfix's TLS level for relay-to-core delivery; both verify the core's certificate against the private CA."
     )
     dane: Dane | None = None
     mta_sts: MtaSts | None = None
