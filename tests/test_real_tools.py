@@ -315,20 +315,30 @@ def test_lmdb_maps_compile_and_answer(tmp_path):
     assert query(f"lmdb:{relay / 'relay_recipients'}", "nobody@example.com") is None
 
 
-def test_the_mta_sts_frontend_passes_haproxy_check(tmp_path):
-    """With tls.mta_sts, the balancer's haproxy.cfg has a 443 frontend: `haproxy -c` accepts it once the
-    certificate the TLS shipment puts at HOST_MTA_STS and the rendered policy are in place (here in tmp)."""
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from test_dane_mta_sts import FIXTURE, _cert, _pem, _pem_key
+def test_the_mta_sts_frontend_passes_haproxy_check(tmp_path, monkeypatch):
+    """With tls.mta_sts and no certificate of the user's, `prepare` on an empty store makes one from the
+    private CA for every mta-sts.<domain> name and ships it to the balancer: `haproxy -c` accepts the
+    443 frontend with exactly that file and the rendered policy in place (here in tmp)."""
+    from test_dane_mta_sts import FIXTURE
 
     from mailforge.inventory import load_inventory
     from mailforge.render import render
-    from mailforge.render.mta_sts import HAPROXY_POLICY
-    from mailforge.tls import HOST_MTA_STS
+    from mailforge.render.mta_sts import HAPROXY_POLICY, policy_hosts
+    from mailforge.tls import HOST_MTA_STS, internal, material, store_of
 
-    files = render(load_inventory(FIXTURE))["lb"]
-    key = ec.generate_private_key(ec.SECP256R1())
-    (tmp_path / "mta-sts.pem").write_bytes(_pem_key(key) + _pem(_cert(key, ["mta-sts.example.com", "mta-sts.example.org"])))
+    monkeypatch.setenv("MAILFORGE_STATE_DIR", str(tmp_path / "state"))
+    inventory = load_inventory(FIXTURE)
+    store = store_of(inventory.topology.cluster)
+    material.prepare(inventory, store)
+    shipped = material.shipment(inventory, store)["lb"][HOST_MTA_STS]
+    assert (shipped.mode, shipped.group) == ("0640", "haproxy")
+    content = shipped.content()
+    from cryptography import x509
+
+    leaf = x509.load_pem_x509_certificate(content[content.index(b"-----BEGIN CERTIFICATE") :])
+    assert sorted(internal.dns_names(leaf)) == sorted(policy_hosts(inventory.topology))
+    files = render(inventory)["lb"]
+    (tmp_path / "mta-sts.pem").write_bytes(content)
     (tmp_path / "mta-sts.txt").write_text(files[HAPROXY_POLICY].text)
     cfg = files["/etc/haproxy/haproxy.cfg"].text.replace(HOST_MTA_STS, str(tmp_path / "mta-sts.pem")).replace(HAPROXY_POLICY, str(tmp_path / "mta-sts.txt"))
     (tmp_path / "haproxy.cfg").write_text(cfg)

@@ -32,7 +32,8 @@ CA_DIR = "internal-ca"
 HOSTS_DIR = "hosts"
 MX_DIR = "mx"  # ACME's, or the copy of tls.cert_file/key_file
 INTERNAL_MX_DIR = "internal-mx"
-MTA_STS_DIR = "mta-sts"
+MTA_STS_DIR = "mta-sts"  # ACME's, or the copy of tls.mta_sts.cert_file/key_file
+INTERNAL_MTA_STS_DIR = "internal-mta-sts"  # from the private CA, when neither: HAProxy must have a certificate to start
 
 
 @dataclass
@@ -171,7 +172,38 @@ def prepare(inventory: Inventory, store: Path) -> Material:
         names = mx_names(t) or [r.fqdn for r in t.relays]  # a balancer without fqdn: the relays' names
         if _needs_issue(store / INTERNAL_MX_DIR, ca, names):
             _issue_into(store / INTERNAL_MX_DIR, ca, names, "chain.pem", written)
+    if t.tls.mta_sts and t.managed_balancers:
+        _prepare_mta_sts(inventory, store, ca, written)
     return Material(store, source, written)
+
+
+def _mta_sts_directory(inventory: Inventory, store: Path) -> Path:
+    """Where the mta-sts.<domain> certificate comes from: files or ACME (store mta-sts/), else the private CA."""
+    sts = store / MTA_STS_DIR
+    if (sts / "key.pem").is_file() and (sts / "chain.pem").is_file():
+        return sts
+    return store / INTERNAL_MTA_STS_DIR
+
+
+def _prepare_mta_sts(inventory: Inventory, store: Path, ca: internal.Authority, written: list[Path]) -> None:
+    from ..render.mta_sts import policy_hosts
+
+    sts = inventory.topology.tls.mta_sts
+    assert sts is not None
+    if sts.cert_file and sts.key_file:
+        try:
+            chain = _controller_file(inventory, sts.cert_file).read_bytes()
+            key = _controller_file(inventory, sts.key_file).read_bytes()
+        except OSError:
+            chain = key = b""
+        certs, private = _certificates(chain), _key(key)
+        if certs and private is not None and _public(private) == _public(certs[0]):
+            _write_if_changed(store / MTA_STS_DIR / "chain.pem", chain, written)
+            _write_if_changed(store / MTA_STS_DIR / "key.pem", key, written)
+    if _mta_sts_directory(inventory, store).name == INTERNAL_MTA_STS_DIR:
+        names = policy_hosts(inventory.topology)
+        if _needs_issue(store / INTERNAL_MTA_STS_DIR, ca, names):
+            _issue_into(store / INTERNAL_MTA_STS_DIR, ca, names, "chain.pem", written)
 
 
 # --- check_mx --------------------------------------------------------------------------------------
@@ -268,8 +300,8 @@ def check_mx(inventory: Inventory, store: Path) -> tuple[list[Problem], list[Pro
 
 def shipment(inventory: Inventory, store: Path) -> dict[str, dict[str, Shipped]]:
     """What each host gets, by host path: relays and MX proxies HOST_MX, HOST_CERT, HOST_INTERNAL_CA;
-    cores HOST_CERT, HOST_INTERNAL_CA; a managed balancer, with tls.mta_sts and an mta-sts certificate
-    in the store, HOST_MTA_STS (0640 root:haproxy: HAProxy reads it after dropping root)."""
+    cores HOST_CERT, HOST_INTERNAL_CA; a managed balancer, with tls.mta_sts, HOST_MTA_STS (files,
+    ACME's, else the private CA's: `prepare` always makes one) (0640 root:haproxy: HAProxy reads it after dropping root)."""
     t: Topology = inventory.topology
     ca_cert = store / CA_DIR / "cert.pem"
     mx_dir = store / (INTERNAL_MX_DIR if _mx_source(inventory, store) == "internal" else MX_DIR)
@@ -286,7 +318,7 @@ def shipment(inventory: Inventory, store: Path) -> dict[str, dict[str, Shipped]]
         }
     for core in t.cores:
         result[core.name] = {HOST_CERT: own(core.name), HOST_INTERNAL_CA: Shipped((ca_cert,), mode="0644")}
-    sts = store / MTA_STS_DIR
+    sts = _mta_sts_directory(inventory, store)
     if t.tls.mta_sts and (sts / "key.pem").is_file() and (sts / "chain.pem").is_file():
         for lb in t.managed_balancers:
             result[lb.name] = {HOST_MTA_STS: Shipped((sts / "key.pem", sts / "chain.pem"), mode="0640", group="haproxy")}
