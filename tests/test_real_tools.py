@@ -323,8 +323,9 @@ def test_the_mta_sts_frontend_passes_haproxy_check(tmp_path, monkeypatch):
 
     from mailforge.inventory import load_inventory
     from mailforge.render import render
-    from mailforge.render.mta_sts import HAPROXY_POLICY, policy_hosts
+    from mailforge.render.mta_sts import HAPROXY_POLICY
     from mailforge.tls import HOST_MTA_STS, internal, material, store_of
+    from mailforge.tls.names import policy_hosts
 
     monkeypatch.setenv("MAILFORGE_STATE_DIR", str(tmp_path / "state"))
     inventory = load_inventory(FIXTURE)

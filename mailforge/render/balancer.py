@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from ..inventory import LoadBalancer, Topology
 from ..tls import HOST_MTA_STS
+from ..tls.names import policy_hosts
 from .files import HAPROXY_RELOAD, RenderedFile, header, template
-from .mta_sts import HAPROXY_POLICY, WELL_KNOWN, policy_hosts, policy_text
+from .mta_sts import HAPROXY_POLICY, WELL_KNOWN, policy_text
 
 MTA_STS_PORT = 443  # RFC 8461: the policy is fetched from https://mta-sts.<domain>/ on the default port
 

@@ -41,8 +41,3 @@ def policy_url(domain: str) -> str:
 def served_by_balancer(topology: Topology) -> bool:
     """Whether a managed balancer serves the policy (tls.mta_sts and a balancer that is not external)."""
     return topology.tls.mta_sts is not None and any(not lb.external for lb in topology.load_balancers)
-
-
-def policy_hosts(topology: Topology) -> list[str]:
-    """The names the policy is served under, one per hosted domain: what the mta-sts certificate must cover."""
-    return [f"mta-sts.{domain}" for domain in topology.domains]

@@ -24,7 +24,7 @@ from ..inventory import Inventory, Topology
 from ..inventory.load import resolve_topology_file
 from ..inventory.positions import load_yaml
 from . import HOST_CERT, HOST_INTERNAL_CA, HOST_MTA_STS, HOST_MX, internal
-from .names import mx_names
+from .names import mx_names, policy_hosts
 
 RENEW_DAYS = 30  # a certificate from the private CA is issued again this close to its expiry
 
@@ -186,8 +186,6 @@ def _mta_sts_directory(inventory: Inventory, store: Path) -> Path:
 
 
 def _prepare_mta_sts(inventory: Inventory, store: Path, ca: internal.Authority, written: list[Path]) -> None:
-    from ..render.mta_sts import policy_hosts
-
     sts = inventory.topology.tls.mta_sts
     assert sts is not None
     if sts.cert_file and sts.key_file:

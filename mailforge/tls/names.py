@@ -1,4 +1,4 @@
-"""The MX names: the names mail from the Internet connects to, which the MX certificate must cover."""
+"""The names the cluster's public certificates must cover: the MX names, and the MTA-STS policy hosts."""
 
 from __future__ import annotations
 
@@ -13,3 +13,8 @@ def mx_names(topology: Topology) -> list[str]:
     else:
         names = [relay.fqdn for relay in topology.relays]
     return list(dict.fromkeys(n.lower() for n in names))
+
+
+def policy_hosts(topology: Topology) -> list[str]:
+    """The names the MTA-STS policy is served under, one per hosted domain: what the mta-sts certificate must cover."""
+    return [f"mta-sts.{domain}" for domain in topology.domains]
