@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..results import Result, Run
 from .app import app
-from .common import EXIT_PROBLEM, InventoryArg, JsonOption, LabOption, command, err, finish, load, out
+from .common import EXIT_PROBLEM, InventoryArg, JsonOption, command, err, finish, load, out
 
 
 @app.command()
@@ -20,7 +20,9 @@ def certs(
     deploy: bool = typer.Option(
         False, "--deploy", help="When a certificate changed, run `mailforge deploy` (the hosts reload Postfix/HAProxy, never restart)."
     ),
-    lab: bool = LabOption,
+    lab: bool = typer.Option(
+        False, "--lab", help="Against this inventory's lab (`mailforge lab up`): its ACME server (pebble) and DNS (Knot) and key; --deploy deploys to the lab."
+    ),
     as_json: bool = JsonOption,
 ):
     """Obtain or renew the MX names' certificate by ACME (DNS-01 through RFC 2136 updates signed with TSIG) into the
@@ -29,14 +31,9 @@ def certs(
 
     inv = load(inventory, recipients=False, quiet=as_json)
     console = err if as_json else out
-    overrides = None
     store = store_of(inv.topology.cluster)
-    if lab:
-        from .. import lab as lab_module
-
-        overrides = lab_module.acme_overrides(inv)
     try:
-        outcomes = acme.run(inv.topology, inv.directory, store, renew=renew, overrides=overrides, say=lambda m: console.print(f"[dim]certs:[/dim] {m}"))
+        outcomes = obtain(inv, renew, lab, say=lambda m: console.print(f"[dim]certs:[/dim] {m}"))
     except acme.CaRefused as exc:
         err.print("[bold red]refused:[/bold red] ", end="")
         err.print(str(exc), markup=False)
@@ -44,8 +41,6 @@ def certs(
         if as_json:
             finish(run, as_json)
         raise typer.Exit(EXIT_PROBLEM) from None
-    if lab:
-        lab_module.store_trust(inv, store)
     results = [
         Result(
             o.what,
@@ -72,6 +67,28 @@ def certs(
         _deploy(inventory, lab, as_json)
         return
     finish(run, as_json)
+
+
+def obtain(inv, renew: bool, lab: bool, say):
+    """`acme.run` for the inventory, or, with `lab`, against the lab's pebble and Knot: its root goes in the
+    store's trust.pem, and a certificate from an earlier pebble (another root: the DNS container was made
+    again) is renewed, since nothing would verify it."""
+    from ..tls import acme, store_of
+
+    store = store_of(inv.topology.cluster)
+    if not lab:
+        return acme.run(inv.topology, inv.directory, store, renew=renew, say=say)
+    from .. import lab as lab_module
+
+    overrides = lab_module.acme_overrides(inv)
+    root = lab_module.acme_root(inv)
+    trust = store / "trust.pem"
+    if (store / "mx" / "chain.pem").exists() and (not trust.exists() or trust.read_bytes() != root):
+        say("the lab's ACME server has a new root: renewing")
+        renew = True
+    outcomes = acme.run(inv.topology, inv.directory, store, renew=renew, overrides=overrides, say=say)
+    acme.write_trust(store, root)
+    return outcomes
 
 
 def _deploy(inventory: Path, lab: bool, as_json: bool) -> None:

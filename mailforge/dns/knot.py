@@ -8,10 +8,19 @@ from __future__ import annotations
 from .nsd import zone_file_name
 
 
-def knot_conf(zones: list[str], directory: str, listen: list[str], key: tuple[str, str, str] | None = None) -> str:
+def knot_key(name: str, algorithm: str, secret: str) -> str:
+    """Knot's `key:` section for one TSIG key: a file of its own (0600), included by `knot_conf`, so the
+    configuration can be shown and compared without the secret."""
+    return f'key:\n  - id: "{name}"\n    algorithm: {algorithm}\n    secret: "{secret}"\n'
+
+
+def knot_conf(
+    zones: list[str], directory: str, listen: list[str], key: tuple[str, str, str] | None = None, key_file: tuple[str, str] | None = None, log: str = "stderr"
+) -> str:
     """knot.conf for a Knot serving `zones` from `directory` (files named by `zone_file_name`), listening on
-    `listen` (ADDRESS or ADDRESS@PORT), run by the user that starts it, state and control socket in `directory`.
-    With `key` (name, algorithm, base64 secret): every zone takes updates signed with it, and only those.
+    `listen` (ADDRESS or ADDRESS@PORT), logging to `log` (stderr, or a file), run by the user that starts it, state and control socket in `directory`.
+    With `key` (name, algorithm, base64 secret), or `key_file` (name, path of a `knot_key` file to include):
+    every zone takes updates signed with that key, and only those.
     Updates live in memory and the journal; the zone files are never rewritten (zonefile-sync: -1), so the
     files stay what mailforge wrote."""
     lines = [
@@ -22,16 +31,21 @@ def knot_conf(zones: list[str], directory: str, listen: list[str], key: tuple[st
         '    identity: ""',
         '    version: ""',
         "log:",
-        "  - target: stderr",
+        f"  - target: {log}",
         "    any: info",
         "database:",
         f'    storage: "{directory}/db"',
         "control:",
         f'    listen: "{directory}/knot.sock"',
     ]
+    name = None
     if key:
-        name, algorithm, secret = key
-        lines += ["key:", f'  - id: "{name}"', f"    algorithm: {algorithm}", f'    secret: "{secret}"']
+        name = key[0]
+        lines += knot_key(*key).splitlines()
+    elif key_file:
+        name = key_file[0]
+        lines.append(f'include: "{key_file[1]}"')
+    if name:
         lines += ["acl:", "  - id: updates", f'    key: "{name}"', "    action: update"]
     lines += [
         "template:",
@@ -42,7 +56,7 @@ def knot_conf(zones: list[str], directory: str, listen: list[str], key: tuple[st
         "    journal-content: none",
         "    semantic-checks: on",
     ]
-    if key:
+    if name:
         lines.append("    acl: updates")
     lines.append("zone:")
     for zone in zones:

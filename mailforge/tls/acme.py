@@ -195,7 +195,7 @@ class Updater:
         query = dns.message.make_query(name, dns.rdatatype.SOA)
         query.flags &= ~0x0100  # no recursion: only the primary's own zones count
         try:
-            answer = dns.query.udp(query, self.server, port=self.port, timeout=self.timeout)
+            answer = dns.query.tcp(query, self.server, port=self.port, timeout=self.timeout)  # TCP, as the updates: a closed port says so at once
         except (OSError, dns.exception.DNSException) as exc:
             raise self._unreachable(exc) from None
         for rrset in list(answer.answer) + list(answer.authority):
@@ -577,14 +577,14 @@ def run(
     for sub, (_, current) in plan.items():
         if not todo[sub] and current:
             outcomes.append(Outcome(sub, "valid", current.names, current.not_after, current.serial, current.key_sha256, "not due"))
-    if not any(todo.values()):
-        return outcomes
+    # The key is tried even when nothing is due: a cron job learns of a wrong key long before a renewal needs it.
     leaf = "tsig_key_file" if tls.acme.dns_update.tsig_key_file and "key" not in (overrides or {}) else "tsig_key_env"
     updater = Updater(s.server, s.port, s.key, s.zone, where, leaf)
-    for sub, (names, _) in plan.items():
-        if todo[sub]:
-            for name in names:
-                updater.test(f"_acme-challenge.{name}")
+    for names, _ in plan.values():
+        for name in names:
+            updater.test(f"_acme-challenge.{name}")
+    if not any(todo.values()):
+        return outcomes
     client = Client(s, store, where, say)
     client.ensure_account()
     for sub, (names, current) in plan.items():
