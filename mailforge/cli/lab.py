@@ -38,6 +38,8 @@ def lab_up(
 
         for o in obtain(inv, False, True, say=lambda message: console.print(f"[dim]certs:[/dim] {message}")):
             console.print(f"[dim]certs:[/dim] {o.what} certificate {o.status} for {', '.join(o.names)} (expires {o.not_after:%Y-%m-%d}, serial {o.serial:x})")
+        # Rendered again: what deploy ships is taken from the store, which now holds the certificate.
+        inv, directory, manifest = render_for_hosts(inventory, render_dir)
     if no_deploy:
         console.print(f"lab {plan.network} ({plan.subnet}) is up in {time.monotonic() - started:.0f} s; not deployed (--no-deploy)")
         if as_json:
