@@ -1,8 +1,9 @@
 """The container lab: one container per inventory host at the inventory's own addresses.
 
 `lab up` starts them on a dedicated network with a client, a listed "spammer"
-client and a DNS server (NSD from Debian's packages) serving `mailforge dns zone`
-output for the hosted domains plus the test sender domain and test DNS lists, and, for an external
+client and a DNS server (Knot from Debian's packages) serving `mailforge dns zone`
+output for the hosted domains plus the test sender domain and test DNS lists, taking TSIG-signed
+dynamic updates, with an ACME server beside it (Debian's pebble) for `mailforge certs --lab`, and, for an external
 balancer (a cloud's, which no inventory host stands for), a stand-in that behaves as one; for an MX
 proxy's outbound instance it adds a "submitter", an internal host inside `trusted_networks` (the
 client and the spammer stay outside them), and makes the client the outside domain's mail server, so
@@ -300,7 +301,11 @@ def survey(env: dict[str, str], lab: LabPlan) -> list[Found]:
 # --- the DNS the lab's hosts resolve through ----------------------------------
 
 
-DNS_DIRECTORY = "/etc/mailforge-dns"  # in the DNS container: nsd.conf, the zone files, NSD's state and log
+DNS_DIRECTORY = "/etc/mailforge-dns"  # in the DNS container: knot.conf, the zone files, Knot's state and log
+DNS_KEY_FILE = f"{DNS_DIRECTORY}/tsig.conf"  # the TSIG key's `key:` section (0600), included by knot.conf
+ACME_DIRECTORY = "/etc/mailforge-acme"  # in the DNS container: pebble's configuration, listener certificate and log
+ACME_PORT = 14000  # pebble's ACME directory: https://<dns container>:14000/dir
+ACME_MANAGEMENT_PORT = 15000  # pebble's management API: /roots/0 is the root its certificates chain to
 
 
 def lab_records(inventory: Inventory, lab: LabPlan) -> list[dns.Record]:
@@ -332,7 +337,8 @@ def lab_records(inventory: Inventory, lab: LabPlan) -> list[dns.Record]:
 
 
 def dns_files(inventory: Inventory, lab: LabPlan) -> dict[str, str]:
-    """{path in the DNS container: text}: NSD's configuration and one zone file per zone.
+    """{path in the DNS container: text}: Knot's configuration and one zone file per zone (the TSIG key is
+    not here: it goes in DNS_KEY_FILE, which knot.conf includes, so these files can be shown and compared).
 
     Each zone file is the SOA and NS, then that zone's section of `mailforge dns zone` output pasted
     as it is, then the lab's own records (`lab_records`): the lab's DNS is what the tool says the
@@ -340,44 +346,171 @@ def dns_files(inventory: Inventory, lab: LabPlan) -> dict[str, str]:
     """
     server = lab.by_host("dns")
     zones = dns.served_zones(inventory.topology, lab_records(inventory, lab), server.hostname)
-    files = {f"{DNS_DIRECTORY}/nsd.conf": dns.nsd_conf(list(zones), DNS_DIRECTORY, [server.address])}
+    from .dns.knot import knot_conf
+    from .tls.acmelab import TSIG_NAME
+
+    conf = knot_conf(list(zones), DNS_DIRECTORY, [server.address], key_file=(TSIG_NAME, DNS_KEY_FILE), log=f"{DNS_DIRECTORY}/knot.log")
+    files = {f"{DNS_DIRECTORY}/knot.conf": conf}
     files.update({f"{DNS_DIRECTORY}/{dns.zone_file_name(zone)}": text for zone, text in zones.items()})
     return files
 
 
-def start_dns(env: dict[str, str], lab: LabPlan, files: dict[str, str]) -> None:
-    """Install NSD in the DNS container if needed, stage `files` and check them with NSD's own tools, then
-    replace the running NSD's files and restart it: a set NSD refuses never replaces the one it serves."""
+def start_dns(env: dict[str, str], lab: LabPlan, files: dict[str, str], key_section: str) -> None:
+    """Install Knot (and pebble) in the DNS container if needed, stage `files` and the TSIG key section
+    (0600), check them with Knot's own tools (`knotc conf-check`, `kzonecheck` where the package has it),
+    then replace the running Knot's files and restart it: a set Knot refuses never replaces the one it
+    serves. An NSD left by an older lab is stopped: Knot takes port 53 over."""
     name = lab.by_host("dns").name
-    # policy-rc.d keeps the package from starting NSD on its own default configuration.
+    # policy-rc.d keeps the packages from starting Knot on their own default configuration.
     _exec(
         env,
         name,
-        "command -v nsd >/dev/null || { printf '#!/bin/sh\\nexit 101\\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d"
-        " && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nsd >/dev/null; }",
+        "{ command -v knotd && command -v pebble; } >/dev/null || { printf '#!/bin/sh\\nexit 101\\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d"
+        " && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends knot pebble >/dev/null; }",
     )
     staged = f"{DNS_DIRECTORY}.new"
     staged_paths = {path: staged + path[len(DNS_DIRECTORY) :] for path in files}
-    _exec(env, name, f"rm -rf {staged} && mkdir -p {staged}")
+    _exec(env, name, f"rm -rf {staged} && mkdir -p -m 700 {staged}")
     for path, text in files.items():
         docker(env, "exec", "-i", name, "sh", "-c", f"cat > {shlex.quote(staged_paths[path])}", stdin=text)
-    checks = [f"nsd-checkconf {staged}/nsd.conf"] + [
-        f"nsd-checkzone {shlex.quote(Path(path).name.removesuffix('.zone'))} {shlex.quote(staged_paths[path])} >/dev/null"
+    docker(env, "exec", "-i", name, "sh", "-c", f"umask 077 && cat > {staged}{DNS_KEY_FILE[len(DNS_DIRECTORY) :]}", stdin=key_section)
+    conf = f"{DNS_DIRECTORY}/knot.conf"
+    checks = [f"sed 's#{DNS_DIRECTORY}/#{staged}/#g' {staged}/knot.conf > {staged}/check.conf", f"knotc -c {staged}/check.conf conf-check >/dev/null"] + [
+        f"if command -v kzonecheck >/dev/null; then kzonecheck -o {shlex.quote(Path(path).name.removesuffix('.zone'))} {shlex.quote(staged_paths[path])}; fi"
         for path in files
         if path.endswith(".zone")
     ]
-    result = docker(env, "exec", name, "sh", "-c", " && ".join(checks), check=False)
+    result = docker(env, "exec", name, "sh", "-c", " && ".join(checks) + f" && rm {staged}/check.conf", check=False)
     if result.returncode != 0:
-        raise LabError(f"NSD refuses the lab's zones: {(result.stderr or result.stdout).strip()}")
-    running = f"nsd -c {DNS_DIRECTORY}/nsd.conf"  # NSD renames its processes ("nsd: main"); the command line stays
+        raise LabError(f"Knot refuses the lab's configuration or zones: {(result.stderr or result.stdout).strip()}")
+    zones = [Path(path).name.removesuffix(".zone") for path in files if path.endswith(".zone")]
+    loaded = " && ".join(f"knotc -c {conf} zone-read {shlex.quote(zone)} @ SOA >/dev/null 2>&1" for zone in zones) or "true"
     _exec(
         env,
         name,
-        f"pkill -f '^{running}'; for i in $(seq 100); do pgrep -f '^{running}' >/dev/null || break; sleep 0.1; done; "
-        f"rm -rf {DNS_DIRECTORY} && mv {staged} {DNS_DIRECTORY} && {running} && "
-        f"for i in $(seq 150); do grep -q 'nsd started' {DNS_DIRECTORY}/nsd.log 2>/dev/null && exit 0; sleep 0.1; done; "
-        f"echo 'NSD did not start:' >&2; cat {DNS_DIRECTORY}/nsd.log >&2; exit 1",
+        f"pkill -f '^nsd -c'; pkill -f '^knotd -d -c {conf}'; "
+        f"for i in $(seq 100); do pgrep -f '^(nsd -c|knotd -d -c {conf})' >/dev/null || break; sleep 0.1; done; "
+        f"rm -rf {DNS_DIRECTORY} && mv {staged} {DNS_DIRECTORY} && knotd -d -c {conf} && "
+        f"for i in $(seq 150); do {loaded} && exit 0; sleep 0.1; done; "
+        f"echo 'Knot did not start:' >&2; cat {DNS_DIRECTORY}/knot.log >&2; exit 1",
     )
+
+
+@dataclass(frozen=True)
+class AcmeFiles:
+    """The lab's ACME material on the controller, in its state directory: the TSIG key Knot takes updates
+    with, and the small CA whose only certificate is pebble's HTTPS listener (tls.acme.ca_file in the lab)."""
+
+    directory: Path
+
+    @property
+    def tsig(self) -> Path:
+        return self.directory / "acme-tsig.key"
+
+    @property
+    def listener_ca(self) -> Path:
+        return self.directory / "acme-listener-ca.pem"
+
+    @property
+    def listener_cert(self) -> Path:
+        return self.directory / "acme-listener.pem"
+
+    @property
+    def listener_key(self) -> Path:
+        return self.directory / "acme-listener-key.pem"
+
+
+def acme_files(inventory: Inventory) -> AcmeFiles:
+    return AcmeFiles(keys(inventory).directory)
+
+
+def make_acme_files(inventory: Inventory, lab: LabPlan):
+    """The TSIG key and the listener CA, made once (0600 in the 0700 state directory); returns the key."""
+    from .tls import acmelab
+    from .tls.acme import parse_tsig
+
+    files = acme_files(inventory)
+    files.directory.mkdir(parents=True, exist_ok=True)
+    files.directory.chmod(0o700)
+    address = lab.by_host("dns").address
+    if not files.tsig.is_file():
+        _private(files.tsig, acmelab.tsig_text(acmelab.new_tsig()).encode())
+    stamp = files.directory / "acme-listener.address"  # the address the listener certificate names
+    current = stamp.read_text().split() if stamp.is_file() else []
+    if not (files.listener_cert.is_file() and files.listener_key.is_file() and files.listener_ca.is_file() and current == [address]):
+        ca, cert, key = acmelab.listener_ca([lab.by_host("dns").hostname], [address])
+        _private(files.listener_key, key)
+        files.listener_cert.write_bytes(cert)
+        files.listener_ca.write_bytes(ca)
+        stamp.write_text(address + "\n")
+    return parse_tsig(files.tsig.read_text())
+
+
+def _private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    path.chmod(0o600)
+
+
+def start_acme(env: dict[str, str], inventory: Inventory, lab: LabPlan) -> None:
+    """pebble in the DNS container (installed by `start_dns`), validating DNS-01 against the Knot beside it;
+    started once and left running, since each start makes a new root (the store's trust.pem)."""
+    from .tls import acmelab
+
+    name, address = lab.by_host("dns").name, lab.by_host("dns").address
+    files = acme_files(inventory)
+    config = acmelab.pebble_config(
+        f"{address}:{ACME_PORT}", f"{address}:{ACME_MANAGEMENT_PORT}", f"{ACME_DIRECTORY}/listener.pem", f"{ACME_DIRECTORY}/listener-key.pem"
+    )
+    environment = " ".join(f"{k}={v}" for k, v in acmelab.PEBBLE_ENV.items())
+    running = f"pebble -config {ACME_DIRECTORY}/pebble.json"
+    _exec(env, name, f"mkdir -p -m 700 {ACME_DIRECTORY}")
+    staged = {"pebble.json": config, "listener.pem": files.listener_cert.read_text(), "listener-key.pem": files.listener_key.read_text()}
+    for file, text in staged.items():
+        docker(env, "exec", "-i", name, "sh", "-c", f"umask 077 && cat > {ACME_DIRECTORY}/{file}.new", stdin=text)
+    # A running pebble keeps its root (the store's trust.pem) and is left alone unless its files changed.
+    swap = " ".join(f"cmp -s {ACME_DIRECTORY}/{f}.new {ACME_DIRECTORY}/{f} || changed=1; mv {ACME_DIRECTORY}/{f}.new {ACME_DIRECTORY}/{f};" for f in staged)
+    _exec(
+        env,
+        name,
+        f"changed=; {swap} "
+        f"if [ -n \"$changed\" ]; then pkill -f '^{running}'; for i in $(seq 50); do pgrep -f '^{running}' >/dev/null || break; sleep 0.1; done; fi; "
+        f"pgrep -f '^{running}' >/dev/null && exit 0; "
+        f"{environment} setsid nohup {running} -dnsserver {address}:53 >{ACME_DIRECTORY}/pebble.log 2>&1 </dev/null & "
+        f"for i in $(seq 150); do grep -q 'ACME directory available' {ACME_DIRECTORY}/pebble.log && exit 0; sleep 0.1; done; "
+        f"echo 'pebble did not start:' >&2; cat {ACME_DIRECTORY}/pebble.log >&2; exit 1",
+    )
+
+
+def acme_overrides(inventory: Inventory) -> dict:
+    """What the lab puts in place of tls.acme's directory, ca_file, DNS server and TSIG key: its pebble and Knot."""
+    from .tls.acme import parse_tsig
+
+    files = acme_files(inventory)
+    if not files.tsig.is_file() or not files.listener_ca.is_file():
+        raise LabError(f"the lab of cluster {inventory.topology.cluster} has no ACME server yet: run `mailforge lab up` first")
+    address = plan(inventory).by_host("dns").address
+    return {
+        "directory": f"https://{address}:{ACME_PORT}/dir",
+        "ca_file": files.listener_ca,
+        "server": address,
+        "port": 53,
+        "key": parse_tsig(files.tsig.read_text()),
+    }
+
+
+def acme_root(inventory: Inventory) -> bytes:
+    """The root pebble's certificates chain to, from its management API (PEM)."""
+    import requests
+
+    address = plan(inventory).by_host("dns").address
+    try:
+        response = requests.get(f"https://{address}:{ACME_MANAGEMENT_PORT}/roots/0", verify=str(acme_files(inventory).listener_ca), timeout=10)
+        response.raise_for_status()
+    except requests.RequestException as exc:
+        raise LabError(f"the lab's pebble did not give its root: {exc}") from None
+    return response.content
 
 
 # --- an external balancer's stand-in -------------------------------------------
@@ -762,8 +895,12 @@ def up(inventory: Inventory, env: dict[str, str], say=lambda message: None) -> L
         # /var/log/mail.log, as on a real host (no systemd in a container).
         hosts_lines = "".join(f"grep -q ' {name}$' /etc/hosts || echo '{address} {name}' >>/etc/hosts; " for name, address in mirrors.items())
         _exec(env, c.name, hosts_lines + "pgrep rsyslogd >/dev/null || rsyslogd")
-    say("lab DNS (NSD, serving `mailforge dns zone` output)")
-    start_dns(env, lab, dns_files(inventory, lab))
+    say("lab DNS (Knot, serving `mailforge dns zone` output, taking TSIG-signed updates) and ACME (pebble)")
+    from .dns.knot import knot_key
+
+    tsig = make_acme_files(inventory, lab)
+    start_dns(env, lab, dns_files(inventory, lab), knot_key(tsig.name, tsig.algorithm, tsig.secret))
+    start_acme(env, inventory, lab)
     for lb in inventory.topology.load_balancers:
         if lb.external:
             say(f"stand-in for external balancer {lb.name} (HAProxy, PROXY {lb.proxy_protocol}, plain TCP health checks)")

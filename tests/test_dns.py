@@ -608,7 +608,7 @@ def lab_zone_files(name: str) -> dict[str, str]:
 
     inventory = load_inventory(INVENTORIES[name])
     files = lab.dns_files(inventory, lab.plan(inventory))
-    assert f"{lab.DNS_DIRECTORY}/nsd.conf" in files
+    assert f"{lab.DNS_DIRECTORY}/knot.conf" in files
     return {Path(path).name[: -len(".zone")]: text for path, text in files.items() if path.endswith(".zone")}
 
 

@@ -44,7 +44,7 @@ def test_a_second_deploy_changes_nothing(lab):
 
 
 def test_the_lab_dns_serves_what_dns_zone_says(lab):
-    """The DNS container's NSD loads exactly `lab.dns_files` (the `dns zone` output plus the lab's own), and
+    """The DNS container's Knot loads exactly `lab.dns_files` (the `dns zone` output plus the lab's own), and
     `mailforge dns check` run from this machine against it finds the records the topology needs."""
     from mailforge import lab as lab_module
     from mailforge.inventory import load_inventory
@@ -53,7 +53,7 @@ def test_the_lab_dns_serves_what_dns_zone_says(lab):
     plan = lab_module.plan(inventory)
     for path, text in lab_module.dns_files(inventory, plan).items():
         assert in_container("dns", f"cat {path}") == text, path
-    assert "nsd" in in_container("dns", "pgrep -af '^nsd -c'")
+    assert "knotd" in in_container("dns", "pgrep -af '^knotd -d -c'")
     result = mailforge("dns", "check", str(EXAMPLE), "--nameserver", plan.by_host("dns").address, "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)

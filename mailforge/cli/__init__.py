@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import sys
 
-from . import deploy, dns, drift, graph, lab, maps, queue, render, status, validate, verify  # noqa: F401 - each registers its commands
+from . import certs, deploy, dns, drift, graph, lab, maps, queue, render, status, validate, verify  # noqa: F401 - each registers its commands
 from .app import app
 
 __all__ = ["app", "main"]
 
 # `mailforge --help` lists the commands in the order a cluster's life uses them.
-_ORDER = ["validate", "render", "deploy", "verify", "status", "maps", "drift", "graph", "schema", "rotation_step", "tls_stage"]
+_ORDER = ["validate", "render", "certs", "deploy", "verify", "status", "maps", "drift", "graph", "schema", "rotation_step", "tls_stage"]
 app.registered_commands.sort(key=lambda c: _ORDER.index(getattr(c.callback, "__name__", "")))
 
 

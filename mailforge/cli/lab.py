@@ -33,6 +33,13 @@ def lab_up(
     env = lab.engine_environment()
     console = err if as_json else out
     plan = lab.up(inv, env, say=lambda message: console.print(f"[dim]lab:[/dim] {message}"))
+    if inv.topology.tls.acme:  # before deploy: the relays get the certificate the lab's ACME server issued
+        from .certs import obtain
+
+        for o in obtain(inv, False, True, say=lambda message: console.print(f"[dim]certs:[/dim] {message}")):
+            console.print(f"[dim]certs:[/dim] {o.what} certificate {o.status} for {', '.join(o.names)} (expires {o.not_after:%Y-%m-%d}, serial {o.serial:x})")
+        # Rendered again: what deploy ships is taken from the store, which now holds the certificate.
+        inv, directory, manifest = render_for_hosts(inventory, render_dir, tls=True)
     if no_deploy:
         console.print(f"lab {plan.network} ({plan.subnet}) is up in {time.monotonic() - started:.0f} s; not deployed (--no-deploy)")
         if as_json:

@@ -256,6 +256,14 @@ def check_mx(inventory: Inventory, store: Path) -> tuple[list[Problem], list[Pro
     else:
         directory = store / (MX_DIR if source == "acme" else INTERNAL_MX_DIR)
         at = ("tls", "acme") if source == "acme" and tls.acme else ("tls",)
+        if tls.acme and source == "internal":
+            warnings.append(
+                locate(
+                    ("tls", "acme"),
+                    "no certificate from the ACME server yet: the relays present the cluster's private CA's, which senders cannot verify",
+                    "run `mailforge certs INVENTORY --deploy`",
+                )
+            )
         what = str(directory / "chain.pem")
         try:
             certs, key = _certificates((directory / "chain.pem").read_bytes()), _key((directory / "key.pem").read_bytes())
