@@ -137,7 +137,7 @@ def _pair(directory: Path, matching: bool) -> None:
     (directory / "mx.pem").write_bytes(internal.cert_pem(cert))
     (directory / "mx.key").write_bytes(internal.key_pem(key if matching else internal.new_key()))
     topology = directory / "topology.yml"
-    topology.write_text(topology.read_text() + "\ntls:\n  cert_file: mx.pem\n  key_file: mx.key\n")
+    topology.write_text(topology.read_text().replace("\ntls:\n", "\ntls:\n  cert_file: mx.pem\n  key_file: mx.key\n", 1))  # files win over tls.acme
 
 
 def test_deploy_refuses_a_mismatched_key_before_writing_anything(example, env, tmp_path):
