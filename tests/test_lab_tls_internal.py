@@ -43,8 +43,10 @@ def test_relays_deliver_only_over_verified_tls(lab):
     # 1. A test mail through the front door: delivered, and the relay's log says the hop was verified.
     outcome = MailStream(EXAMPLE).start(1, 1.0).wait(60)
     assert outcome.accepted and not outcome.lost, outcome.summary()
-    verified = f"Verified TLS connection established to {core.fqdn}"
-    assert any(in_container(r, f"grep -cF {verified!r} /var/log/mail.log || true").strip() not in ("", "0") for r in relays)
+    # The transport names the core by address ([10.232.0.30]:25): Postfix logs the peer as
+    # host[address], the host being what reverse DNS says, else the address again.
+    verified = f"grep -E 'Verified TLS connection established to [^ ]*\\[{core.address}\\]:25' /var/log/mail.log || true"
+    assert any(in_container(r, verified).strip() for r in relays)
 
     # 2. The core presents a certificate for its name from ANOTHER CA.
     right = in_container(core.name, f"cat {HOST_CERT}")
