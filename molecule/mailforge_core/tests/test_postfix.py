@@ -1,4 +1,4 @@
-"""mailforge_postfix (core host): the rendered Postfix files are live, compiled, checked and running."""
+"""mailforge_postfix, verified on the core (a meta dependency of mailforge_core): the rendered Postfix files are live, compiled, checked and running."""
 
 import base64
 

@@ -1,4 +1,4 @@
-"""mailforge_firewall: the rules rendered for this host are on disk, byte for byte, and loaded live."""
+"""mailforge_firewall, verified on the relay (a meta dependency of mailforge_relay): the rules rendered for this host are on disk, byte for byte, and loaded live."""
 
 import pytest
 from host_checks import RENDER, assert_live_file_is_rendered, role_defaults

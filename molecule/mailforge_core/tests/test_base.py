@@ -1,4 +1,4 @@
-"""mailforge_base: every package of mailforge_base_packages is installed, the staging directory exists."""
+"""mailforge_base, verified on the core (a meta dependency of mailforge_core): every package of mailforge_base_packages is installed, the staging directory exists."""
 
 from host_checks import role_defaults
 
