@@ -3,7 +3,7 @@
 import base64
 
 import pytest
-from host_checks import RENDER, assert_live_file_is_rendered, rendered_files
+from host_checks import RENDER, assert_live_file_is_rendered, listens_on, rendered_files
 
 HOST = "core"  # mailforge_host in molecule.yml
 POSTFIX_FILES = {path: meta for path, meta in rendered_files(HOST).items() if "config_directory" in meta}
@@ -74,3 +74,41 @@ def test_queue_and_data_directories(host):
     assert queue.is_directory and (queue.user, queue.mode) == ("root", 0o755)
     data = host.file("/var/lib/postfix")
     assert data.is_directory and (data.user, data.mode) == ("postfix", 0o700)
+
+
+# tls.outbound (docs/outbound-tls.md): the scenario's inventory turns it on for the core; each file
+# is live as rendered, unbound answers on 127.0.0.1 with DNSSEC validation on, mta-sts-daemon listens
+# where main.cf's socketmap points, and Postfix reads its policies through it.
+OUTBOUND_ACTIONS = ("unbound reload", "mta-sts-daemon restart", "resolver")
+OUTBOUND_FILES = sorted(path for path, meta in rendered_files(HOST).items() if meta["action"] in OUTBOUND_ACTIONS)
+
+# Runs on the host: one DNS query (localhost. A, which unbound answers from its own local zone, no
+# Internet needed) to 127.0.0.1:53; prints the reply's rcode and answer count.
+_DNS_QUERY = r"""
+import socket, struct
+query = struct.pack(">HHHHHH", 0x4d46, 0x0100, 1, 0, 0, 0) + b"\x09localhost\x00" + struct.pack(">HH", 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(10); s.sendto(query, ("127.0.0.1", 53))
+reply = s.recv(512)
+ident, flags, _, answers, _, _ = struct.unpack(">HHHHHH", reply[:12])
+print(ident == 0x4d46, flags & 0xF, answers)
+"""
+
+
+@pytest.mark.parametrize("path", OUTBOUND_FILES)
+def test_outbound_tls_file_is_the_rendered_one(host, path):
+    assert_live_file_is_rendered(host, HOST, path)
+
+
+def test_unbound_answers_on_loopback(host):
+    if "/etc/unbound/unbound.conf.d/mailforge.conf" not in OUTBOUND_FILES:
+        pytest.skip("no tls.outbound.dane in this scenario's inventory")
+    result = host.run(f"python3 - <<'EOF'\n{_DNS_QUERY}\nEOF")
+    assert result.rc == 0, result.stderr
+    assert result.stdout.split() == ["True", "0", "1"], result.stdout  # our id, NOERROR, one answer
+
+
+def test_mta_sts_daemon_listens_where_postfix_asks(host):
+    if "/etc/mta-sts-daemon.yml" not in OUTBOUND_FILES:
+        pytest.skip("no tls.outbound.mta_sts in this scenario's inventory")
+    assert listens_on(host, "127.0.0.1", 8461)
+    assert host.check_output("postconf -h smtp_tls_policy_maps") == "socketmap:inet:127.0.0.1:8461:postfix"
