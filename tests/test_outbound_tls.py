@@ -111,3 +111,20 @@ def test_mta_sts_daemon_loads_the_rendered_config(host, rendered):
     assert (config["host"], config["port"]) == ("127.0.0.1", 8461)
     assert config["default_zone"]["strict_testing"] is False  # RFC 8461: "testing" never refuses delivery
     assert config["cache"]["type"] == "sqlite"
+
+
+def test_drift_expects_each_package_list_only_where_its_files_are(rendered):
+    """drift's package check: unbound on a host with the unbound config, mta-sts-daemon's package with
+    its config, neither elsewhere (nor the exporters' with them)."""
+    from mailforge.drift.survey import expected_packages
+
+    def files(name: str, host: str) -> dict:
+        return json.loads((rendered(name) / "manifest.json").read_text())["hosts"][host]["files"]
+
+    with_tls = expected_packages("cores", files(OUTBOUND, "filter"))
+    assert {"unbound", "dns-root-data", "postfix-mta-sts-resolver"} <= set(with_tls)
+    assert "prometheus-postfix-exporter" not in with_tls
+    without = expected_packages("cores", files("mx-proxy", "filter"))
+    assert not {"unbound", "dns-root-data", "postfix-mta-sts-resolver"} & set(without)
+    dane_only = {path: meta for path, meta in files(OUTBOUND, "filter").items() if meta["action"] != "mta-sts-daemon restart"}
+    assert "postfix-mta-sts-resolver" not in expected_packages("cores", dane_only)
