@@ -19,6 +19,7 @@ INVENTORIES = {
     "mx-proxy": CONTRACT / "mx-proxy",
     "example": REPO / "inventories" / "example",
     "elb": REPO / "inventories" / "elb",
+    "outbound-tls": REPO / "tests" / "fixtures" / "outbound-tls",  # tls.outbound: DANE and MTA-STS (docs/outbound-tls.md)
 }
 
 

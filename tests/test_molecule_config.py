@@ -7,13 +7,15 @@ so the scenario covers both releases; it must stay the example otherwise. No con
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 from conftest import REPO
 
 from mailforge import lab
 from mailforge.inventory import load_inventory
 from mailforge.inventory.releases import RELEASES
-from mailforge.resources import ROLES
+from mailforge.resources import ROLES, role_dir
 
 SCENARIOS = REPO / "molecule"
 CLUSTER_INVENTORY = SCENARIOS / "cluster" / "inventory"
@@ -44,10 +46,37 @@ def test_cluster_network_is_the_lab_network():
     assert [(n["name"], n["ipam_config"][0]["subnet"]) for n in networks] == [(plan.network, plan.subnet)]
 
 
-def test_every_role_has_a_molecule_scenario():
-    roles = sorted(p.name for p in (ROLES).iterdir() if (p / "tasks" / "main.yml").is_file())
-    scenarios = sorted(p.parent.name for p in SCENARIOS.glob("*/molecule.yml"))
-    assert set(roles) <= set(scenarios), f"roles without a scenario: {sorted(set(roles) - set(scenarios))}"
+def _converged_roles(scenario: Path) -> set[str]:
+    """Every role a role scenario's converge.yml runs: the roles it names and, transitively, their meta dependencies."""
+    named = [r["role"] if isinstance(r, dict) else r for play in yaml.safe_load((scenario / "converge.yml").read_text()) for r in play.get("roles", [])]
+    todo, seen = [role_dir(r).name for r in named], set()
+    while todo:
+        role = todo.pop()
+        if role not in seen:
+            seen.add(role)
+            meta = yaml.safe_load((ROLES / role / "meta" / "main.yml").read_text()) or {}
+            todo += [role_dir(d["role"] if isinstance(d, dict) else d).name for d in meta.get("dependencies", [])]
+    return seen
+
+
+def test_every_role_is_converged_and_tested_by_a_scenario():
+    """A role counts as covered only where one scenario both converges it and verifies it.
+
+    Role scenarios share converges (mailforge_core also runs base, firewall and postfix as meta
+    dependencies), so a role's testinfra tests live in a scenario that converges it:
+    `molecule/<scenario>/tests/test_<role without mailforge_>.py`. A converged role nobody tests, or
+    a test file in a scenario that does not converge its role, leaves the role uncovered.
+    """
+    roles = sorted(p.name for p in ROLES.iterdir() if (p / "tasks" / "main.yml").is_file())
+    covered: dict[str, list[str]] = {}
+    for scenario in sorted(SCENARIOS.glob("mailforge_*/molecule.yml")):
+        converged = _converged_roles(scenario.parent)
+        for test in sorted((scenario.parent / "tests").glob("test_*.py")):
+            role = "mailforge_" + test.stem.removeprefix("test_")
+            assert role in converged, f"{test.relative_to(REPO)} tests {role}, which the scenario does not converge ({sorted(converged)})"
+            covered.setdefault(role, []).append(scenario.parent.name)
+    missing = [role for role in roles if role not in covered]
+    assert not missing, f"roles no scenario both converges and tests (add molecule/<scenario>/tests/test_<role>.py): {missing}"
 
 
 def test_cluster_instances_carry_the_labels_lab_up_adopts():

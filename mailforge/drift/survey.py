@@ -14,6 +14,7 @@ import shlex
 from .. import installed
 from ..remote import HostShell
 from ..render.files import EXPORTER_RESTART, entry_database_path
+from ..render.outbound import MTA_STS_RESTART, UNBOUND_RELOAD
 from .model import Desired
 
 MARK = "@@mailforge-drift@@"
@@ -21,8 +22,12 @@ MARK = "@@mailforge-drift@@"
 POSTFIX_UNIT, HAPROXY_UNIT, FIREWALL_UNIT = "postfix", "haproxy", "netfilter-persistent"
 HAPROXY_CONFIG = "/etc/haproxy/haproxy.cfg"
 # Package lists a role installs only on hosts with rendered files of an action (the inventory's
-# `monitoring`): drift expects those packages there and nowhere else.
-CONDITIONAL_PACKAGES = {"mailforge_postfix_exporter_packages": EXPORTER_RESTART}
+# `monitoring`, `tls.outbound`): drift expects each list there and nowhere else.
+CONDITIONAL_PACKAGES = {
+    "mailforge_postfix_exporter_packages": EXPORTER_RESTART,
+    "mailforge_postfix_unbound_packages": UNBOUND_RELOAD,
+    "mailforge_postfix_mta_sts_packages": MTA_STS_RESTART,
+}
 EXPORTER_SETTINGS = "/etc/default/"  # an exporter's settings: /etc/default/<its service>
 
 
@@ -37,8 +42,11 @@ def expected_packages(group: str, files: dict[str, dict]) -> list[str]:
     """The packages a host of `group` with these rendered files must have: its roles' own, and a
     conditional role's when a file of that role's action is rendered for it."""
     packages = list(role_packages().get(group, []))
-    if any(f["action"] in CONDITIONAL_PACKAGES.values() for f in files.values()):
-        packages += [p for p in role_packages(conditional=True).get(group, []) if p not in packages]
+    actions = {f["action"] for f in files.values()}
+    for variable, action in CONDITIONAL_PACKAGES.items():
+        if action in actions:
+            wanted = _role_packages(lambda name, variable=variable: name == variable).get(group, [])
+            packages += [p for p in wanted if p not in packages]
     return packages
 
 

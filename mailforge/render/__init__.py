@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..inventory import Core, Inventory, LoadBalancer, Relay, Role
 from ..inventory.roles import HAPROXY_EXPORTER
-from . import balancer, firewall, maps, metrics, postfix
+from . import balancer, firewall, maps, metrics, outbound, postfix
 from .files import RenderedFile, Tree
 
 __all__ = ["render", "RenderedFile", "Tree"]
@@ -34,6 +34,8 @@ def render(inventory: Inventory) -> Tree:
             assert isinstance(relay, Relay) and relay.instances is not None
             for instance in postfix.mx_proxy_instances(t, relay, t.cores, recipients, recipients_map):
                 files.update(instance.files(t.cluster))
+            if relay.instances.outbound:  # postfix-outbound sends to the Internet
+                files.update(outbound.files(t))
             files.update(firewall.rules_files(t, firewall.host_openings(host)))
         elif host.role is Role.RELAY:
             relay = host.entry
@@ -44,6 +46,7 @@ def render(inventory: Inventory) -> Tree:
             core = host.entry
             assert isinstance(core, Core)
             files.update(postfix.core_instance(t, core, recipients).files(t.cluster))
+            files.update(outbound.files(t))  # the cores send to the Internet
             files.update(firewall.rules_files(t, firewall.host_openings(host)))
         if host.role.runs_postfix:
             files.update(metrics.postfix_exporters(host, t.cluster))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ..inventory import Core, Relay, Topology
 from ..inventory.roles import DEFAULT_INSTANCE, INBOUND_INSTANCE, OUTBOUND_INSTANCE
 from ..tls import HOST_CERT, HOST_INTERNAL_CA, HOST_MX
-from . import maps
+from . import maps, outbound
 from .files import POSTFIX_RELOAD, POSTMAP, Pieces, RenderedFile, header, template
 
 Value = str | list[str]
@@ -145,6 +145,24 @@ def _tls_own(t: Topology) -> list[tuple[str, Value]]:
     """A core or an MX proxy's outbound instance: its own fqdn's certificate from the private CA;
     delivery to the Internet stays opportunistic."""
     return _tls_presenting(HOST_CERT) + [("smtp_tls_security_level", "may")]
+
+
+def _sending_out(t: Topology, tls: list[tuple[str, Value]]) -> list[tuple[str, Value]]:
+    """`tls` with the outbound settings of `tls.outbound` (DANE, MTA-STS) for a host that delivers to
+    the Internet: each replaces its parameter in place (a second line would make postconf warn), and
+    a policy map already there (an internal hop's exact matches) stays first, before the MTA-STS
+    socketmap. Unchanged without tls.outbound."""
+    result = list(tls)
+    for name, value in outbound.postfix_settings(t):
+        at = next((i for i, (key, _) in enumerate(result) if key == name), None)
+        if at is None:
+            result.append((name, value))
+        elif name == "smtp_tls_policy_maps":
+            before = result[at][1]
+            result[at] = (name, [*(before if isinstance(before, list) else [before]), value])
+        else:
+            result[at] = (name, value)
+    return result
 
 
 def _identity(fqdn: str, inet_interfaces: str, ipv6: bool) -> list[tuple[str, Value]]:
@@ -367,7 +385,7 @@ def mx_proxy_instances(t: Topology, relay: Relay, cores: list[Core], recipients,
                     ("message_size_limit", str(t.policy.message_size_limit)),
                 ],
             ),
-            ("TLS", _tls_own(t)),
+            ("TLS", _sending_out(t, _tls_own(t))),
         ]
         submission = Service(_port_service(outbound.port), "inet", "n", command="smtpd", args=("-o syslog_name=postfix-outbound/submission",))
         instances.append(PostfixInstance(OUTBOUND_INSTANCE, sections, [submission] + _STANDARD_SERVICES))
@@ -430,7 +448,7 @@ def core_instance(t: Topology, core: Core, recipients) -> PostfixInstance:
                 ("disable_vrfy_command", "yes"),
             ],
         ),
-        ("TLS: this core's own certificate; the relays must use it (relay_clients.cidr)", _tls_own(t)),
+        ("TLS: this core's own certificate; the relays must use it (relay_clients.cidr)", _sending_out(t, _tls_own(t))),
     ]
     services = [Service("smtp", "inet", "n", command="smtpd")] + _STANDARD_SERVICES
     core_maps: dict[str, MapEntry] = {
