@@ -119,7 +119,7 @@ def test_the_trust_is_the_trust_file_else_the_store_and_the_system(tmp_path, ca)
     assert ca.cert in roots
     assert where == ("the private CA + the system's CAs" if inbound.system_ca_file() else "the private CA")
     topology = inventory_dir / "topology.yml"
-    topology.write_text(topology.read_text() + "\ntls:\n  trust_file: roots.pem\n")
+    topology.write_text(topology.read_text().replace("\ntls:\n", "\ntls:\n  trust_file: roots.pem\n", 1))
     with pytest.raises(inbound.TrustError, match=r"topology.yml: tls.trust_file: cannot read .*roots.pem"):
         inbound.trust(load_inventory(inventory_dir), store)
     (inventory_dir / "roots.pem").write_text("not a certificate\n")
