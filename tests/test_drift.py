@@ -311,3 +311,18 @@ def test_a_shipped_tls_file_is_compared_by_sha256_and_never_shown(tmp_path):
     assert f"{key}: sha256 differs from the shipment" in row.detail and f"{gone}: absent" in row.detail
     shown = json.dumps(drift.results_of(drift.Report("example", ["relay1"], items)).envelope()) + row.detail
     assert "PRIVATE KEY" not in shown and "MIGHAgEA" not in shown
+
+
+def test_without_the_tls_store_drift_and_verify_say_what_to_run(tmp_path, monkeypatch):
+    """The TLS files are compared with what deploy ships from the controller's store; a controller
+    whose store was never prepared has nothing to compare with: a clear error (exit 2), not a guess."""
+    monkeypatch.setenv("MAILFORGE_STATE_DIR", str(tmp_path / "state"))
+    with pytest.raises(drift.DriftError, match=r"the controller's TLS store .*/state/clusters/example/tls has no .*: `mailforge deploy` prepares it"):
+        drift.shipped_tls(load_inventory(INVENTORIES["example"]))
+    from mailforge.tls import material, store_of
+
+    inventory = load_inventory(INVENTORIES["example"])
+    material.prepare(inventory, store_of("example"))
+    shipped = drift.shipped_tls(inventory)
+    assert set(shipped) == {"relay1", "relay2", "core"} and all(len(sha) == 64 for files in shipped.values() for sha in files.values())
+    assert set(shipped["core"]) == {"/etc/mailforge/tls/host.pem", "/etc/mailforge/tls/internal-ca.pem"}

@@ -94,7 +94,7 @@ def test_a_deployed_cluster_is_in_sync(cluster):
     assert rc == 0 and report["in_sync"], not_in_sync(report)
     assert set(report["hosts"]) == {LB, RELAY1, RELAY2, CORE}
     kinds = {i["kind"] for i in report["items"]}
-    assert kinds == {"package", "service", "instance", "main.cf", "master.cf", "map", "file", "firewall"}
+    assert kinds == {"package", "service", "instance", "main.cf", "master.cf", "map", "file", "tls file", "firewall"}
     print(f"drift of {len(report['hosts'])} hosts in sync: {report['seconds']} s in drift, {elapsed:.1f} s wall")
     assert elapsed < 60
 

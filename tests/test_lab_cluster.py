@@ -31,7 +31,17 @@ def repair():
 
 
 def test_verify_passes_on_the_deployed_example(lab):
-    assert failed_checks() == set()
+    """Every row holds, the TLS ones among them: the MX certificate through the balancer, each relay's
+    verified hop to the core, and the shipped TLS files on every host that gets some."""
+    result = mailforge("verify", str(EXAMPLE), "--lab", "--json", "--wait", "20")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    checks = {(c["name"], c["host"]): c for c in rows(json.loads(result.stdout))}
+    tls = {"inbound TLS chain", "inbound TLS names", "inbound TLS protocol", "inbound TLS expiry"}
+    assert {name for name, host in checks if host == "client"} >= tls
+    assert {("relay-to-core TLS relay1 -> core", "relay1"), ("relay-to-core TLS relay2 -> core", "relay2")} <= set(checks)
+    assert {host for name, host in checks if name == "TLS keys and certificates as shipped"} == {"relay1", "relay2", "core"}
+    assert checks[("relay-to-core TLS relay1 -> core", "relay1")]["detail"].startswith("Verified TLS connection established to ")
+    assert checks[("inbound TLS names", "client")]["detail"].startswith("mx.example.com covered by")
 
 
 def test_a_second_deploy_changes_nothing(lab):

@@ -25,6 +25,7 @@ def verify(
     render_dir: Path = RenderDirOption,
 ):
     """Prove a deployed cluster works: host state, real mail through the front door, PROXY, the walls. Exit 1 if any check fails."""
+    from .. import drift
     from .. import verify as verifying
     from ..remote import shell_from_spec
 
@@ -55,7 +56,8 @@ def verify(
         assert probe is not None
         client = probe
     shells = {name: reaches[name].shell() for name in selected}
-    checks = verifying.verify(inv, directory, manifest, shells, client, spammer, wait=wait, door=door, submitter=submitter)
+    shipped = drift.shipped_tls(inv)  # a store without the TLS files deploy ships: exit 2, no host surveyed
+    checks = verifying.verify(inv, directory, manifest, shells, client, spammer, wait=wait, door=door, submitter=submitter, shipped=shipped)
     run = verifying.results_of(checks, inv.topology.cluster, inv.warnings, selected)
     if not as_json:
         table = Table(title=f"verify {inv.topology.cluster}", title_justify="left")

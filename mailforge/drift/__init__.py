@@ -83,6 +83,7 @@ __all__ = [
     "parse_sections",
     "read_back",
     "role_packages",
+    "shipped_tls",
     "ruleset",
     "survey_script",
     "textual_canonical",
@@ -171,6 +172,21 @@ def audit(
         )
     items = [i for host_items in results for i in host_items]
     return Report(inventory.topology.cluster, audited, items, time.monotonic() - started, firewall_method())
+
+
+def shipped_tls(inventory: Inventory) -> dict[str, dict[str, str]]:
+    """The sha256 of every TLS file deploy ships, by host and host path (`tls.material.fingerprints`
+    of the controller's store): what drift and verify compare the live files with, by hash only."""
+    from ..tls import material, store_of
+
+    store = store_of(inventory.topology.cluster)
+    try:
+        return material.fingerprints(inventory, store)
+    except OSError as exc:
+        raise DriftError(
+            f"the controller's TLS store {store} has no {exc.filename}: `mailforge deploy` prepares it, and drift and verify compare "
+            "the hosts' TLS files with what it ships (run them from the controller that deploys)"
+        ) from None
 
 
 def results_of(report: Report, warnings: list | None = None) -> Run:
