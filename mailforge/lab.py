@@ -19,6 +19,8 @@ import json
 import os
 import shlex
 import subprocess
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -336,16 +338,18 @@ def lab_records(inventory: Inventory, lab: LabPlan) -> list[dns.Record]:
     return records + dns.dnsbl_records(t, listed=[lab.by_host("spammer").address])
 
 
-def dns_files(inventory: Inventory, lab: LabPlan) -> dict[str, str]:
+def dns_files(inventory: Inventory, lab: LabPlan, tlsa: Sequence[dns.Record] = (), serial: int = 1) -> dict[str, str]:
     """{path in the DNS container: text}: Knot's configuration and one zone file per zone (the TSIG key is
     not here: it goes in DNS_KEY_FILE, which knot.conf includes, so these files can be shown and compared).
 
     Each zone file is the SOA and NS, then that zone's section of `mailforge dns zone` output pasted
     as it is, then the lab's own records (`lab_records`): the lab's DNS is what the tool says the
     world's should be, so `verify` and `dns check` against the lab test the published records.
+    Pure: `tlsa` are the TLSA records `dns zone` prints from the TLS store (`published_tlsa` reads them),
+    `serial` the zones' SOA serial.
     """
     server = lab.by_host("dns")
-    zones = dns.served_zones(inventory.topology, lab_records(inventory, lab), server.hostname)
+    zones = dns.served_zones(inventory.topology, lab_records(inventory, lab), server.hostname, tlsa=tlsa, serial=serial)
     from .dns.knot import knot_conf
     from .tls.acmelab import TSIG_NAME
 
@@ -368,21 +372,8 @@ def start_dns(env: dict[str, str], lab: LabPlan, files: dict[str, str], key_sect
         "{ command -v knotd && command -v pebble; } >/dev/null || { printf '#!/bin/sh\\nexit 101\\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d"
         " && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends knot pebble >/dev/null; }",
     )
-    staged = f"{DNS_DIRECTORY}.new"
-    staged_paths = {path: staged + path[len(DNS_DIRECTORY) :] for path in files}
-    _exec(env, name, f"rm -rf {staged} && mkdir -p -m 700 {staged}")
-    for path, text in files.items():
-        docker(env, "exec", "-i", name, "sh", "-c", f"cat > {shlex.quote(staged_paths[path])}", stdin=text)
-    docker(env, "exec", "-i", name, "sh", "-c", f"umask 077 && cat > {staged}{DNS_KEY_FILE[len(DNS_DIRECTORY) :]}", stdin=key_section)
+    staged = _stage_dns(env, name, files, key_section)
     conf = f"{DNS_DIRECTORY}/knot.conf"
-    checks = [f"sed 's#{DNS_DIRECTORY}/#{staged}/#g' {staged}/knot.conf > {staged}/check.conf", f"knotc -c {staged}/check.conf conf-check >/dev/null"] + [
-        f"if command -v kzonecheck >/dev/null; then kzonecheck -o {shlex.quote(Path(path).name.removesuffix('.zone'))} {shlex.quote(staged_paths[path])}; fi"
-        for path in files
-        if path.endswith(".zone")
-    ]
-    result = docker(env, "exec", name, "sh", "-c", " && ".join(checks) + f" && rm {staged}/check.conf", check=False)
-    if result.returncode != 0:
-        raise LabError(f"Knot refuses the lab's configuration or zones: {(result.stderr or result.stdout).strip()}")
     zones = [Path(path).name.removesuffix(".zone") for path in files if path.endswith(".zone")]
     loaded = " && ".join(f"knotc -c {conf} zone-read {shlex.quote(zone)} @ SOA >/dev/null 2>&1" for zone in zones) or "true"
     _exec(
@@ -393,6 +384,62 @@ def start_dns(env: dict[str, str], lab: LabPlan, files: dict[str, str], key_sect
         f"rm -rf {DNS_DIRECTORY} && mv {staged} {DNS_DIRECTORY} && knotd -d -c {conf} && "
         f"for i in $(seq 150); do {loaded} && exit 0; sleep 0.1; done; "
         f"echo 'Knot did not start:' >&2; cat {DNS_DIRECTORY}/knot.log >&2; exit 1",
+    )
+
+
+def _stage_dns(env: dict[str, str], name: str, files: dict[str, str], key_section: str) -> str:
+    """Write `files` and the TSIG key section (0600) to a staging directory beside DNS_DIRECTORY in the DNS
+    container and check them with Knot's own tools; returns the staging directory. A set Knot refuses
+    raises LabError and never reaches the directory Knot serves from."""
+    staged = f"{DNS_DIRECTORY}.new"
+    staged_paths = {path: staged + path[len(DNS_DIRECTORY) :] for path in files}
+    _exec(env, name, f"rm -rf {staged} && mkdir -p -m 700 {staged}")
+    for path, text in files.items():
+        docker(env, "exec", "-i", name, "sh", "-c", f"cat > {shlex.quote(staged_paths[path])}", stdin=text)
+    docker(env, "exec", "-i", name, "sh", "-c", f"umask 077 && cat > {staged}{DNS_KEY_FILE[len(DNS_DIRECTORY) :]}", stdin=key_section)
+    checks = [f"sed 's#{DNS_DIRECTORY}/#{staged}/#g' {staged}/knot.conf > {staged}/check.conf", f"knotc -c {staged}/check.conf conf-check >/dev/null"] + [
+        f"if command -v kzonecheck >/dev/null; then kzonecheck -o {shlex.quote(Path(path).name.removesuffix('.zone'))} {shlex.quote(staged_paths[path])}; fi"
+        for path in files
+        if path.endswith(".zone")
+    ]
+    result = docker(env, "exec", name, "sh", "-c", " && ".join(checks) + f" && rm {staged}/check.conf", check=False)
+    if result.returncode != 0:
+        raise LabError(f"Knot refuses the lab's configuration or zones: {(result.stderr or result.stdout).strip()}")
+    return staged
+
+
+def published_tlsa(inventory: Inventory) -> list[dns.Record]:
+    """The TLSA records `mailforge dns zone` prints for this inventory now: read from its TLS store (public
+    halves only; the next MX key is made there if absent, as `dns zone` does). Empty without tls.dane."""
+    from .dns.tlsa import store_tlsa
+    from .tls import store_of
+
+    return store_tlsa(inventory.topology, store_of(inventory.topology.cluster))[0]
+
+
+def publish_dns(inventory: Inventory, env: dict[str, str]) -> None:
+    """Rewrite the running lab DNS's zone files to what `dns zone` prints now, and have Knot reload them.
+
+    Needed after `certs` on a fresh machine: the lab DNS starts before there is an MX key (the store is
+    empty), so its TLSA records name only the next key until the zones are published again. The files are
+    checked first (a set Knot refuses never replaces the served one), the SOA serial is the time so Knot
+    sees the zones grew, and Knot reloads (`knotc reload`), keeping its process and the TSIG key."""
+    lab = plan(inventory)
+    name = lab.by_host("dns").name
+    serial = int(time.time())
+    files = dns_files(inventory, lab, tlsa=published_tlsa(inventory), serial=serial)
+    key = docker(env, "exec", name, "cat", DNS_KEY_FILE).stdout
+    staged = _stage_dns(env, name, files, key)
+    conf = f"{DNS_DIRECTORY}/knot.conf"
+    zones = [Path(path).name.removesuffix(".zone") for path in files if path.endswith(".zone")]
+    copies = " && ".join(f"mv {shlex.quote(staged + path[len(DNS_DIRECTORY) :])} {shlex.quote(path)}" for path in files)
+    serials = " && ".join(f"knotc -c {conf} zone-read {shlex.quote(zone)} @ SOA 2>/dev/null | grep -q ' {serial} '" for zone in zones) or "true"
+    _exec(
+        env,
+        name,
+        f"{copies} && rm -rf {staged} && knotc -c {conf} reload >/dev/null && "
+        f"for i in $(seq 150); do {serials} && exit 0; sleep 0.1; done; "
+        f"echo 'Knot did not load the published zones:' >&2; tail -20 {DNS_DIRECTORY}/knot.log >&2; exit 1",
     )
 
 
@@ -899,7 +946,7 @@ def up(inventory: Inventory, env: dict[str, str], say=lambda message: None) -> L
     from .dns.knot import knot_key
 
     tsig = make_acme_files(inventory, lab)
-    start_dns(env, lab, dns_files(inventory, lab), knot_key(tsig.name, tsig.algorithm, tsig.secret))
+    start_dns(env, lab, dns_files(inventory, lab, tlsa=published_tlsa(inventory), serial=int(time.time())), knot_key(tsig.name, tsig.algorithm, tsig.secret))
     start_acme(env, inventory, lab)
     for lb in inventory.topology.load_balancers:
         if lb.external:

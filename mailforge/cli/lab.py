@@ -38,6 +38,9 @@ def lab_up(
 
         for o in obtain(inv, False, True, say=lambda message: console.print(f"[dim]certs:[/dim] {message}")):
             console.print(f"[dim]certs:[/dim] {o.what} certificate {o.status} for {', '.join(o.names)} (expires {o.not_after:%Y-%m-%d}, serial {o.serial:x})")
+        if inv.topology.tls.dane is not None:  # the lab DNS started before the MX key existed: publish its TLSA now
+            lab.publish_dns(inv, env)
+            console.print("[dim]lab:[/dim] lab DNS published again (TLSA of the MX key certs made)")
         # Rendered again: what deploy ships is taken from the store, which now holds the certificate.
         inv, directory, manifest = render_for_hosts(inventory, render_dir, tls=True)
     if no_deploy:

@@ -324,12 +324,13 @@ def zone_file(zone: str, records: list[Record], primary: str, ttl: int = DEFAULT
     return "\n".join(head + list(pasted) + _record_lines([r for r in records if r.zone == zone], ttl)) + "\n"
 
 
-def served_zones(topology: Topology, extra: list[Record], primary: str, ttl: int = DEFAULT_TTL) -> dict[str, str]:
+def served_zones(topology: Topology, extra: list[Record], primary: str, ttl: int = DEFAULT_TTL, tlsa: Sequence[Record] = (), serial: int = 1) -> dict[str, str]:
     """{zone: zone file} for an authoritative server to serve what `dns zone` says: each zone's section
-    of `zone_text` as printed, then the `extra` records of that zone, under a SOA and NS naming `primary`."""
-    published = zone_sections(zone_text(topology, ttl))
+    of `zone_text` as printed (with `tlsa`, the store's records `dns zone` prints too), then the `extra`
+    records of that zone, under a SOA (`serial`: a server reloading the files must see it grow) and NS naming `primary`."""
+    published = zone_sections(zone_text(topology, ttl, extra=tlsa))
     zones = dict.fromkeys([*published, *(r.zone for r in extra)])
-    return {zone: zone_file(zone, extra, primary, ttl, pasted=published.get(zone, [])) for zone in zones}
+    return {zone: zone_file(zone, extra, primary, ttl, serial=serial, pasted=published.get(zone, [])) for zone in zones}
 
 
 def dnsbl_records(topology: Topology, listed: Sequence[str] = (), listed_names: Sequence[str] = ()) -> list[Record]:
