@@ -173,6 +173,24 @@ def test_issue_then_still_valid_then_renew_keeps_the_key(tmp_path, stack):
     assert not answer.answer
 
 
+def test_a_stored_account_the_ca_does_not_know_is_opened_again(tmp_path, stack):
+    """A CA that lost its state (the lab's pebble after `lab down`/`lab up`) does not know the stored
+    account: `certs` opens a new one instead of failing every order with accountDoesNotExist."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from josepy import JWKEC
+
+    directory, state = inventory(tmp_path, stack), tmp_path / "state"
+    assert certs(directory, state).returncode == 0
+    account = store(state) / "acme" / "account.json"
+    saved = json.loads(account.read_text())
+    saved["key"] = JWKEC(key=ec.generate_private_key(ec.SECP256R1())).to_json()  # a key this CA never saw
+    account.write_text(json.dumps(saved))
+    renewed = certs(directory, state, "--renew", "--json")
+    assert renewed.returncode == 0, renewed.stdout + renewed.stderr
+    assert [r["status"] for r in json.loads(renewed.stdout)["hosts"]["mx"]["results"]] == ["renewed"]
+    assert json.loads(account.read_text())["uri"] != saved["uri"], "the new account is stored"
+
+
 def test_key_from_the_environment(tmp_path, stack):
     directory, state = inventory(tmp_path, stack, env_name="MAILFORGE_TEST_TSIG"), tmp_path / "state"
     key = f"{stack.key.algorithm}:{stack.key.name}:{stack.key.secret}"

@@ -474,8 +474,19 @@ class Client:
 
         messages = self._messages
         if self._saved:
-            self.acme.net.account = messages.RegistrationResource(uri=self._saved["uri"], body=messages.Registration())
-            return
+            # Asked, not assumed: a CA that lost its state (a test CA restarted, like the lab's pebble) no
+            # longer knows the stored account, and every order under it would fail.
+            try:
+                self.acme.new_account(messages.NewRegistration.from_data(only_return_existing=True))
+            except errors.ConflictError as exc:  # the CA knows the key: its account's URL
+                self.acme.net.account = messages.RegistrationResource(uri=exc.location, body=messages.Registration())
+                return
+            except messages.Error as exc:
+                if exc.code != "accountDoesNotExist":
+                    raise CaRefused(f"the CA at {self.s.directory} refused to look up the stored account: {exc}") from None
+                self.say(f"the CA at {self.s.directory} does not know the stored account: opening a new one")
+            else:  # a CA that answers 201 to onlyReturnExisting: take the account it names
+                return
         contact = self.s.contact if ":" in self.s.contact else f"mailto:{self.s.contact}"
         try:
             regr = self.acme.new_account(messages.NewRegistration.from_data(email=None, contact=(contact,), terms_of_service_agreed=True))
