@@ -23,6 +23,22 @@ class AnsibleSetupError(MailforgeError):
 # otherwise: Ansible's configuration key -> the environment variable that sets it.
 # (ansible-runner itself fixes a few more: its stdout callback, no retry files, a fact cache per run.)
 SOFT_DEFAULTS = {"ANSIBLE_PIPELINING": ("ANSIBLE_PIPELINING", "True")}
+SSH_RETRIES = "3"  # the ssh connection plugin's `retries`, unless ansible.cfg or the environment sets it
+
+
+def _ini_sets(cfg: Path | None, section: str, key: str) -> bool:
+    """Whether the ansible.cfg in use sets `key` in `section` (a connection plugin's setting, which
+    Ansible's ConfigManager cannot be asked about before the plugin is loaded)."""
+    import configparser
+
+    if cfg is None:
+        return False
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        parser.read(cfg)
+    except configparser.Error:
+        return False
+    return parser.has_option(section, key)
 
 
 def config_file(inventory_dir: Path) -> Path | None:
@@ -63,6 +79,10 @@ def ansible_settings(inventory_dir: Path) -> tuple[dict[str, str], Path | None]:
     for key, (variable, value) in SOFT_DEFAULTS.items():
         if manager.get_config_value_and_origin(key)[1] == "default":
             env[variable] = value
+    if "ANSIBLE_SSH_RETRIES" not in os.environ and not _ini_sets(cfg, "ssh_connection", "retries"):
+        # ssh's shared master connection (ControlPersist) can end just as a task is handed to it, and the
+        # task fails "unreachable" though the host answers: Ansible's ssh plugin retries exit 255.
+        env["ANSIBLE_SSH_RETRIES"] = SSH_RETRIES
     paths, origin = manager.get_config_value_and_origin("COLLECTIONS_PATHS")
     if origin == "default":  # Ansible's default, whose template ConfigManager leaves unrendered
         paths = [str(Path(manager.get_config_value("ANSIBLE_HOME")).expanduser() / "collections"), "/usr/share/ansible/collections"]

@@ -13,12 +13,19 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
+import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from .errors import MailforgeError
 
 _SUDO_REFUSED = re.compile(r"^sudo: .*(password is required|not in the sudoers|may not run sudo|not allowed to execute)", re.M)
+
+
+_MASTER_GONE = re.compile(
+    r"mux_client|master (?:is )?(?:gone|exit)|Control socket connect|ControlSocket .* already exists|Broken pipe|Connection closed by|Session open refused|multiplex",
+    re.I,
+)
 
 
 class HostUnreachable(MailforgeError):
@@ -48,12 +55,19 @@ class HostShell:
             command = ["sudo", "-n", *command]
         if self.remote_command_is_string:
             command = [shlex.join(command)]
-        try:
-            result = subprocess.run([*self.argv, *command], input=stdin if stdin is not None else b"", capture_output=True, timeout=timeout, env=self.env)
-        except subprocess.TimeoutExpired:
-            raise HostUnreachable(f"{self.name}: no answer within {timeout:.0f} s") from None
-        except FileNotFoundError as exc:
-            raise HostUnreachable(f"{self.name}: {exc.filename} is not installed on this machine") from None
+        for attempt in (1, 2):
+            try:
+                result = subprocess.run([*self.argv, *command], input=stdin if stdin is not None else b"", capture_output=True, timeout=timeout, env=self.env)
+            except subprocess.TimeoutExpired:
+                raise HostUnreachable(f"{self.name}: no answer within {timeout:.0f} s") from None
+            except FileNotFoundError as exc:
+                raise HostUnreachable(f"{self.name}: {exc.filename} is not installed on this machine") from None
+            # ssh's shared master connection can end (ControlPersist) just as a command is handed to it:
+            # that command fails with 255 though the host answers. Asked once more, with a fresh connection.
+            if attempt == 1 and self._unreachable(result) and _MASTER_GONE.search(result.stderr.decode(errors="replace")):
+                time.sleep(0.5)
+                continue
+            break
         if self._unreachable(result):
             raise HostUnreachable(f"cannot reach {self.name}: {self.why_unreachable(result.stderr.decode(errors='replace'), result.returncode)}")
         if become and result.returncode == 1 and _SUDO_REFUSED.search(result.stderr.decode(errors="replace")):

@@ -297,3 +297,41 @@ def test_a_host_that_cannot_be_reached_is_named_with_what_to_do(tmp_path, comman
     for name in ("lb", "relay1", "relay2", "core"):  # every host at once, not only the first
         assert f"cannot reach {name}: {says.format(port=port)}" in message, message
     assert "Traceback" not in result.stderr and "Deploy summary" not in result.stdout
+
+
+def test_a_command_handed_to_a_master_connection_that_just_ended_is_asked_again(tmp_path, monkeypatch):
+    """ssh's shared master connection (ControlPersist) can end just as a command is handed to it: ssh
+    exits 255 with a mux error though the host answers. The command is run once more; a host that
+    refuses twice is unreachable, named."""
+    from mailforge.remote import HostShell, HostUnreachable
+
+    marker = tmp_path / "seen"
+    fake_ssh = tmp_path / "ssh"
+    fake_ssh.write_text(
+        "#!/bin/sh\n"
+        f'if [ ! -e {marker} ]; then touch {marker}; echo "mux_client_request_session: read from master failed: Broken pipe" >&2; exit 255; fi\n'
+        'shift; exec "$@"\n'
+    )
+    fake_ssh.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    shell = HostShell("relay1", ["ssh", "mailforge@relay1"])
+    assert shell.run("echo answered").stdout == b"answered\n"
+    fake_ssh.write_text('#!/bin/sh\necho "mux_client_request_session: read from master failed: Broken pipe" >&2\nexit 255\n')
+    with pytest.raises(HostUnreachable, match="relay1"):
+        shell.run("true")
+
+
+def test_ansible_retries_ssh_unless_the_configuration_says_otherwise(tmp_path, monkeypatch):
+    from mailforge.ansible_env import SSH_RETRIES, ansible_settings
+
+    monkeypatch.delenv("ANSIBLE_SSH_RETRIES", raising=False)
+    monkeypatch.delenv("ANSIBLE_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    inventory = tmp_path / "inv"
+    inventory.mkdir()
+    env, _ = ansible_settings(inventory)
+    assert env["ANSIBLE_SSH_RETRIES"] == SSH_RETRIES
+    (inventory / "ansible.cfg").write_text("[ssh_connection]\nretries = 0\n")
+    env, cfg = ansible_settings(inventory)
+    assert cfg == (inventory / "ansible.cfg").resolve() and "ANSIBLE_SSH_RETRIES" not in env
