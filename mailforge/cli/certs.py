@@ -96,6 +96,6 @@ def _deploy(inventory: Path, lab: bool, as_json: bool) -> None:
     from .common import reach, render_for_hosts
     from .deploy import run_deploy
 
-    inv, directory, manifest = render_for_hosts(inventory, None)
+    inv, directory, manifest = render_for_hosts(inventory, None, tls=True)  # the certificate just obtained is checked like any other
     selected, reaches, accesses = reach(inv, lab, None, ansible=True)
     run_deploy(inv, directory, manifest, reaches, accesses, as_json=as_json)
