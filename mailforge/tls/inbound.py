@@ -25,6 +25,7 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 
 from ..errors import MailforgeError
 from ..inventory import Inventory
+from .internal import covers, dns_names  # one reading of a certificate's names, for the store and for verify
 
 # The verify rows this module judges, by name.
 CHAIN = "inbound TLS chain"
@@ -106,20 +107,6 @@ def trust(inventory: Inventory, store: Path) -> tuple[list[x509.Certificate], st
 def load_chain(pems: list[str]) -> list[x509.Certificate]:
     """The peer's chain as the probe sent it (PEM, leaf first)."""
     return [x509.load_pem_x509_certificate(p.encode()) for p in pems]
-
-
-def dns_names(cert: x509.Certificate) -> list[str]:
-    """The certificate's SAN dNSNames (lower case); its CN only when it has no SAN, as TLS clients do."""
-    try:
-        return [n.lower() for n in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)]
-    except x509.ExtensionNotFound:
-        return [str(a.value).lower() for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-
-
-def covers(names: list[str], wanted: str) -> bool:
-    """Does a certificate for `names` cover host `wanted` (a wildcard covers one leftmost label)?"""
-    wanted = wanted.lower().rstrip(".")
-    return any(name == wanted or (name.startswith("*.") and "." in wanted and wanted.split(".", 1)[1] == name[2:]) for name in names)
 
 
 def _subject(cert: x509.Certificate) -> str:
