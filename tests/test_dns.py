@@ -21,11 +21,35 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import INVENTORIES, MAILFORGE, rows
+from conftest import INVENTORIES as SHIPPED
+from conftest import MAILFORGE, rows
 
 from mailforge.dns import zone_sections  # the reader of `dns zone` output the lab uses too
 
 GOLDEN = Path(__file__).parent / "golden-dns"  # beside golden/, which holds one directory per inventory
+TLS_RECORD_SECTIONS = ("dane", "mta_sts", "tls_rpt")
+
+
+def without_tls_records(inventory: Path) -> Path:
+    """A copy of `inventory` without the tls sections whose rows need the live cluster (TLSA against the key a relay
+    presents, the policy over HTTPS): those rows are judged by tests/test_dane_mta_sts.py and, for the example, in
+    the lab (tests/test_lab_cluster.py). Here the other rows, against NSD on loopback."""
+    import atexit
+    import tempfile
+
+    import yaml
+
+    copy = Path(tempfile.mkdtemp(prefix="mailforge-dns-")) / inventory.name
+    atexit.register(shutil.rmtree, copy.parent, True)
+    shutil.copytree(inventory, copy)
+    topology = yaml.safe_load((copy / "topology.yml").read_text(encoding="utf-8"))
+    for section in TLS_RECORD_SECTIONS:
+        topology.get("tls", {}).pop(section, None)
+    (copy / "topology.yml").write_text(yaml.safe_dump(topology, sort_keys=False), encoding="utf-8")
+    return copy
+
+
+INVENTORIES = {**SHIPPED, "example": without_tls_records(SHIPPED["example"])}
 EXAMPLE = INVENTORIES["example"]
 
 
@@ -241,6 +265,39 @@ def test_zone_output_says_what_the_design_needs(zone_output):
         assert not [line for lines in zone_sections(zone_output(name)).values() for line in lines if " MX " in line], name
     # no balancer: the relay is the MX
     assert [line.split()[5] for line in proxy["example.org"] if line.split()[3] == "MX"] == ["mx.example.org."]
+
+
+def test_the_shipped_example_adds_its_tls_records_to_the_same_zone(zone_output, tmp_path):
+    """The shipped example (with tls.dane, mta_sts, tls_rpt) prints every record of the copy without them, plus per
+    hosted domain the MTA-STS and TLS-RPT TXT records and the policy host's A record, and a TLSA record for the MX name
+    from a fresh store: the next key only, with a note saying the live key's record comes after `certs` or `deploy`."""
+    state = tmp_path / "state"
+    result = subprocess.run(
+        [str(MAILFORGE), "dns", "zone", str(SHIPPED["example"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "MAILFORGE_STATE_DIR": str(state)},
+    )
+    assert result.returncode == 0, result.stderr
+    # column widths follow the longest name, so lines are compared word by word
+    full = {zone: [" ".join(line.split()) for line in lines] for zone, lines in zone_sections(result.stdout).items()}
+    plain = {zone: [" ".join(line.split()) for line in lines] for zone, lines in zone_sections(zone_output("example")).items()}
+    assert sorted(full) == sorted(plain)
+    for zone, lines in plain.items():
+        assert set(lines) <= set(full[zone]), zone
+    added = {zone: [line.split(" ; ")[0].split() for line in full[zone] if line not in plain[zone]] for zone in full}
+    assert added["0.232.10.in-addr.arpa"] == []
+    for domain in ("example.com", "example.org"):
+        got = {(r[0], r[3]): " ".join(r[4:]) for r in added[domain]}
+        assert got.pop((f"_mta-sts.{domain}.", "TXT")).startswith('"v=STSv1; id=')
+        assert got.pop((f"_smtp._tls.{domain}.", "TXT")) == '"v=TLSRPTv1; rua=mailto:tlsrpt@example.com"'
+        assert got.pop((f"mta-sts.{domain}.", "A")) == "10.232.0.10"
+        if domain == "example.com":
+            assert re.fullmatch(r"3 1 1 [0-9a-f]{64}", got.pop(("_25._tcp.mx.example.com.", "TLSA")))
+        assert got == {}, domain
+    assert "no live MX key" in result.stdout
+    assert (state / "clusters" / "example" / "tls" / "mx" / "next-key.pem").stat().st_mode & 0o777 == 0o600
 
 
 def bad_inventory(tmp_path: Path) -> Path:

@@ -39,7 +39,8 @@ def test_verify_passes_on_the_deployed_example(lab):
     tls = {"inbound TLS chain", "inbound TLS names", "inbound TLS protocol", "inbound TLS expiry"}
     assert {name for name, host in checks if host == "client"} >= tls
     assert {("relay-to-core TLS relay1 -> core", "relay1"), ("relay-to-core TLS relay2 -> core", "relay2")} <= set(checks)
-    assert {host for name, host in checks if name == "TLS keys and certificates as shipped"} == {"relay1", "relay2", "core"}
+    # the balancer gets the mta-sts.<domain> certificate for the MTA-STS policy it serves (tls.mta_sts)
+    assert {host for name, host in checks if name == "TLS keys and certificates as shipped"} == {"lb", "relay1", "relay2", "core"}
     assert checks[("relay-to-core TLS relay1 -> core", "relay1")]["detail"].startswith("Verified TLS connection established to ")
     assert checks[("inbound TLS names", "client")]["detail"].startswith("mx.example.com covered by")
 
@@ -55,7 +56,10 @@ def test_a_second_deploy_changes_nothing(lab):
 
 def test_the_lab_dns_serves_what_dns_zone_says(lab):
     """The DNS container's Knot loads exactly `lab.dns_files` (the `dns zone` output plus the lab's own), and
-    `mailforge dns check` run from this machine against it finds the records the topology needs."""
+    `mailforge dns check` run from this machine against it finds the records the topology needs: with the
+    example's tls.dane, mta_sts and tls_rpt, the TLSA records match the key each relay presents through the
+    balancer, the MTA-STS policy fetched over HTTPS (pebble's certificate for mta-sts.<domain>) names exactly
+    the MX and matches its record's id, and the TLS-RPT record says where reports go."""
     from mailforge import lab as lab_module
     from mailforge.inventory import load_inventory
 
@@ -67,10 +71,19 @@ def test_the_lab_dns_serves_what_dns_zone_says(lab):
     for path, text in lab_module.dns_files(inventory, plan, tlsa=lab_module.published_tlsa(inventory), serial=serial).items():
         assert in_container("dns", f"cat {path}") == text, path
     assert "knotd" in in_container("dns", "pgrep -af '^knotd -d -c'")
-    result = mailforge("dns", "check", str(EXAMPLE), "--nameserver", plan.by_host("dns").address, "--json")
+    # postscreen holds a new client's banner for its greet wait (6 s): the TLSA row's STARTTLS waits for it
+    result = mailforge("dns", "check", str(EXAMPLE), "--nameserver", plan.by_host("dns").address, "--json", "--timeout", "10")
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["status"] == "ok" and {"MX", "SPF", "FCrDNS (relay)", "DNSBL (IP list)"} <= {c["name"] for c in rows(report)}
+    tls = {(c["host"], c["name"]): c["detail"] for c in rows(report) if "TLS" in c["name"] or "MTA-STS" in c["name"]}
+    assert "live and next key among them" in tls.pop(("_25._tcp.mx.example.com", "TLSA (DANE)"))
+    for domain in inventory.topology.domains:
+        assert f'_mta-sts.{domain} TXT "v=STSv1; id=' in tls.pop((domain, "MTA-STS record"))
+        assert tls.pop((domain, "MTA-STS policy")).startswith(f"https://mta-sts.{domain}/.well-known/mta-sts.txt")
+        assert tls.pop((domain, "MTA-STS id")).endswith("== hash of the policy served")
+        assert tls.pop((domain, "TLS-RPT")).endswith('TXT "v=TLSRPTv1; rua=mailto:tlsrpt@example.com"')
+    assert tls == {}
 
 
 def test_stopping_the_core_fails_delivery(lab):

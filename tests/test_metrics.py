@@ -60,10 +60,12 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, timeout=120)
 
 
-def test_haproxy_serves_its_exporter_to_the_monitoring_networks_only(example):
+def test_haproxy_serves_its_exporter_to_the_monitoring_networks_only(example, tmp_path):
+    from tlsserver import checkable_haproxy_cfg
+
     _, out, _ = example
     cfg = out / "lb/etc/haproxy/haproxy.cfg"
-    result = run("haproxy", "-c", "-f", str(cfg))
+    result = run("haproxy", "-c", "-f", str(checkable_haproxy_cfg(cfg, tmp_path)))
     assert result.returncode == 0 and "WARNING" not in result.stdout + result.stderr, result.stdout + result.stderr
     frontend = cfg.read_text().split("frontend prometheus\n", 1)[1]
     assert "    bind 10.232.0.10:8405\n" in frontend

@@ -184,7 +184,8 @@ def test_shipment_and_assembled_files(example, state, tmp_path):
     store = store_of("example")
     material.prepare(inv, store)
     ship = material.shipment(inv, store)
-    assert sorted(ship) == ["core", "relay1", "relay2"]
+    assert sorted(ship) == ["core", "lb", "relay1", "relay2"]
+    assert sorted(ship["lb"]) == ["/etc/mailforge/tls/mta-sts.pem"]  # the example serves its MTA-STS policy (tls.mta_sts)
     assert sorted(ship["core"]) == ["/etc/mailforge/tls/host.pem", "/etc/mailforge/tls/internal-ca.pem"]
     assert sorted(ship["relay1"]) == ["/etc/mailforge/tls/host.pem", "/etc/mailforge/tls/internal-ca.pem", "/etc/mailforge/tls/mx.pem"]
     staged = material.assemble(ship, tmp_path / "stage")

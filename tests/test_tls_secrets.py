@@ -161,9 +161,9 @@ def test_tls_stage_writes_what_deploy_would_ship_and_prints_no_key(example, env,
     bodies = key_bodies(Path(env["MAILFORGE_STATE_DIR"]) / "clusters" / "example" / "tls")
     assert_clean(run.stdout + run.stderr, bodies, "tls-stage output")
     staged = json.loads((tmp_path / "stage" / "tls_files.json").read_text())
-    assert sorted(staged) == ["core", "relay1", "relay2"]
+    assert sorted(staged) == ["core", "lb", "relay1", "relay2"]
     assert stat.S_IMODE((tmp_path / "stage").stat().st_mode) == 0o700
-    for entry in staged["relay1"]:
+    for entry in staged["relay1"] + staged["lb"]:
         assert stat.S_IMODE(Path(entry["src"]).stat().st_mode) == 0o600
         assert entry["path"].startswith("/etc/mailforge/tls/")
     assert_clean((tmp_path / "stage" / "tls_files.json").read_text(), bodies, "tls_files.json")

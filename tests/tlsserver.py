@@ -149,3 +149,21 @@ class SmtpTlsServer:
 
     def close(self):
         self.listener.close()
+
+
+def checkable_haproxy_cfg(cfg: Path, work: Path) -> Path:
+    """A copy of a rendered haproxy.cfg that `haproxy -c` can judge on this machine: the files deploy puts on the
+    balancer beside it (the mta-sts.<domain> certificate, the MTA-STS policy) point at stand-ins under `work`.
+    Everything else is the rendered text, unchanged; a cfg without the MTA-STS frontend is returned as it is."""
+    from mailforge.render.mta_sts import HAPROXY_POLICY
+    from mailforge.tls import HOST_MTA_STS
+
+    text = cfg.read_text(encoding="utf-8")
+    if HOST_MTA_STS not in text:
+        return cfg
+    work.mkdir(parents=True, exist_ok=True)
+    key, cert = Authority.make("stand-in CA").issue(["mta-sts.example.com"])
+    served = write_chain(work, key, [cert])
+    copy = work / "haproxy.cfg"
+    copy.write_text(text.replace(HOST_MTA_STS, str(served)).replace(HAPROXY_POLICY, str(cfg.parent / "mta-sts.txt")), encoding="utf-8")
+    return copy
