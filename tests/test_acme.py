@@ -173,6 +173,43 @@ def test_issue_then_still_valid_then_renew_keeps_the_key(tmp_path, stack):
     assert not answer.answer
 
 
+def test_roll_key_waits_for_the_next_keys_tlsa_then_makes_it_live(tmp_path, stack):
+    """With tls.dane, `certs --roll-key` refuses (exit 1, store untouched) until `dns check` has seen the next
+    key's TLSA record published for publish_wait_hours; then the MX certificate is issued for the next key,
+    which becomes the live one, and a new next key is made for the records of the roll after."""
+    from datetime import datetime, timedelta
+
+    from mailforge.tls import dane
+
+    directory, state = inventory(tmp_path, stack), tmp_path / "state"
+    topology = directory / "topology.yml"
+    topology.write_text(topology.read_text() + "  dane:\n    publish_wait_hours: 48\n")
+    assert certs(directory, state).returncode == 0
+    tls = store(state)
+    live, _ = dane.live_digest(tls)
+    never = certs(directory, state, "--roll-key")
+    assert never.returncode == 1 and "no next MX key" in never.stderr, never.stdout + never.stderr
+    upcoming = dane.keys(tls, make_next=True).next  # what `dns zone` does: the next key, its record printed
+    unseen = certs(directory, state, "--roll-key")
+    assert unseen.returncode == 1 and "has not been seen published by `mailforge dns check`" in unseen.stderr, unseen.stderr
+    now = datetime.now().astimezone()
+    dane.record_seen(tls, upcoming, now - timedelta(hours=47))  # `dns check` saw it published 47 hours ago
+    early = certs(directory, state, "--roll-key", "--json")
+    assert early.returncode == 1 and "_25._tcp.mx.example.com" in early.stderr and "publish_wait_hours 48" in early.stderr, early.stderr
+    assert dane.live_digest(tls)[0] == live and dane.keys(tls, make_next=False).next == upcoming, "a refused roll changes nothing"
+    (tls / dane.NEXT_SEEN).unlink()
+    dane.record_seen(tls, upcoming, now - timedelta(hours=49))
+    rolled = certs(directory, state, "--roll-key", "--json")
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    assert [r["status"] for r in json.loads(rolled.stdout)["hosts"]["mx"]["results"]] == ["rolled"]
+    assert dane.live_digest(tls)[0] == upcoming, "the certificate now holds the key whose record was published"
+    assert dane.spki_digest((tls / "mx" / "key.pem").read_bytes()) == upcoming
+    after = dane.keys(tls, make_next=False).next
+    assert after not in (None, live, upcoming) and not (tls / dane.NEXT_SEEN).exists()
+    assert stat.S_IMODE((tls / dane.NEXT_KEY).stat().st_mode) == 0o600
+    assert "PRIVATE KEY" not in rolled.stdout + rolled.stderr
+
+
 def test_a_stored_account_the_ca_does_not_know_is_opened_again(tmp_path, stack):
     """A CA that lost its state (the lab's pebble after `lab down`/`lab up`) does not know the stored
     account: `certs` opens a new one instead of failing every order with accountDoesNotExist."""

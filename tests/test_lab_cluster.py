@@ -86,6 +86,53 @@ def test_the_lab_dns_serves_what_dns_zone_says(lab):
     assert tls == {}
 
 
+def test_dns_check_names_a_stale_tlsa_a_policy_host_not_an_mx_and_an_unchanged_id(lab):
+    """Against the lab's Knot and the balancer's policy: a TLSA record for a key nobody holds (put there by a
+    TSIG-signed update, as a forgotten roll would leave it), and a policy that names a host that is not an MX
+    while its record keeps the old id. Each fails its row, naming the record; all is put back afterwards."""
+    import dns.query
+    import dns.update
+
+    from mailforge import lab as lab_module
+    from mailforge.dns.tls_checks import SEEN_POLICIES
+    from mailforge.inventory import load_inventory
+    from mailforge.tls import store_of
+    from mailforge.tls.acme import parse_tsig
+
+    inventory = load_inventory(EXAMPLE)
+    server = lab_module.plan(inventory).by_host("dns").address
+    key = parse_tsig(lab_module.acme_files(inventory).tsig.read_text()).dnspython()
+    stale = "3 1 1 " + "0f" * 32
+    policy = in_container("lb", "cat /etc/haproxy/mta-sts.txt")
+
+    def tlsa(change: str) -> None:
+        update = dns.update.UpdateMessage("example.com", keyring=key)
+        getattr(update, change)("_25._tcp.mx.example.com.", *((300, "TLSA", stale) if change == "add" else ("TLSA", stale)))
+        assert dns.query.tcp(update, server, timeout=5).rcode() == 0
+
+    def check() -> dict[tuple[str, str], dict]:
+        result = mailforge("dns", "check", str(EXAMPLE), "--nameserver", server, "--json", "--timeout", "10")
+        assert result.returncode in (0, 1), result.stderr
+        return {(c["host"], c["name"]): c for c in rows(json.loads(result.stdout))}
+
+    check()  # what the checker has seen of each policy, so it can tell when one changes under the same id
+    tlsa("add")
+    in_container("lb", "echo 'mx: backup.example.net' >> /etc/haproxy/mta-sts.txt && service haproxy reload >/dev/null")
+    try:
+        bad = {k: c["detail"] for k, c in check().items() if not c["ok"]}
+        assert f"stale record _25._tcp.mx.example.com TLSA {stale}" in bad.pop(("_25._tcp.mx.example.com", "TLSA (DANE)"))
+        for domain in ("example.com", "example.org"):  # one policy file serves every hosted domain
+            assert f"names backup.example.net, not an MX of {domain} (record {domain} MX: mx.example.com" in bad.pop((domain, "MTA-STS policy"))
+            unchanged = bad.pop((domain, "MTA-STS id"))
+            assert unchanged.startswith(f"record _mta-sts.{domain} TXT id=") and "did not change, but the policy did" in unchanged
+        assert bad == {}
+    finally:
+        tlsa("delete")
+        in_container("lb", "cat > /etc/haproxy/mta-sts.txt && service haproxy reload >/dev/null", stdin=policy)
+        (store_of("example") / SEEN_POLICIES).unlink(missing_ok=True)
+    assert {k: c["detail"] for k, c in check().items() if not c["ok"]} == {}
+
+
 def test_stopping_the_core_fails_delivery(lab):
     in_container("core", "postfix stop")
     failed = failed_checks()

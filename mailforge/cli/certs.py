@@ -17,6 +17,11 @@ from .common import EXIT_PROBLEM, InventoryArg, JsonOption, command, err, finish
 def certs(
     inventory: Path = InventoryArg,
     renew: bool = typer.Option(False, "--renew", help="Renew now, even when the certificate is not within tls.acme.renew_days of expiry (the key is kept)."),
+    roll_key: bool = typer.Option(
+        False,
+        "--roll-key",
+        help="Roll the MX key to the next DANE key (tls.dane), once `dns check` has seen its TLSA record published for tls.dane.publish_wait_hours; exit 1 before that.",
+    ),
     deploy: bool = typer.Option(
         False, "--deploy", help="When a certificate changed, run `mailforge deploy` (the hosts reload Postfix/HAProxy, never restart)."
     ),
@@ -26,18 +31,19 @@ def certs(
     as_json: bool = JsonOption,
 ):
     """Obtain or renew the MX names' certificate by ACME (DNS-01 through RFC 2136 updates signed with TSIG) into the
-    cluster's TLS store. Exit 0: issued, renewed or still valid; 1: the CA refused; 2: could not run (nothing written)."""
+    cluster's TLS store. Exit 0: issued, renewed, rolled or still valid; 1: the CA refused, or a key roll is not safe yet; 2: could not run (nothing written)."""
     from ..tls import acme, store_of
 
     inv = load(inventory, recipients=False, quiet=as_json)
     console = err if as_json else out
     store = store_of(inv.topology.cluster)
     try:
-        outcomes = obtain(inv, renew, lab, say=lambda m: console.print(f"[dim]certs:[/dim] {m}"))
-    except acme.CaRefused as exc:
-        err.print("[bold red]refused:[/bold red] ", end="")
+        outcomes = obtain(inv, renew, lab, say=lambda m: console.print(f"[dim]certs:[/dim] {m}"), roll_key=roll_key)
+    except (acme.CaRefused, acme.RollNotDue) as exc:
+        status = "refused" if isinstance(exc, acme.CaRefused) else "not rolled"
+        err.print(f"[bold red]{status}:[/bold red] ", end="")
         err.print(str(exc), markup=False)
-        run = Run("certs", inv.topology.cluster, [Result("mx", "certificate", "refused", False, detail=str(exc))], warnings=inv.warnings)
+        run = Run("certs", inv.topology.cluster, [Result("mx", "certificate", status, False, detail=str(exc))], warnings=inv.warnings)
         if as_json:
             finish(run, as_json)
         raise typer.Exit(EXIT_PROBLEM) from None
@@ -69,7 +75,7 @@ def certs(
     finish(run, as_json)
 
 
-def obtain(inv, renew: bool, lab: bool, say):
+def obtain(inv, renew: bool, lab: bool, say, roll_key: bool = False):
     """`acme.run` for the inventory, or, with `lab`, against the lab's pebble and Knot: its root goes in the
     store's trust.pem, and a certificate from an earlier pebble (another root: the DNS container was made
     again) is renewed, since nothing would verify it."""
@@ -77,7 +83,7 @@ def obtain(inv, renew: bool, lab: bool, say):
 
     store = store_of(inv.topology.cluster)
     if not lab:
-        return acme.run(inv.topology, inv.directory, store, renew=renew, say=say)
+        return acme.run(inv.topology, inv.directory, store, renew=renew, say=say, roll_key=roll_key)
     from .. import lab as lab_module
 
     overrides = lab_module.acme_overrides(inv)
@@ -86,7 +92,7 @@ def obtain(inv, renew: bool, lab: bool, say):
     if (store / "mx" / "chain.pem").exists() and (not trust.exists() or trust.read_bytes() != root):
         say("the lab's ACME server has a new root: renewing")
         renew = True
-    outcomes = acme.run(inv.topology, inv.directory, store, renew=renew, overrides=overrides, say=say)
+    outcomes = acme.run(inv.topology, inv.directory, store, renew=renew, overrides=overrides, say=say, roll_key=roll_key)
     acme.write_trust(store, root)
     return outcomes
 

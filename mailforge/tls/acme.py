@@ -48,6 +48,11 @@ class CaRefused(MailforgeError):
     """The CA (or its validation of our challenge) said no: a problem found, exit 1, not bad input."""
 
 
+class RollNotDue(MailforgeError):
+    """`--roll-key` asked for a key roll that would break DANE: the next key's TLSA record has not been out
+    long enough. A problem found (exit 1): the store is untouched."""
+
+
 @dataclass(frozen=True)
 class Where:
     """Locates messages at the inventory's `tls.acme...` keys (file:line) without keeping the YAML around."""
@@ -354,7 +359,7 @@ def _covers(names: list[str], wanted: list[str]) -> bool:
 
 @dataclass
 class Outcome:
-    """One certificate: `issued` (none before), `renewed`, or `valid` (kept: not due)."""
+    """One certificate: `issued` (none before), `renewed`, `rolled` (to the next DANE key), or `valid` (kept: not due)."""
 
     what: str  # "mx" or "mta-sts"
     status: str
@@ -366,7 +371,7 @@ class Outcome:
 
     @property
     def changed(self) -> bool:
-        return self.status in ("issued", "renewed")
+        return self.status in ("issued", "renewed", "rolled")
 
 
 @dataclass(frozen=True)
@@ -563,6 +568,35 @@ def _short(exc: Exception) -> str:
     return text if len(text) < 300 else text[:300] + "..."
 
 
+def roll_reason(topology: Topology, store: Path, where: Where, now: datetime.datetime) -> str:
+    """Why rolling the MX key to the next one is safe now (its TLSA record has been seen published for
+    tls.dane.publish_wait_hours), or RollNotDue saying when it will be; InventoryError without tls.dane."""
+    from . import dane
+    from .names import mx_names
+
+    if topology.tls.dane is None:
+        raise where.fail(
+            ("tls", "dane"), "--roll-key rolls the MX key to the next DANE key, and without tls.dane there is none", "tls.dane: {} and the records `dns zone` prints"
+        )
+    wait = topology.tls.dane.publish_wait_hours
+    owners = ", ".join(f"_25._tcp.{name}" for name in mx_names(topology))
+    if not (store / dane.NEXT_KEY).is_file():
+        raise RollNotDue(f"no next MX key in {store} yet: run `mailforge dns zone`, publish its TLSA records ({owners}), then `mailforge dns check`")
+    seen = dane.first_seen(store)
+    if seen is None:
+        raise RollNotDue(
+            f"the next MX key's TLSA record ({owners}) has not been seen published by `mailforge dns check`: publish what `mailforge dns zone` "
+            f"prints, run `dns check`, and roll {wait} hours later (tls.dane.publish_wait_hours)"
+        )
+    if not dane.roll_allowed(seen, now, wait):
+        ready = seen + datetime.timedelta(hours=wait)
+        raise RollNotDue(
+            f"the next MX key's TLSA record ({owners}) was first seen published {seen.isoformat(timespec='seconds')}; resolvers may still hold "
+            f"the records from before it: roll from {ready.isoformat(timespec='seconds')} on (tls.dane.publish_wait_hours {wait})"
+        )
+    return f"--roll-key: the next key's TLSA record published since {seen.isoformat(timespec='seconds')}"
+
+
 def run(
     topology: Topology,
     directory: Path,
@@ -571,10 +605,15 @@ def run(
     overrides: dict | None = None,
     say: Callable[[str], None] = lambda message: None,
     now: datetime.datetime | None = None,
+    roll_key: bool = False,
 ) -> list[Outcome]:
     """Obtain or renew every certificate `wanted` asks for; the store changes only for a certificate
-    actually issued. Raises InventoryError (exit 2: could not run) or CaRefused (exit 1)."""
+    actually issued. With `roll_key`, the MX certificate is issued for the next DANE key, which then becomes
+    the live one (and a new next key is made). Raises InventoryError (exit 2: could not run), CaRefused or
+    RollNotDue (exit 1)."""
     from cryptography import x509
+
+    from . import dane
 
     tls = topology.tls
     where = Where.of(directory / "topology.yml")
@@ -582,8 +621,11 @@ def run(
         raise where.fail(("tls",), "no tls.acme section: certificates come from files or the private CA", "tls.acme with directory, contact, dns_update")
     s = settings(tls.acme, directory, where, overrides)
     now = now or datetime.datetime.now(datetime.UTC)
+    rolling = roll_reason(topology, store, where, now) if roll_key else ""
     plan = {sub: (names, held(store / sub)) for sub, names in wanted(topology).items()}
     todo = {sub: due(current, names, s.renew_days, renew, now) for sub, (names, current) in plan.items()}
+    if rolling:
+        todo["mx"] = rolling
     outcomes: list[Outcome] = []
     for sub, (_, current) in plan.items():
         if not todo[sub] and current:
@@ -602,15 +644,22 @@ def run(
         if not todo[sub]:
             continue
         key_file = store / sub / "key.pem"
-        key_pem = key_file.read_bytes() if key_file.exists() else new_key_pem()
+        roll = bool(rolling) and sub == "mx"
+        key_pem = (store / dane.NEXT_KEY).read_bytes() if roll else key_file.read_bytes() if key_file.exists() else new_key_pem()
         say(f"ordering a certificate for {', '.join(names)} ({todo[sub]})")
         chain = client.order(key_pem, names, updater)
         cert = x509.load_pem_x509_certificates(chain)[0]
-        if not key_file.exists():
-            _write(key_file, key_pem)
+        if roll or not key_file.exists():
+            _write(key_file, key_pem)  # a crash before the chain follows leaves a pair deploy refuses, never a wrong one shipped
         _write(store / sub / "chain.pem", chain)
+        if roll:
+            (store / dane.NEXT_SEEN).unlink(missing_ok=True)
+            (store / dane.NEXT_KEY).unlink()
+            dane.ensure_next_key(store)
+            say("the next key is live; a new next key was made: publish its TLSA record (`mailforge dns zone`) and remove the old live key's")
         got = describe(cert)
-        outcomes.append(Outcome(sub, "renewed" if current else "issued", got.names, got.not_after, got.serial, got.key_sha256, todo[sub]))
+        status = "rolled" if roll else "renewed" if current else "issued"
+        outcomes.append(Outcome(sub, status, got.names, got.not_after, got.serial, got.key_sha256, todo[sub]))
     return outcomes
 
 
