@@ -576,7 +576,9 @@ def roll_reason(topology: Topology, store: Path, where: Where, now: datetime.dat
 
     if topology.tls.dane is None:
         raise where.fail(
-            ("tls", "dane"), "--roll-key rolls the MX key to the next DANE key, and without tls.dane there is none", "tls.dane: {} and the records `dns zone` prints"
+            ("tls", "dane"),
+            "--roll-key rolls the MX key to the next DANE key, and without tls.dane there is none",
+            "tls.dane: {} and the records `dns zone` prints",
         )
     wait = topology.tls.dane.publish_wait_hours
     owners = ", ".join(f"_25._tcp.{name}" for name in mx_names(topology))
