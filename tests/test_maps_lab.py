@@ -93,7 +93,7 @@ def test_no_change_touches_no_host(lab, restore):
 
 
 def test_added_and_removed_recipients_follow_the_sources(lab, restore, tmp_path):
-    inline = ["abuse@example.com", "dmarc@example.org"]  # postmaster@example.com leaves the sources
+    inline = ["abuse@example.com", "dmarc@example.org", "tlsrpt@example.com"]  # postmaster@example.com leaves the sources
     changed = variant(tmp_path, "changed", users=[*example_users(), "newbie"], addresses=inline)
 
     check = mailforge("maps", str(changed), "--lab", "--check", "--json")

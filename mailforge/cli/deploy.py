@@ -77,7 +77,12 @@ def run_deploy(inv, directory, manifest, reaches, accesses, *, hosts: list[str] 
         # Which relays this run will change, so which leave the balancer's rotation while they do.
         shells = {name: reaches[name].shell() for name in [*rotation.managed, *rotation.relays]}
         relays = [r for r in rotation.relays if hosts is None or r in hosts]
-        options.update(rotation=rotation, rotation_shells=shells, changing_relays=relays_changing(inv, directory, manifest, shells, relays))
+        changing = relays_changing(inv, directory, manifest, shells, relays)
+        options.update(rotation=rotation, rotation_shells=shells, changing_relays=changing)
+        if not changing:
+            # No relay differs from the render (drift's comparison, services included): the relays' play changes
+            # nothing, so it runs on all of them at once instead of one batch after another.
+            options["batch"] = max(options["batch"], len(relays), 1)
 
     with Progress(
         TextColumn("{task.description:<12}"),
