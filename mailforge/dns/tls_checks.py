@@ -29,10 +29,11 @@ from cryptography import x509
 
 from ..render.mta_sts import WELL_KNOWN, policy_id, policy_url
 from ..tls import dane
+from ..tls.dane import tlsa_name
 from ..tls.names import mx_names
 from .mta_sts import tlsrpt_txt
 from .queries import Answer, Querier
-from .tlsa import tlsa_name, tlsa_value
+from .tlsa import tlsa_value
 
 if TYPE_CHECKING:
     from ..inventory import Topology

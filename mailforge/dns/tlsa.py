@@ -9,14 +9,11 @@ from pathlib import Path
 
 from ..inventory import Topology
 from ..tls import dane
+from ..tls.dane import tlsa_name
 from ..tls.names import mx_names
 from .records import Record, zone_of
 
 USAGE, SELECTOR, MATCHING = 3, 1, 1  # DANE-EE, SubjectPublicKeyInfo, SHA-256
-
-
-def tlsa_name(mx_name: str, port: int = 25) -> str:
-    return f"_{port}._tcp.{mx_name}"
 
 
 def tlsa_value(digest: str) -> str:

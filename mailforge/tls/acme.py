@@ -581,7 +581,7 @@ def roll_reason(topology: Topology, store: Path, where: Where, now: datetime.dat
             "tls.dane: {} and the records `dns zone` prints",
         )
     wait = topology.tls.dane.publish_wait_hours
-    owners = ", ".join(f"_25._tcp.{name}" for name in mx_names(topology))
+    owners = ", ".join(dane.tlsa_name(name) for name in mx_names(topology))
     if not (store / dane.NEXT_KEY).is_file():
         raise RollNotDue(f"no next MX key in {store} yet: run `mailforge dns zone`, publish its TLSA records ({owners}), then `mailforge dns check`")
     seen = dane.first_seen(store)

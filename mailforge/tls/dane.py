@@ -30,6 +30,11 @@ NEXT_KEY = "mx/next-key.pem"
 NEXT_SEEN = "mx/next-key.seen"
 
 
+def tlsa_name(mx_name: str, port: int = 25) -> str:
+    """The owner of an MX name's TLSA records: what `dns zone` prints, `dns check` asks and `certs` names."""
+    return f"_{port}._tcp.{mx_name}"
+
+
 def spki_digest(pem: bytes) -> str:
     """sha256 (hex) of the SubjectPublicKeyInfo of a PEM private key, public key or certificate (the
     first of them in `pem`): TLSA 3 1 1 data. Raises ValueError for anything else."""
