@@ -282,6 +282,43 @@ class Tls(Strict):
     outbound: OutboundTls | None = None
 
 
+class Dkim(Strict):
+    """DKIM signing (RFC 6376) of the hosted domains' outbound mail, by OpenDKIM on every host that sends to the
+    Internet (the cores; an MX proxy's outbound instance). The keys are made by `mailforge dkim rotate` on the
+    controller and kept in its store (0600), never in the inventory; `dns zone` prints their records."""
+
+    domains: list[Domain] = Field(default_factory=list, description="The hosted domains to sign for; empty: every hosted domain.")
+    algorithms: list[Literal["rsa", "ed25519"]] = Field(
+        default_factory=lambda: ["rsa"],
+        min_length=1,
+        description="rsa (rsa-sha256, 2048-bit keys); with ed25519 too, every message carries a second signature (ed25519-sha256, RFC 8463).",
+    )
+    retire_after_hours: Annotated[StrictInt, Field(ge=0, le=8760)] = Field(
+        default=168, description="Hours after signing switched to a new selector before the old selector's record is listed for removal."
+    )
+
+
+class Dmarc(Strict):
+    """The _dmarc TXT record (RFC 7489) `dns zone` prints for every hosted domain and `dns check` verifies."""
+
+    policy: Literal["none", "quarantine", "reject"] = Field(description="What receivers should do with mail that fails DMARC (p=).")
+    subdomain_policy: Literal["none", "quarantine", "reject"] | None = Field(default=None, description="The same for subdomains (sp=); default: policy.")
+    percentage: Annotated[StrictInt, Field(ge=0, le=100)] = Field(default=100, description="Percentage of failing mail the policy applies to (pct=).")
+    aggregate_reports: list[ConfigText] = Field(default_factory=list, description="mailto: URIs for aggregate reports (rua=).")
+    failure_reports: list[ConfigText] = Field(default_factory=list, description="mailto: URIs for failure reports (ruf=).")
+    dkim_alignment: Literal["relaxed", "strict"] = Field(default="relaxed", description="adkim=: relaxed lets a subdomain's signature align.")
+    spf_alignment: Literal["relaxed", "strict"] = Field(default="relaxed", description="aspf=.")
+
+
+class Listings(Strict):
+    """DNS lists (RFC 5782) `dns check --listings` asks about the cluster's own addresses and domains."""
+
+    address_lists: list[Domain] = Field(
+        default_factory=list, description="IP lists (e.g. zen.spamhaus.org) asked for every balancer's, relay's and outbound host's address."
+    )
+    domain_lists: list[Domain] = Field(default_factory=list, description="Domain lists (e.g. dbl.spamhaus.org) asked for every hosted domain.")
+
+
 class Topology(Strict):
     cluster: HostName
     domains: list[Domain] = Field(min_length=1)
@@ -292,6 +329,9 @@ class Topology(Strict):
     policy: Policy = Field(default_factory=Policy)
     firewall: Firewall = Field(default_factory=Firewall)
     tls: Tls = Field(default_factory=Tls)
+    dkim: Dkim | None = Field(None, description="Sign outbound mail with DKIM; absent: no signing.")
+    dmarc: Dmarc | None = Field(None, description="Publish a DMARC policy for every hosted domain; absent: none.")
+    listings: Listings | None = Field(None, description="The DNS lists `dns check --listings` asks about the cluster's own addresses and domains.")
     monitoring: Monitoring | None = Field(None, description="Expose Prometheus metrics to the monitoring networks; absent: no metrics.")
     connection: Connection | None = Field(None, description="How Ansible reaches every host, unless a host says otherwise.")
     debian_release: DebianCodename = Field(
