@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..inventory import Core, Inventory, LoadBalancer, Relay, Role
 from ..inventory.roles import HAPROXY_EXPORTER
-from . import balancer, firewall, maps, metrics, outbound, postfix
+from . import balancer, dkim, firewall, maps, metrics, outbound, postfix
 from .files import RenderedFile, Tree
 
 __all__ = ["render", "RenderedFile", "Tree"]
@@ -36,6 +36,7 @@ def render(inventory: Inventory) -> Tree:
                 files.update(instance.files(t.cluster))
             if relay.instances.outbound:  # postfix-outbound sends to the Internet
                 files.update(outbound.files(t))
+                files.update(dkim.files(t, relay.instances.outbound.trusted_networks))
             files.update(firewall.rules_files(t, firewall.host_openings(host)))
         elif host.role is Role.RELAY:
             relay = host.entry
@@ -47,6 +48,7 @@ def render(inventory: Inventory) -> Tree:
             assert isinstance(core, Core)
             files.update(postfix.core_instance(t, core, recipients).files(t.cluster))
             files.update(outbound.files(t))  # the cores send to the Internet
+            files.update(dkim.files(t, core.user_networks))  # and sign what their users send
             files.update(firewall.rules_files(t, firewall.host_openings(host)))
         if host.role.runs_postfix:
             files.update(metrics.postfix_exporters(host, t.cluster))

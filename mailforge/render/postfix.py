@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ..inventory import Core, Relay, Topology
 from ..inventory.roles import DEFAULT_INSTANCE, INBOUND_INSTANCE, OUTBOUND_INSTANCE
 from ..tls import HOST_CERT, HOST_INTERNAL_CA, HOST_MX
-from . import maps, outbound
+from . import dkim, maps, outbound
 from .files import POSTFIX_RELOAD, POSTMAP, Pieces, RenderedFile, header, template
 
 Value = str | list[str]
@@ -163,6 +163,12 @@ def _sending_out(t: Topology, tls: list[tuple[str, Value]]) -> list[tuple[str, V
         else:
             result[at] = (name, value)
     return result
+
+
+def _dkim_section(t: Topology) -> list[Section]:
+    """The milter of a host that sends to the Internet, with topology.dkim (`render.dkim`); [] without."""
+    settings: list[tuple[str, Value]] = list(dkim.postfix_settings(t))
+    return [("DKIM: OpenDKIM signs every message; none leaves unsigned while it is down", settings)] if settings else []
 
 
 def _identity(fqdn: str, inet_interfaces: str, ipv6: bool) -> list[tuple[str, Value]]:
@@ -387,6 +393,7 @@ def mx_proxy_instances(t: Topology, relay: Relay, cores: list[Core], recipients,
             ),
             ("TLS", _sending_out(t, _tls_own(t))),
         ]
+        sections += _dkim_section(t)
         submission = Service(_port_service(outbound.port), "inet", "n", command="smtpd", args=("-o syslog_name=postfix-outbound/submission",))
         instances.append(PostfixInstance(OUTBOUND_INSTANCE, sections, [submission] + _STANDARD_SERVICES))
         names.append(OUTBOUND_INSTANCE)
@@ -450,6 +457,7 @@ def core_instance(t: Topology, core: Core, recipients) -> PostfixInstance:
         ),
         ("TLS: this core's own certificate; the relays must use it (relay_clients.cidr)", _sending_out(t, _tls_own(t))),
     ]
+    sections += _dkim_section(t)
     services = [Service("smtp", "inet", "n", command="smtpd")] + _STANDARD_SERVICES
     core_maps: dict[str, MapEntry] = {
         "virtual_mailboxes": (maps.virtual_mailboxes(t, recipients), POSTMAP, t.policy.map_type),
