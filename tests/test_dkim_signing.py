@@ -100,3 +100,35 @@ def test_opendkim_check_catches_a_bad_config(checkable):
     bad.write_text(checkable.read_text() + "SignWithEverything\tyes\n")
     result = opendkim_check(bad)
     assert result.returncode != 0 and "unrecognized parameter" in result.stderr
+
+
+def test_the_shipment_carries_the_seen_keys_and_their_tables(tmp_path):
+    """deploy ships (mailforge.signing) each signing selector's key, 0600 opendkim, to every core and to the MX proxy with
+    an outbound instance, with tables naming exactly those keys; a selector not yet seen in DNS is not shipped."""
+    from conftest import INVENTORIES
+
+    from mailforge import dkim, signing
+    from mailforge.inventory import load_inventory
+    from mailforge.tls import material
+
+    inv = load_inventory(INVENTORIES[SIGNED])
+    store = tmp_path / "store"
+    material.prepare(inv, store)
+    made = dkim.ensure_keys(inv.topology, store)
+    assert len(made) == 4  # two domains, rsa and ed25519 each
+    unseen = signing.dkim_shipment(inv, store)
+    assert sorted(unseen) == ["filter", "mxproxy"]
+    assert set(unseen["filter"]) == {KEY_TABLE, SIGNING_TABLE} and unseen["filter"][KEY_TABLE].content() == b""  # nothing signs before it is published
+    dkim.record_seen(inv.topology, store, {(k.domain, k.selector): "2026-01-01T00:00:00+00:00" for k in dkim.published_keys(inv.topology, store)})
+    keys = dkim.signing_keys(inv.topology, store)
+    files = signing.shipment(inv, store)["filter"]
+    shipped_keys = {path: item for path, item in files.items() if path.endswith(".private")}
+    assert len(shipped_keys) == 4 and all((i.mode, i.owner) == ("0600", "opendkim") for i in shipped_keys.values())
+    table = files[KEY_TABLE].content().decode()
+    for k in keys:
+        assert f"{k.domain}:{k.selector}:/etc/opendkim/keys/{k.domain}/{k.selector}.private" in table
+    assert files[SIGNING_TABLE].content().decode().count("*@example.org ") == 2  # rsa and ed25519: two signatures
+    entries = material.assemble(signing.shipment(inv, store), tmp_path / "stage", ["filter"])["filter"]
+    assert "PRIVATE KEY" not in json.dumps(entries)  # Ansible gets paths, never key material
+    staged = {e["path"]: Path(e["src"]) for e in entries}
+    assert all(staged[p].stat().st_mode & 0o777 == 0o600 for p in shipped_keys)

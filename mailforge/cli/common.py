@@ -150,6 +150,10 @@ def prepare_tls(inv):
 
     store = store_of(inv.topology.cluster)
     made = material.prepare(inv, store)
+    if inv.topology.dkim is not None:  # a hosted domain's first DKIM key(s): they sign once `dns check` has seen them
+        from .. import dkim
+
+        made.written += dkim.ensure_keys(inv.topology, store)
     errors, warnings = material.check_mx(inv, store)
     if errors:
         raise InventoryError(errors, warnings)

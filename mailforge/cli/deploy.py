@@ -63,12 +63,13 @@ def run_deploy(inv, directory, manifest, reaches, accesses, *, hosts: list[str] 
     per host (and, with -v, Ansible's own output above it)."""
     from rich.progress import BarColumn, Progress, TextColumn
 
+    from .. import signing
     from ..deploy import refuse_lockout, relays_changing, results_of, run_playbook
     from ..rotation import batch_size, plan_of
-    from ..tls import material, store_of
+    from ..tls import store_of
 
     refuse_lockout(inv, accesses)
-    options["tls_shipment"] = material.shipment(inv, store_of(inv.topology.cluster))
+    options["tls_shipment"] = signing.shipment(inv, store_of(inv.topology.cluster))  # TLS files and DKIM keys
     rotation = plan_of(inv)
     options["batch"], why = batch_size(rotation, options.get("batch", 1))
     if why:
@@ -165,11 +166,12 @@ def tls_stage(
     then write each host's assembled TLS files and `tls_files.json` ({host: mailforge_tls_files}). Prints paths only."""
     import json
 
+    from .. import signing
     from ..tls import material, store_of
     from .common import load, prepare_tls
 
     inv = load(inventory, recipients=False)
     prepare_tls(inv)
-    staged = material.assemble(material.shipment(inv, store_of(inv.topology.cluster)), directory)
+    staged = material.assemble(signing.shipment(inv, store_of(inv.topology.cluster)), directory)
     (directory / "tls_files.json").write_text(json.dumps(staged, indent=2, sort_keys=True) + "\n")
     out.print(f"staged the TLS files of {len(staged)} hosts in {directory}", markup=False)

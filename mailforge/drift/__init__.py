@@ -177,11 +177,12 @@ def audit(
 def shipped_tls(inventory: Inventory) -> dict[str, dict[str, str]]:
     """The sha256 of every TLS file deploy ships, by host and host path (`tls.material.fingerprints`
     of the controller's store): what drift and verify compare the live files with, by hash only."""
-    from ..tls import material, store_of
+    from .. import signing
+    from ..tls import store_of
 
     store = store_of(inventory.topology.cluster)
     try:
-        return material.fingerprints(inventory, store)
+        return signing.fingerprints(inventory, store)
     except OSError as exc:
         raise DriftError(
             f"the controller's TLS store {store} has no {exc.filename}: `mailforge deploy` prepares it, and drift and verify compare "

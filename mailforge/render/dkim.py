@@ -4,7 +4,7 @@ cores, and an MX proxy's postfix-outbound instance.
 Pure, like the rest of `render`: only the files that follow from the inventory are rendered here
 (opendkim.conf, the InternalHosts list) and the Postfix parameters that hand every message to the
 milter. The keys and the KeyTable/SigningTable that name them follow from the controller's DKIM
-store (`mailforge.dkim.signing_keys`), so `tls.material.shipment` ships them beside the TLS keys:
+store (`mailforge.dkim.signing_keys`), so `mailforge.signing` ships them beside the TLS keys:
 the store is read at deploy time, never here, and no key is ever in a rendered file.
 
 Without `topology.dkim` nothing here adds a setting or a file, so existing inventories render byte
@@ -14,14 +14,13 @@ for byte as before.
 from __future__ import annotations
 
 from ..inventory import Topology
+from ..tls import HOST_DKIM_DIRECTORY as OPENDKIM_DIR
+from ..tls import HOST_DKIM_KEY_TABLE as KEY_TABLE
+from ..tls import HOST_DKIM_SIGNING_TABLE as SIGNING_TABLE
 from .files import RenderedFile, header, template
 
 OPENDKIM_CONF = "/etc/opendkim.conf"
-OPENDKIM_DIR = "/etc/opendkim"
 INTERNAL_HOSTS = f"{OPENDKIM_DIR}/internal-hosts"
-KEY_TABLE = f"{OPENDKIM_DIR}/key.table"  # shipped (tls.material): names the key files
-SIGNING_TABLE = f"{OPENDKIM_DIR}/signing.table"  # shipped: which key signs which From domain
-KEYS_DIR = f"{OPENDKIM_DIR}/keys"  # shipped: <domain>/<selector>.private, opendkim 0600
 MILTER_ADDRESS, MILTER_PORT = "localhost", 8891
 MILTER = f"inet:{MILTER_ADDRESS}:{MILTER_PORT}"
 
@@ -41,11 +40,6 @@ def signed_domains(t: Topology) -> list[str]:
     """The From domains the hosts sign for: `dkim.domains`, or every hosted domain."""
     assert t.dkim is not None
     return sorted(t.dkim.domains or t.domains)
-
-
-def key_path(domain: str, selector: str) -> str:
-    """Where a selector's private key lives on a host (owner opendkim, 0600)."""
-    return f"{KEYS_DIR}/{domain}/{selector}.private"
 
 
 def postfix_settings(t: Topology) -> list[tuple[str, str]]:

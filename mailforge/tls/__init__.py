@@ -13,6 +13,7 @@ Controller store (`store_of(cluster)`):
   mta-sts/key.pem, chain.pem        the mta-sts.<domain> certificate (ACME), served by HAProxy
   acme/account.json                 the ACME account key and registration
   trust.pem                         extra CA certificates `verify` trusts (e.g. the lab's ACME root)
+  dkim/<domain>/<selector>.key      DKIM keys (`mailforge.dkim`), shipped by `mailforge.signing`
 
 Host paths (`HOST_*`): each file holds the private key, then the chain, leaf first, as
 Postfix's `smtpd_tls_chain_files` and HAProxy's `crt` take them.
@@ -28,6 +29,20 @@ HOST_MX = f"{HOST_DIRECTORY}/mx.pem"  # key + chain the relays (and MX proxy's i
 HOST_CERT = f"{HOST_DIRECTORY}/host.pem"  # key + chain for the host's own fqdn, from the private CA (cores' inbound hop)
 HOST_INTERNAL_CA = f"{HOST_DIRECTORY}/internal-ca.pem"  # the private CA's certificate only: what relays verify cores with
 HOST_MTA_STS = f"{HOST_DIRECTORY}/mta-sts.pem"  # key + chain HAProxy serves the MTA-STS policy with
+
+# OpenDKIM's files on a host that signs (topology.dkim): the tables and keys `mailforge.signing` ships
+# from the DKIM store, beside the opendkim.conf `render.dkim` renders.
+HOST_DKIM_DIRECTORY = "/etc/opendkim"
+HOST_DKIM_KEY_TABLE = f"{HOST_DKIM_DIRECTORY}/key.table"  # names each selector's key file
+HOST_DKIM_SIGNING_TABLE = f"{HOST_DKIM_DIRECTORY}/signing.table"  # which key signs which From domain
+HOST_DKIM_KEYS = f"{HOST_DKIM_DIRECTORY}/keys"  # <domain>/<selector>.private, owner opendkim, 0600
+DKIM_USER = "opendkim"  # Debian's opendkim runs as this user (UserID), which must read the keys
+
+
+def host_dkim_key(domain: str, selector: str) -> str:
+    """Where a selector's private key lives on a host that signs."""
+    return f"{HOST_DKIM_KEYS}/{domain}/{selector}.private"
+
 
 ENV_STATE_DIR = "MAILFORGE_STATE_DIR"
 

@@ -51,14 +51,18 @@ class Material:
 
 @dataclass(frozen=True)
 class Shipped:
-    """One TLS file of a host: the store files it is made of, concatenated in order, and its mode."""
+    """One TLS file of a host: the store files it is made of, concatenated in order, and its mode.
+    `data` instead of sources: a file made by Python from the store (OpenDKIM's tables)."""
 
     sources: tuple[Path, ...]
     mode: str = "0600"
     owner: str = "root"
     group: str = "root"
+    data: bytes | None = None
 
     def content(self) -> bytes:
+        if self.data is not None:
+            return self.data
         parts = [source.read_bytes() for source in self.sources]
         return b"".join(p if p.endswith(b"\n") else p + b"\n" for p in parts)
 
