@@ -14,9 +14,11 @@ docker CLI, so a Docker engine or Podman's Docker-compatible service both work.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import json
 import os
+import re
 import shlex
 import subprocess
 import time
@@ -143,8 +145,9 @@ def plan(inventory: Inventory) -> LabPlan:
     The network is the smallest of at least /24 that holds every host and has room for the lab's own
     containers: the DNS server (.53 where free), the client (.200) and the spammer (.201) outside every
     user network (strangers to the cores) and every outbound `trusted_networks` (strangers to the MX
-    proxy's outbound instance), and, when an outbound instance exists, the submitter (.100) inside a
-    trusted network. An address taken or not allowed gives way to the highest allowed free one."""
+    proxy's outbound instance), when an outbound instance exists, the submitter (.100) inside a
+    trusted network, and, with dkim and a core's user network, the user (that network's last address)
+    (.130 where it lies there) inside it. An address taken or not allowed gives way to the highest allowed free one."""
     t = inventory.topology
     prefix = f"mf-{t.cluster}"
     externals = [lb for lb in t.load_balancers if lb.external]
@@ -165,6 +168,8 @@ def plan(inventory: Inventory) -> LabPlan:
     ]
     if trusted:
         own.append(("submitter", f"submitter.{SENDER_DOMAIN}", "client", "trusted", 100))
+    if user_networks and t.dkim is not None:  # a user of a core, whose outbound mail the core signs (verify's DKIM rows)
+        own.append(("user", f"user.{SENDER_DOMAIN}", "client", "users", 130))
     subnets = _subnets(addresses)
     if not subnets:
         raise LabError("the inventory's addresses are too far apart for one lab network")
@@ -174,6 +179,7 @@ def plan(inventory: Inventory) -> LabPlan:
             "anywhere": _outside(subnet, user_networks),
             "outside": _outside(subnet, user_networks + trusted),
             "trusted": _within(subnet, trusted),
+            "users": _within(subnet, user_networks[:1]),
         }
         taken = set(addresses) | {str(subnet.network_address), str(subnet.network_address + 1), str(subnet.broadcast_address)}  # .1: the engine's gateway
         containers = list(hosts)
@@ -417,6 +423,53 @@ def published_tlsa(inventory: Inventory) -> list[dns.Record]:
     return store_tlsa(inventory.topology, store_of(inventory.topology.cluster))[0]
 
 
+def published_dkim(inventory: Inventory) -> list[dns.Record]:
+    """The DKIM TXT records `mailforge dns zone` prints now, from the DKIM store (a domain's first key is
+    made there if it has none, as `dns zone` does). Empty without dkim."""
+    if inventory.topology.dkim is None:
+        return []
+    from . import dkim
+    from .tls import store_of
+
+    store = store_of(inventory.topology.cluster)
+    dkim.ensure_keys(inventory.topology, store)
+    return dkim.dkim_records(inventory.topology, store)
+
+
+def published(inventory: Inventory) -> list[dns.Record]:
+    """The records from the controller's stores that `dns zone` prints beside the topology's: TLSA, DKIM."""
+    return published_tlsa(inventory) + published_dkim(inventory)
+
+
+def _txt_strings(text: str) -> str:
+    """The joined character-strings of a TXT rdata as Knot prints it ("a" "b" -> ab)."""
+    return "".join(part.replace('\\"', '"') for part in re.findall(r'"((?:[^"\\]|\\.)*)"', text))
+
+
+def mark_dkim_seen(inventory: Inventory, env: dict[str, str], lab: LabPlan) -> list[str]:
+    """Ask the lab's own Knot for every published DKIM selector's TXT and record those that carry exactly
+    their key as seen (`dkim.record_seen`), as `dns check` does against real DNS: in the lab, signing
+    starts with the first deploy. Returns the record names seen."""
+    if inventory.topology.dkim is None:
+        return []
+    from . import dkim
+    from .tls import store_of
+
+    store = store_of(inventory.topology.cluster)
+    name = lab.by_host("dns").name
+    conf = f"{DNS_DIRECTORY}/knot.conf"
+    seen: dict[tuple[str, str], str] = {}
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    for key in dkim.published_keys(inventory.topology, store):
+        owner = f"{key.selector}._domainkey.{key.domain}."  # absolute: knotc reads a name without the dot as relative
+        answer = docker(env, "exec", name, "knotc", "-c", conf, "zone-read", key.domain, owner, "TXT", check=False).stdout
+        values = [_txt_strings(line.split(" TXT ", 1)[1]) for line in answer.splitlines() if " TXT " in line]
+        if key.public_txt() in values:
+            seen[(key.domain, key.selector)] = now
+    dkim.record_seen(inventory.topology, store, seen)
+    return sorted(f"{selector}._domainkey.{domain}" for domain, selector in seen)
+
+
 def publish_dns(inventory: Inventory, env: dict[str, str]) -> None:
     """Rewrite the running lab DNS's zone files to what `dns zone` prints now, and have Knot reload them.
 
@@ -427,7 +480,7 @@ def publish_dns(inventory: Inventory, env: dict[str, str]) -> None:
     lab = plan(inventory)
     name = lab.by_host("dns").name
     serial = int(time.time())
-    files = dns_files(inventory, lab, tlsa=published_tlsa(inventory), serial=serial)
+    files = dns_files(inventory, lab, tlsa=published(inventory), serial=serial)
     key = docker(env, "exec", name, "cat", DNS_KEY_FILE).stdout
     staged = _stage_dns(env, name, files, key)
     conf = f"{DNS_DIRECTORY}/knot.conf"
@@ -946,7 +999,10 @@ def up(inventory: Inventory, env: dict[str, str], say=lambda message: None) -> L
     from .dns.knot import knot_key
 
     tsig = make_acme_files(inventory, lab)
-    start_dns(env, lab, dns_files(inventory, lab, tlsa=published_tlsa(inventory), serial=int(time.time())), knot_key(tsig.name, tsig.algorithm, tsig.secret))
+    start_dns(env, lab, dns_files(inventory, lab, tlsa=published(inventory), serial=int(time.time())), knot_key(tsig.name, tsig.algorithm, tsig.secret))
+    seen = mark_dkim_seen(inventory, env, lab)
+    if seen:
+        say(f"DKIM records published and seen in the lab DNS: {', '.join(seen)} (they sign from the first deploy)")
     start_acme(env, inventory, lab)
     for lb in inventory.topology.load_balancers:
         if lb.external:
@@ -959,7 +1015,7 @@ def up(inventory: Inventory, env: dict[str, str], say=lambda message: None) -> L
     write_known_hosts(lab_keys, known)
     for reach in [*reaches(inventory).values(), *probes(inventory).values()]:
         close_master(reach.shell().argv)  # a container made again at an address must not be reached through an old connection
-    if lab.get("submitter"):
+    if lab.get("submitter") or lab.get("user"):
         say(f"the outside domain's mail server: Postfix in {lab.by_host('client').name}, mail for any address at {SENDER_DOMAIN}")
         start_outside_mail(env, lab)
     return lab

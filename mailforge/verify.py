@@ -553,6 +553,206 @@ def outbound_checks(
     return checks
 
 
+# --- DKIM and DMARC: what a receiver on the Internet sees -------------------------------------------
+
+
+def _mailbox_message(mbox: str, token: str) -> bytes | None:
+    """The message whose Message-ID holds `token` in an mbox (Postfix's local delivery), as the receiver
+    got it, with CRLF line ends (what DKIM's canonicalization is defined on); None if absent."""
+    for chunk in re.split(r"(?m)^From \S+ .*\n", mbox):
+        if f"Message-ID: <{token}@" in chunk:
+            lines = [line[1:] if re.match(r">+From ", line) else line for line in chunk.rstrip("\n").split("\n")]
+            return ("\r\n".join(lines) + "\r\n").encode()
+    return None
+
+
+def dkim_dnsfunc(nameservers: list[tuple[str, int]]):
+    """dkimpy's DNS lookup, through `nameservers` (verify's: the lab DNS with --lab), never the system's."""
+    from .dns import Querier
+
+    querier = Querier(nameservers)
+
+    def txt(name, timeout=5):
+        answer = querier.lookup(name.decode() if isinstance(name, bytes) else name, "TXT")
+        return answer.values[0].encode() if answer.status == "ok" and answer.values else None
+
+    return txt, querier
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One DKIM-Signature of a received message, as dkimpy judged it against DNS."""
+
+    domain: str
+    selector: str
+    algorithm: str
+    ok: bool
+    reason: str
+
+
+def dkim_signatures(message: bytes, dnsfunc) -> list[Signature]:
+    """Every DKIM-Signature of `message`, each verified by dkimpy (the reason it gives when one fails)."""
+    import logging
+
+    import dkim
+
+    class Reasons(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    found = []
+    count = sum(1 for line in message.split(b"\r\n") if line.lower().startswith(b"dkim-signature:"))
+    for index in range(count):
+        handler = Reasons()
+        logger = logging.getLogger(f"mailforge.verify.dkim.{index}")
+        logger.propagate, logger.level = False, logging.DEBUG
+        logger.handlers = [handler]
+        checker = dkim.DKIM(message, logger=logger)
+        try:
+            ok = bool(checker.verify(idx=index, dnsfunc=dnsfunc))
+            reason = "" if ok else "; ".join(line for line in handler.lines if line) or "signature does not verify"
+        except dkim.DKIMException as exc:
+            ok, reason = False, str(exc)
+        fields = checker.signature_fields or {}
+        found.append(
+            Signature(
+                fields.get(b"d", b"?").decode(errors="replace").lower(),
+                fields.get(b"s", b"?").decode(errors="replace"),
+                fields.get(b"a", b"?").decode(errors="replace"),
+                ok,
+                reason,
+            )
+        )
+    return found
+
+
+ALGORITHMS = {"rsa": "rsa-sha256", "ed25519": "ed25519-sha256"}
+
+
+def _aligned(signer: str, domain: str, strict: bool) -> bool:
+    """DMARC identifier alignment (RFC 7489 3.1.1) of a signature's d= with the From domain; relaxed
+    here compares the domains as organizational domains do when one lies under the other."""
+    return signer == domain or (not strict and (signer.endswith("." + domain) or domain.endswith("." + signer)))
+
+
+def dkim_checks(
+    inventory: Inventory,
+    shells: dict[str, HostShell],
+    client: HostShell,
+    user: HostShell | None,
+    nameservers: list[tuple[str, int]] | None,
+    wait: int,
+) -> list[Check]:
+    """DKIM as a receiver on the Internet judges it: from the `user` host (in a core's user network: the
+    lab's), one message per signed domain goes to each core, which signs and delivers it to the outside
+    domain's mail server (in the lab, the client, whose mailbox is read through its shell); each received
+    message must carry, for every algorithm of dkim.algorithms, a signature by d= its From domain that
+    dkimpy verifies against the DNS (`nameservers`), and pass DMARC: a _dmarc record and an aligned
+    signature. Nothing without dkim or without a host to send from."""
+    t = inventory.topology
+    if t.dkim is None or user is None:
+        return []
+    from .dns import system_nameservers
+    from .render.dkim import signed_domains
+
+    dnsfunc, querier = dkim_dnsfunc(nameservers or system_nameservers())
+    outside_domain = OUTSIDE_MAILBOX.split("@", 1)[1]
+    mailbox_of = "/var/mail/$(id -un)"  # the outside mail server delivers any address there to its admin's mailbox
+    checks: list[Check] = []
+    for core in t.cores:
+        if core.name not in shells or not core.user_networks:
+            continue
+        sent: dict[str, str] = {}  # domain -> the token of its message
+        probes = []
+        for domain in signed_domains(t):
+            token = uuid.uuid4().hex[:12]
+            sender = f"postmaster@{domain}"
+            date = datetime.datetime.now(datetime.UTC).strftime("%a, %d %b %Y %H:%M:%S +0000")
+            data = (
+                f"From: <{sender}>\r\nTo: <{OUTSIDE_MAILBOX}>\r\nDate: {date}\r\nSubject: mailforge verify dkim {token}\r\n"
+                f"Message-ID: <{token}@{domain}>\r\n\r\nmailforge verify DKIM probe {token}: signed by {core.name}\r\n"
+            )
+            probes.append(
+                {
+                    "kind": "smtp",
+                    "host": core.address,
+                    "port": 25,
+                    "sender": sender,
+                    "recipient": OUTSIDE_MAILBOX,
+                    "helo": "user.lab-sender.test",
+                    "data": data,
+                    "timeout": 30,
+                }
+            )
+            sent[domain] = token
+        answers = run_probe(user, {"probes": probes})
+        queued = {}
+        for domain, answer in zip(sent, answers, strict=True):
+            queue_id = _queue_id(answer)
+            queued[domain] = queue_id
+            checks.append(
+                Check(
+                    "dkim",
+                    f"mail from {domain} in the user network to {outside_domain} accepted by {core.name}",
+                    user.name,
+                    queue_id is not None,
+                    _describe(answer),
+                )
+            )
+        deadline = time.monotonic() + wait
+        received: dict[str, bytes] = {}
+        while time.monotonic() < deadline and len(received) < sum(1 for q in queued.values() if q):
+            mbox = client.run(f"cat {mailbox_of} 2>/dev/null").stdout.decode(errors="replace")
+            for domain, token in sent.items():
+                message = _mailbox_message(mbox, token)
+                if message is not None:
+                    received[domain] = message
+            if len(received) < sum(1 for q in queued.values() if q):
+                time.sleep(1)
+        for domain in sent:
+            what = f"{domain} signed by {core.name}"
+            message, queue_id = received.get(domain), queued[domain]
+            if message is None:
+                outcome = _delivery(shells[core.name], "postfix", queue_id, OUTSIDE_MAILBOX, 1) if queue_id else None
+                detail = (
+                    (f"not in {outside_domain}'s mailbox within {wait} s" + (f"; {core.name} logged {outcome}" if outcome else ""))
+                    if queue_id
+                    else "not accepted, so not delivered"
+                )
+                checks.append(Check("dkim", f"DKIM: {what} verifies", core.name, False, detail))
+                continue
+            signatures = dkim_signatures(message, dnsfunc)
+            problems: list[str] = []
+            good: list[str] = []
+            for algorithm in t.dkim.algorithms:
+                mine = [s for s in signatures if s.algorithm == ALGORITHMS[algorithm] and s.domain == domain]
+                if not mine:
+                    problems.append(
+                        f"no {ALGORITHMS[algorithm]} signature by d={domain} (signatures: {', '.join(f'{s.domain}/{s.selector} {s.algorithm}' for s in signatures) or 'none'})"
+                    )
+                for s in mine:
+                    (good if s.ok else problems).append(f"d={s.domain} s={s.selector} a={s.algorithm}" + ("" if s.ok else f": {s.reason}"))
+            checks.append(
+                Check("dkim", f"DKIM: {what} verifies", core.name, not problems, "; ".join(problems) or "verified with dkimpy against DNS: " + ", ".join(good))
+            )
+            record = querier.lookup(f"_dmarc.{domain}", "TXT")
+            dmarc = next((v for v in record.values if v.replace(" ", "").lower().startswith("v=dmarc1")), None) if record.status == "ok" else None
+            strict = t.dmarc is not None and t.dmarc.dkim_alignment == "strict"
+            aligned = [s for s in signatures if s.ok and _aligned(s.domain, domain, strict)]
+            if dmarc is None:
+                detail = f"no DMARC record at _dmarc.{domain} ({record.status})"
+            elif not aligned:
+                detail = f"no verifying DKIM signature aligned ({'strict' if strict else 'relaxed'}) with {domain}"
+            else:
+                detail = f"dkim=pass d={aligned[0].domain} aligned ({'strict' if strict else 'relaxed'}); {dmarc}"
+            checks.append(Check("dkim", f"DMARC: {what} passes", core.name, dmarc is not None and bool(aligned), detail))
+    return checks
+
+
 def reachable(shells: dict[str, HostShell]) -> None:
     """Every host answers a shell, or verify stops (exit 2) naming the first that does not."""
     for name, shell in shells.items():
@@ -573,11 +773,15 @@ def verify(
     submitter: HostShell | None = None,
     trust: tuple[list, str] | None = None,
     shipped: dict[str, dict[str, str]] | None = None,
+    user: HostShell | None = None,
+    nameservers: list[tuple[str, int]] | None = None,
 ) -> list[Check]:
     """Every check, host rows first, against hosts already reached the way the caller chose; the mail
     goes through `door` (the caller asks `_front_door` before reaching any host), else `_front_door`.
     The inbound certificate is judged against `trust` (certificates, where from), else
-    `tls.inbound.trust` of the cluster's store; the TLS files against `shipped` (host -> path -> sha256)."""
+    `tls.inbound.trust` of the cluster's store; the TLS files against `shipped` (host -> path -> sha256).
+    With dkim, mail from `user` (a host in a core's user network) is signed and judged against the DNS
+    at `nameservers` (else the system's)."""
     door = door or _front_door(inventory)
     roots, where = trust or inbound.trust(inventory, store_of(inventory.topology.cluster))  # bad tls.trust_file: exit 2 before any host is asked
     reachable({**shells, client.name: client})
@@ -585,6 +789,7 @@ def verify(
         host_checks(inventory, render_dir, manifest, shells, shipped)
         + mail_checks(inventory, shells, client, listed_client, wait, door, submitter)
         + inbound_tls_checks(inventory, client, door, roots, where)
+        + dkim_checks(inventory, shells, client, user, nameservers, wait)
     )
 
 

@@ -121,7 +121,7 @@ def test_the_bookworm_list_is_what_postfix_3_7_knows(tmp_path):
 
 
 def test_the_lab_starts_each_host_from_its_release_image():
-    """The lab's own containers (DNS, client, spammer) run the default release."""
+    """The lab's own containers (DNS, client, spammer, user) run the default release."""
     from mailforge import lab
 
     plan = lab.plan(load_inventory(REPO / "molecule" / "cluster" / "inventory"))
@@ -133,6 +133,7 @@ def test_the_lab_starts_each_host_from_its_release_image():
         "dns": "mailforge-lab/trixie:latest",
         "client": "mailforge-lab/trixie:latest",
         "spammer": "mailforge-lab/trixie:latest",
+        "user": "mailforge-lab/trixie:latest",
     }
 
 

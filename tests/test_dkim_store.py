@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import stat
 from datetime import datetime, timedelta
@@ -20,10 +21,12 @@ DKIM = "\ndkim:\n  algorithms: [rsa, ed25519]\n  retire_after_hours: 24\n"
 
 
 def example(tmp: Path, extra: str = DKIM) -> Path:
+    """A copy of the example with `extra` in place of its own dkim and dmarc sections (the example signs)."""
     directory = tmp / "inventory"
     shutil.copytree(INVENTORIES["example"], directory)
     topology = directory / "topology.yml"
-    topology.write_text(topology.read_text() + extra)
+    own = re.sub(r"(?ms)^(dkim|dmarc):.*?(?=^\S|\Z)", "", topology.read_text())
+    topology.write_text(own + extra)
     return directory
 
 

@@ -133,6 +133,56 @@ def test_dns_check_names_a_stale_tlsa_a_policy_host_not_an_mx_and_an_unchanged_i
     assert {k: c["detail"] for k, c in check().items() if not c["ok"]} == {}
 
 
+def test_outbound_mail_is_dkim_signed_and_a_tampered_published_key_fails_its_row(lab):
+    """Mail from the core's user network to the outside domain arrives signed by the core: the session's first
+    verify judged each signature with dkimpy against the lab DNS (d= the From domain, DMARC aligned). Then the
+    published key of example.com is replaced (a TSIG-signed update, as a wrong record would be) by another key's:
+    that domain's DKIM and DMARC rows fail with dkimpy's reason, nothing else does; the record is put back."""
+    import dns.query
+    import dns.update
+    from conftest import LAB_UP
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from mailforge import dkim
+    from mailforge import lab as lab_module
+    from mailforge.dns.records import txt_value
+    from mailforge.inventory import load_inventory
+    from mailforge.tls import store_of
+    from mailforge.tls.acme import parse_tsig
+
+    first = {c["name"]: c for c in rows(json.loads(LAB_UP["verify"].stdout)) if c["group"] == "dkim"}  # type: ignore[union-attr]
+    for domain in ("example.com", "example.org"):
+        signed = first[f"DKIM: {domain} signed by core verifies"]
+        assert signed["ok"] and f"verified with dkimpy against DNS: d={domain} s=mf" in signed["detail"], signed
+        assert first[f"DMARC: {domain} signed by core passes"]["ok"], first
+        assert first[f"mail from {domain} in the user network to lab-sender.test accepted by core"]["ok"]
+
+    inventory = load_inventory(EXAMPLE)
+    server = lab_module.plan(inventory).by_host("dns").address
+    key = parse_tsig(lab_module.acme_files(inventory).tsig.read_text()).dnspython()
+    [signing] = [k for k in dkim.signing_keys(inventory.topology, store_of("example")) if k.domain == "example.com"]
+    owner = f"{signing.selector}._domainkey.example.com."
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    p = "".join(other.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode().splitlines()[1:-1])
+
+    def publish(value: str) -> None:
+        update = dns.update.UpdateMessage("example.com", keyring=key)
+        update.replace(owner, 300, "TXT", txt_value(value))
+        assert dns.query.tcp(update, server, timeout=5).rcode() == 0
+
+    publish(f"v=DKIM1; k=rsa; p={p}")
+    try:
+        result = mailforge("verify", str(EXAMPLE), "--lab", "--json", "--wait", "20")
+        assert result.returncode == 1, result.stdout[-2000:] + result.stderr
+        bad = {c["name"]: c["detail"] for c in rows(json.loads(result.stdout)) if not c["ok"]}
+        assert sorted(bad) == ["DKIM: example.com signed by core verifies", "DMARC: example.com signed by core passes"], bad
+        assert f"d=example.com s={signing.selector} a=rsa-sha256: " in bad["DKIM: example.com signed by core verifies"]
+        assert "no verifying DKIM signature aligned" in bad["DMARC: example.com signed by core passes"]
+    finally:
+        publish(signing.public_txt())
+
+
 # Each break below is repaired with `mailforge deploy --lab`; breaks that fail different checks share one
 # verify and one repair (a deploy of the lab costs about a minute), so each test breaks two things.
 

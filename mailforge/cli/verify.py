@@ -40,7 +40,8 @@ def verify(
         stand_in = lab_module.front_door(inv)  # an external balancer's stand-in, if the inventory has one
     door = verifying._front_door(inv, stand_in)  # before any host is asked: an external balancer without a name has none
     selected, reaches, _ = reach(inv, lab, limit)
-    spammer = submitter = None
+    spammer = submitter = user = None
+    nameservers = None
     if lab:
         from .. import lab as lab_module
 
@@ -48,6 +49,8 @@ def verify(
         client = probes["client"].shell()
         spammer = probes["spammer"].shell()
         submitter = probes["submitter"].shell() if "submitter" in probes else None  # with an outbound instance: a host in its trusted_networks
+        user = probes["user"].shell() if "user" in probes else None  # with dkim: a host in a core's user network
+        nameservers = [(lab_module.plan(inv).by_host("dns").address, 53)]  # DKIM and DMARC are judged against the lab's DNS
         if probe is not None:
             if probe.argv[0] == "docker":
                 probe.env = lab_module.engine_environment()  # a container next to the lab's: the same engine
@@ -57,7 +60,9 @@ def verify(
         client = probe
     shells = {name: reaches[name].shell() for name in selected}
     shipped = drift.shipped_tls(inv)  # a store without the TLS files deploy ships: exit 2, no host surveyed
-    checks = verifying.verify(inv, directory, manifest, shells, client, spammer, wait=wait, door=door, submitter=submitter, shipped=shipped)
+    checks = verifying.verify(
+        inv, directory, manifest, shells, client, spammer, wait=wait, door=door, submitter=submitter, shipped=shipped, user=user, nameservers=nameservers
+    )
     run = verifying.results_of(checks, inv.topology.cluster, inv.warnings, selected)
     if not as_json:
         table = Table(title=f"verify {inv.topology.cluster}", title_justify="left")

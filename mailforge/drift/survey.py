@@ -13,6 +13,7 @@ import shlex
 
 from .. import installed
 from ..remote import HostShell
+from ..render.dkim import OPENDKIM_RELOAD
 from ..render.files import EXPORTER_RESTART, entry_database_path
 from ..render.outbound import MTA_STS_RESTART, UNBOUND_RELOAD
 from .model import Desired
@@ -22,11 +23,12 @@ MARK = "@@mailforge-drift@@"
 POSTFIX_UNIT, HAPROXY_UNIT, FIREWALL_UNIT = "postfix", "haproxy", "netfilter-persistent"
 HAPROXY_CONFIG = "/etc/haproxy/haproxy.cfg"
 # Package lists a role installs only on hosts with rendered files of an action (the inventory's
-# `monitoring`, `tls.outbound`): drift expects each list there and nowhere else.
+# `monitoring`, `tls.outbound`, `dkim`): drift expects each list there and nowhere else.
 CONDITIONAL_PACKAGES = {
     "mailforge_postfix_exporter_packages": EXPORTER_RESTART,
     "mailforge_postfix_unbound_packages": UNBOUND_RELOAD,
     "mailforge_postfix_mta_sts_packages": MTA_STS_RESTART,
+    "mailforge_postfix_dkim_packages": OPENDKIM_RELOAD,
 }
 EXPORTER_SETTINGS = "/etc/default/"  # an exporter's settings: /etc/default/<its service>
 
