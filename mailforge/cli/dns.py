@@ -40,6 +40,9 @@ def dns_check(
     inventory: Path = InventoryArg,
     nameserver: list[str] = typer.Option(None, "--nameserver", help="Ask this server (HOST[:PORT], repeatable) instead of the ones in /etc/resolv.conf."),
     timeout: float = typer.Option(2.0, "--timeout", min=0.05, help="Seconds to wait for each answer (each question is tried twice per server)."),
+    listings: bool = typer.Option(
+        False, "--listings", help="Also ask the lists under `listings` whether the cluster's own addresses or hosted domains are listed (exit 1 if one is)."
+    ),
     as_json: bool = JsonOption,
 ):
     """Check the live DNS against the topology: MX, MX addresses, no core in MX, SPF, FCrDNS, the DNS lists, and with tls:
@@ -47,9 +50,11 @@ def dns_check(
     from .. import dns as dnscheck
 
     inv = load(inventory, recipients=False, quiet=as_json)
+    if listings and inv.topology.listings is None:
+        _no_listings(inv)
     servers = [dnscheck.parse_nameserver(s) for s in nameserver] if nameserver else dnscheck.system_nameservers()
     querier = dnscheck.Querier(servers, timeout=timeout)
-    checks = dnscheck.run_checks(inv.topology, querier, _tls_inputs(inv, timeout))
+    checks = dnscheck.run_checks(inv.topology, querier, _tls_inputs(inv, timeout), listings=listings)
     run = Run(
         "dns check",
         inv.topology.cluster,
@@ -58,7 +63,14 @@ def dns_check(
         summary={"nameservers": querier.servers_text()},
     )
     if not as_json:
-        styles = {dnscheck.OK: "green", dnscheck.FAIL: "bold red", dnscheck.TIMEOUT: "bold yellow", dnscheck.SERVFAIL: "bold yellow"}
+        styles = {
+            dnscheck.OK: "green",
+            dnscheck.FAIL: "bold red",
+            dnscheck.TIMEOUT: "bold yellow",
+            dnscheck.SERVFAIL: "bold yellow",
+            dnscheck.LISTED: "bold red",
+            dnscheck.UNKNOWN: "bold yellow",
+        }
         table = Table(title=f"DNS of cluster {inv.topology.cluster}, asked {querier.servers_text()}", title_justify="left")
         for column in ("domain / host / zone", "check", "status", "evidence"):
             table.add_column(column, overflow="fold", no_wrap=column == "status")
@@ -69,6 +81,26 @@ def dns_check(
         bad = sum(not c.ok for c in checks)
         out.print(f"{len(checks) - bad} of {len(checks)} checks passed" + (f"; [bold red]{bad} failed[/bold red]" if bad else ""))
     finish(run, as_json)
+
+
+def _no_listings(inv) -> None:
+    """`--listings` with nothing to ask: a located problem (exit 2) saying what to add, not an empty, passing check."""
+    from ..errors import InventoryError, Problem
+    from ..inventory.load import TOPOLOGY_FILE
+
+    raise InventoryError(
+        [
+            Problem(
+                inv.directory / TOPOLOGY_FILE,
+                None,
+                None,
+                "listings",
+                "--listings asks the DNS lists named under `listings`, and the topology has no such section",
+                "a top-level `listings:` with address_lists (IP lists, e.g. [zen.spamhaus.org]) and/or domain_lists (e.g. [dbl.spamhaus.org])",
+            )
+        ],
+        inv.warnings,
+    )
 
 
 def _tlsa(topology):

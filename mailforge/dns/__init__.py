@@ -29,6 +29,7 @@ from .checks import (
     Check,
     run_checks,
 )
+from .listings import LISTED, UNKNOWN, cluster_addresses
 from .nsd import nsd_conf, zone_file_name
 from .queries import Answer, DnsError, Querier, parse_nameserver, system_nameservers
 from .records import (
@@ -109,6 +110,10 @@ __all__ = [
     "Check",
     "run_checks",
     "TlsInputs",
+    # listings: `dns check --listings`
+    "LISTED",
+    "UNKNOWN",
+    "cluster_addresses",
     # nsd
     "nsd_conf",
     "zone_file_name",

@@ -367,6 +367,20 @@ def tls_settings_agree(t: Topology, source: Located) -> Iterator[Finding]:
             )
 
 
+def listings_name_a_list(t: Topology, source: Located) -> Iterator[Finding]:
+    """A listings section that names no list would make `dns check --listings` pass having asked nothing.
+    (A zone that is both an address and a domain list is fine: some lists answer for both.) Judged on what was
+    written, so a list that failed validation (already reported) does not count as empty."""
+    raw = source.data.get("listings") if isinstance(source.data, dict) else None
+    if isinstance(raw, dict) and not raw.get("address_lists") and not raw.get("domain_lists"):
+        yield _error(
+            source,
+            ("listings",),
+            "names no DNS list, so `dns check --listings` would ask nothing",
+            "address_lists: IP lists such as [zen.spamhaus.org] and/or domain_lists: domain lists such as [dbl.spamhaus.org]; or no listings section",
+        )
+
+
 def ssh_is_not_open_to_all(t: Topology, source: Located) -> Iterator[Finding]:
     if not t.firewall.admin_networks:
         yield _warning(source, ("firewall",), "SSH stays open to any address", "firewall.admin_networks: the networks you administer from")
@@ -385,6 +399,7 @@ CHECKS: list[Check] = [
     main_cf_parameters_exist,
     metrics_ports_are_free,
     tls_settings_agree,
+    listings_name_a_list,
     ssh_is_not_open_to_all,
 ]
 
