@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import MAILFORGE
 from test_acme import _binary
-from test_dns import EXAMPLE, DroppingProxy, check, dnsbl_sections, free_port, mailforge
+from test_dns import EXAMPLE, DroppingProxy, check, dnsbl_sections, free_port, mailforge, row
 
 from mailforge.dns import zone_sections
 
@@ -162,9 +162,14 @@ def test_a_dead_or_wildcarded_list_is_unknown_never_clean_or_listed(knot):
     found = listing_rows(report)
     assert set(found) == SUBJECTS and {c["status"] for c in found.values()} == {"unknown"}
     relay = found[("relay1.example.com", "listing in zen.spamhaus.org")]["evidence"]
-    assert relay.startswith("10.232.0.21 (relay relay1): the list's answer (NXDOMAIN) cannot be believed: lists nothing: dead or blocking your resolver")
+    assert relay.startswith(
+        "10.232.0.21 (relay relay1): the list's answer (NXDOMAIN) cannot be believed: zen.spamhaus.org lists nothing (its DNSBL (IP list) row says why)"
+    )
+    assert "lists nothing: dead or blocking your resolver" in row(report, "zen.spamhaus.org", "DNSBL (IP list)")["evidence"]
     domain = found[("example.org", "listing in dbl.spamhaus.org")]["evidence"]
-    assert domain.startswith("example.org: the list's answer (127.0.1.2) cannot be believed: lists everything")
+    assert domain.startswith(
+        "example.org: the list's answer (127.0.1.2) cannot be believed: dbl.spamhaus.org lists everything (its RHSBL (domain list) row says why)"
+    )
 
 
 def test_a_list_that_never_answers_is_a_timeout_not_clean(knot):

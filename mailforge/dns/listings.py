@@ -152,7 +152,7 @@ def _listing(zone: str, subject: Subject, sane: Check, q: Querier) -> Check:
             subject.name,
             name,
             UNKNOWN if sane.status == "fail" else sane.status,
-            f"{subject.shown}: the list's answer ({_shown(answer)}) cannot be believed: {sane.evidence}",
+            f"{subject.shown}: the list's answer ({_shown(answer)}) cannot be believed: {zone} {sane.evidence.split(':')[0]} (its {sane.check} row says why)",
         )
     if answer.status != "ok":
         return Check(subject.name, name, OK, f"{subject.shown}: not listed ({asked} A: {_shown(answer)})")
