@@ -54,7 +54,9 @@ def dns_check(
         _no_listings(inv)
     servers = [dnscheck.parse_nameserver(s) for s in nameserver] if nameserver else dnscheck.system_nameservers()
     querier = dnscheck.Querier(servers, timeout=timeout)
-    checks = dnscheck.run_checks(inv.topology, querier, _tls_inputs(inv, timeout), listings=listings)
+    checks = dnscheck.run_checks(inv.topology, querier, _tls_inputs(inv, timeout))
+    if listings:
+        checks += dnscheck.listing_checks(inv.topology, querier, checks)
     run = Run(
         "dns check",
         inv.topology.cluster,

@@ -29,7 +29,7 @@ from .checks import (
     Check,
     run_checks,
 )
-from .listings import LISTED, UNKNOWN, cluster_addresses
+from .listings import LISTED, UNKNOWN, cluster_addresses, listing_checks
 from .nsd import nsd_conf, zone_file_name
 from .queries import Answer, DnsError, Querier, parse_nameserver, system_nameservers
 from .records import (
@@ -114,6 +114,7 @@ __all__ = [
     "LISTED",
     "UNKNOWN",
     "cluster_addresses",
+    "listing_checks",
     # nsd
     "nsd_conf",
     "zone_file_name",

@@ -78,10 +78,9 @@ class _Context:
         return None
 
 
-def run_checks(topology: Topology, querier: Querier, tls: TlsInputs | None = None, listings: bool = False) -> list[Check]:
+def run_checks(topology: Topology, querier: Querier, tls: TlsInputs | None = None) -> list[Check]:
     """Every check of `mailforge dns check`, in a stable order. Raises DnsError if no nameserver answers at all.
-    With `tls` (the controller's store and trust), the TLSA, MTA-STS and TLS-RPT rows the tls section asks for;
-    with `listings`, whether the cluster's own addresses and domains are on the lists its listings section names."""
+    With `tls` (the controller's store and trust), the TLSA, MTA-STS and TLS-RPT rows the tls section asks for."""
     t = topology
     querier.probe(sorted(t.domains)[0])
     allowed = {}
@@ -130,10 +129,6 @@ def run_checks(topology: Topology, querier: Querier, tls: TlsInputs | None = Non
         checks.append(_check_list(zone, "RHSBL (domain list)", f"{rhsbl_test_name(zone)}.{zone}", f"{DOMAIN_TEST_UNLISTED}.{zone}", querier))
     if tls is not None:
         checks.extend(Check(c.subject, c.check, c.status, c.evidence) for c in tls_checks(t, querier, tls))
-    if listings:
-        from .listings import listing_checks  # it builds on this module's list check
-
-        checks.extend(listing_checks(t, querier, checks))
     return checks
 
 
