@@ -201,6 +201,17 @@ def test_published_keys_pass_then_a_rotation_signs_only_once_its_record_is_seen(
             assert old[(domain, selector)]["remove_after"]
 
 
+def test_a_domain_without_a_key_fails_its_dkim_row(tmp_path, state, serve):
+    """dns check makes no key (dns zone does): before any, the DKIM row says what to run."""
+    directory = inventory(tmp_path)
+    zones = zones_of(directory)
+    shutil.rmtree(store_of(state) / "dkim")
+    code, rows = check(directory, serve(zones))
+    assert code == 1 and not (store_of(state) / "dkim").exists()
+    for domain in ("example.com", "example.org"):
+        assert rows[(domain, "DKIM")]["status"] == "fail" and "`mailforge dns zone` makes it" in rows[(domain, "DKIM")]["detail"]
+
+
 def test_a_key_changed_in_dns_fails_its_row_naming_both_digests(tmp_path, state, serve):
     from mailforge import dkim
     from mailforge.inventory import load_topology

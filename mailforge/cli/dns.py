@@ -45,7 +45,8 @@ def _dkim_inputs(topology):
         return None
     store = store_of(topology.cluster)
     dkim.check_store(topology, store)
-    return DkimInputs(dkim.published_keys(topology, store))
+    keys = dkim.published_keys(topology, store)
+    return DkimInputs(keys, unkeyed=[d for d in dkim.signed_domains(topology) if d not in {k.domain for k in keys}])
 
 
 @dns_app.command("check")

@@ -46,6 +46,7 @@ class DkimInputs:
     (domain, selector) -> ISO time for each record seen with exactly its key."""
 
     keys: Sequence[PublishedKey]
+    unkeyed: Sequence[str] = ()  # signed domains with no key in the store yet
     seen: dict[tuple[str, str], str] = field(default_factory=dict)
     now: datetime | None = None
 
@@ -84,7 +85,10 @@ def dkim_checks(q: Querier, inputs: DkimInputs) -> list[tuple[str, str, str, str
     """(subject, check, status, evidence) per published selector: its TXT record exists, parses, and its p= is the store's key."""
     now = (inputs.now or datetime.now().astimezone()).isoformat(timespec="seconds")
     q.prefetch([(f"{k.selector}._domainkey.{k.domain}", "TXT") for k in inputs.keys])
-    rows = []
+    rows = [
+        (domain, "DKIM", FAIL, "no DKIM key in the controller's store yet, so nothing signs: `mailforge dns zone` makes it and prints its record to publish")
+        for domain in inputs.unkeyed
+    ]
     for key in inputs.keys:
         name = f"{key.selector}._domainkey.{key.domain}"
         check = f"DKIM {key.selector}"
