@@ -8,7 +8,6 @@ nothing written). Every test has its own MAILFORGE_STATE_DIR under tmp_path."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import INVENTORIES, MAILFORGE
+from conftest import INVENTORIES
 from test_dns import dnsbl_sections, free_port
 
 SECTIONS = """
@@ -107,14 +106,9 @@ def inventory(tmp: Path, sections: str = SECTIONS) -> Path:
     return directory
 
 
-def run_installed(*args: str) -> subprocess.CompletedProcess:
-    """The installed command, in a process of its own (MAILFORGE_STATE_DIR and PYTHONPATH from this one)."""
-    return subprocess.run([str(MAILFORGE), *args], capture_output=True, text=True, timeout=120, env=os.environ.copy())
-
-
 def mailforge(*args: str) -> subprocess.CompletedProcess:
-    """The same command line in this process (Typer's runner: a second saved on each of the many runs here);
-    the private-key test runs the installed script."""
+    """The command line in this process (Typer's runner), with this test's MAILFORGE_STATE_DIR: a second
+    saved on each of the many runs here, against starting the installed script each time."""
     from typer.testing import CliRunner
 
     from mailforge.cli import app
@@ -309,7 +303,7 @@ def test_no_private_key_in_any_output_or_rendered_file(tmp_path, state, serve):
     outputs.append(mailforge("dns", "zone", str(directory), "--json"))
     outputs.append(mailforge("dns", "check", str(directory), "--nameserver", serve(zones_of(directory)), "--timeout", "0.5"))
     rendered = tmp_path / "render"
-    outputs.append(run_installed("render", str(directory), "-o", str(rendered)))
+    outputs.append(mailforge("render", str(directory), "-o", str(rendered)))
     assert all(o.returncode == 0 for o in outputs[:5]) and outputs[6].returncode == 0, [(o.args, o.stderr) for o in outputs]
     keys = list(store_of(state).glob("dkim/*/*.key"))
     assert len(keys) == 8
