@@ -323,7 +323,9 @@ def test_without_the_tls_store_drift_and_verify_say_what_to_run(tmp_path, monkey
 
     inventory = load_inventory(INVENTORIES["example"])
     material.prepare(inventory, store_of("example"))
-    shipped = drift.shipped_tls(inventory)
+    from mailforge import signing
+
+    shipped = drift.shipped_tls(inventory, signing.fingerprints)
     assert set(shipped) == {"lb", "relay1", "relay2", "core"} and all(len(sha) == 64 for files in shipped.values() for sha in files.values())
     # The example signs (dkim): the core also gets OpenDKIM's tables, and no key while none has been seen in DNS.
     assert set(shipped["core"]) == {

@@ -26,7 +26,9 @@ def drift(
 
     inv, directory, manifest = render_for_hosts(inventory, render_dir)
     selected, reaches, _ = reach(inv, lab, limit)
-    shipped = drifting.shipped_tls(inv)  # a store without the TLS files deploy ships: exit 2, no host surveyed
+    from .. import signing
+
+    shipped = drifting.shipped_tls(inv, signing.fingerprints)  # a store without the TLS files deploy ships: exit 2, no host surveyed
     report = drifting.audit(inv, directory, manifest, {name: reaches[name].shell() for name in selected}, hosts=selected, tls=shipped)
     run = drifting.results_of(report, inv.warnings)
     if not as_json:

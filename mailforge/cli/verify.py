@@ -59,7 +59,9 @@ def verify(
         assert probe is not None
         client = probe
     shells = {name: reaches[name].shell() for name in selected}
-    shipped = drift.shipped_tls(inv)  # a store without the TLS files deploy ships: exit 2, no host surveyed
+    from .. import signing
+
+    shipped = drift.shipped_tls(inv, signing.fingerprints)  # a store without the TLS files deploy ships: exit 2, no host surveyed
     checks = verifying.verify(
         inv, directory, manifest, shells, client, spammer, wait=wait, door=door, submitter=submitter, shipped=shipped, user=user, nameservers=nameservers
     )

@@ -237,15 +237,17 @@ class Status:
     next_step: str
 
 
-def _order(selector: Selector) -> tuple:
-    return (_time(selector.created, "created"), selector.name)
+def _oldest_first(state: DomainState, selectors) -> list[Selector]:
+    """By creation time; two made in the same second keep the order they were made in (state.json's)."""
+    position = {id(s): i for i, s in enumerate(state.selectors)}
+    return sorted(selectors, key=lambda s: (_time(s.created, "created"), position[id(s)]))
 
 
 def statuses(state: DomainState, retire_after_hours: int, at: datetime) -> list[Status]:
     """Every selector of a domain with its state, oldest first."""
     found = []
     hours = timedelta(hours=retire_after_hours)
-    for s in sorted(state.selectors, key=_order):
+    for s in _oldest_first(state, state.selectors):
         created = _time(s.created, "created")
         assert created is not None
         seen, signing, retired = _time(s.seen, "seen"), _time(s.signing_since, "signing_since"), _time(s.retired_since, "retired_since")
@@ -268,7 +270,7 @@ def _settle(state: DomainState, algorithms: list[str]) -> bool:
     when its record was seen), every older one stops (retired_since: when the newer one was seen). True if changed."""
     changed = False
     for algorithm in dict.fromkeys([*algorithms, *(s.algorithm for s in state.selectors)]):
-        seen = sorted((s for s in state.selectors if s.algorithm == algorithm and s.seen), key=_order)
+        seen = _oldest_first(state, [s for s in state.selectors if s.algorithm == algorithm and s.seen])
         if not seen:
             continue
         newest = seen[-1] if algorithm in algorithms else None

@@ -174,15 +174,16 @@ def audit(
     return Report(inventory.topology.cluster, audited, items, time.monotonic() - started, firewall_method())
 
 
-def shipped_tls(inventory: Inventory) -> dict[str, dict[str, str]]:
-    """The sha256 of every TLS file deploy ships, by host and host path (`tls.material.fingerprints`
-    of the controller's store): what drift and verify compare the live files with, by hash only."""
-    from .. import signing
-    from ..tls import store_of
+def shipped_tls(inventory: Inventory, fingerprints=None) -> dict[str, dict[str, str]]:
+    """The sha256 of every TLS file deploy ships, by host and host path (`fingerprints` of the controller's
+    store: the commands pass `signing.fingerprints`, TLS files and DKIM keys; default `tls.material.fingerprints`,
+    since drift sits below the DKIM store, which writes DNS records): what drift and verify compare the live
+    files with, by hash only."""
+    from ..tls import material, store_of
 
     store = store_of(inventory.topology.cluster)
     try:
-        return signing.fingerprints(inventory, store)
+        return (fingerprints or material.fingerprints)(inventory, store)
     except OSError as exc:
         raise DriftError(
             f"the controller's TLS store {store} has no {exc.filename}: `mailforge deploy` prepares it, and drift and verify compare "
