@@ -73,9 +73,7 @@ def _converged_roles(scenario: Path) -> dict[str, set[str]]:
     plays = yaml.safe_load((scenario / "converge.yml").read_text())
     named = [r["role"] if isinstance(r, dict) else r for play in plays for r in play.get("roles", [])]
     per_host = any(
-        task.get("ansible.builtin.include_role", {}).get("name") == "mailforge.cluster.{{ mailforge_role }}"
-        for play in plays
-        for task in play.get("tasks", [])
+        task.get("ansible.builtin.include_role", {}).get("name") == "mailforge.cluster.{{ mailforge_role }}" for play in plays for task in play.get("tasks", [])
     )
     converged = {}
     for platform in config["platforms"]:
