@@ -133,6 +133,63 @@ def test_dns_check_names_a_stale_tlsa_a_policy_host_not_an_mx_and_an_unchanged_i
     assert {k: c["detail"] for k, c in check().items() if not c["ok"]} == {}
 
 
+def test_dns_check_listings_names_a_listed_relay(lab, tmp_path):
+    """The lab's Knot lists relay1's address in the example's address list (a TSIG-signed update, A 127.0.0.2 with
+    a TXT reason, as a list operator would): `dns check --listings` exits 1 naming relay1, the list, the answer and
+    the reason, and every other address and domain "not listed"; unlisted again, it exits 0. Checked with a copy of
+    the example without its tls section, so no TLSA row waits for postscreen's greeting (see above)."""
+    import shutil
+
+    import dns.query
+    import dns.update
+    import yaml
+
+    from mailforge import lab as lab_module
+    from mailforge.inventory import load_inventory
+    from mailforge.tls.acme import parse_tsig
+
+    inventory = load_inventory(EXAMPLE)
+    assert inventory.topology.listings is not None
+    server = lab_module.plan(inventory).by_host("dns").address
+    key = parse_tsig(lab_module.acme_files(inventory).tsig.read_text()).dnspython()
+    zone = inventory.topology.listings.address_lists[0]
+    relay1 = ".".join(reversed(inventory.host("relay1").address.split("."))) + f".{zone}."
+    reason = '"relay1 sent spam to our traps"'
+    copy = tmp_path / "example"
+    shutil.copytree(EXAMPLE, copy, ignore=shutil.ignore_patterns(".mailforge"))
+    topology = yaml.safe_load((copy / "topology.yml").read_text())
+    topology.pop("tls")
+    (copy / "topology.yml").write_text(yaml.safe_dump(topology, sort_keys=False))
+
+    def listing(change: str) -> None:
+        update = dns.update.UpdateMessage(zone, keyring=key)
+        for rtype, value in (("A", "127.0.0.2"), ("TXT", reason)):
+            getattr(update, change)(relay1, *((300, rtype, value) if change == "add" else (rtype, value)))
+        assert dns.query.tcp(update, server, timeout=5).rcode() == 0
+
+    def check() -> tuple[int, dict[tuple[str, str], dict]]:
+        result = mailforge("dns", "check", str(copy), "--listings", "--nameserver", server, "--json", "--timeout", "5")
+        assert result.returncode in (0, 1), result.stderr
+        return result.returncode, {(c["host"], c["name"]): c for c in rows(json.loads(result.stdout))}
+
+    listing("add")
+    try:
+        code, found = check()
+    finally:
+        listing("delete")
+    assert code == 1
+    assert {k: c["status"] for k, c in found.items() if not c["ok"]} == {("relay1.example.com", f"listing in {zone}"): "listed"}
+    assert found[("relay1.example.com", f"listing in {zone}")]["detail"].startswith(
+        f"{inventory.host('relay1').address} (relay relay1): LISTED: {relay1[:-1]} A 127.0.0.2"
+    )
+    assert found[("relay1.example.com", f"listing in {zone}")]["detail"].endswith(f"TXT {reason}")
+    listed_rows = {k for k in found if k[1].startswith("listing in ")}
+    assert len(listed_rows) == 4 + len(inventory.topology.domains)  # lb, relay1, relay2, core; each hosted domain
+    code, found = check()
+    assert code == 0, {k: c["detail"] for k, c in found.items() if not c["ok"]}
+    assert all("not listed" in found[k]["detail"] for k in listed_rows)
+
+
 # Each break below is repaired with `mailforge deploy --lab`; breaks that fail different checks share one
 # verify and one repair (a deploy of the lab costs about a minute), so each test breaks two things.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from . import certs, deploy, dns, drift, graph, lab, maps, queue, render, status, validate, verify  # noqa: F401 - each registers its commands
+from . import certs, deploy, dkim, dns, drift, graph, lab, maps, queue, render, status, validate, verify  # noqa: F401 - each registers its commands
 from .app import app
 
 __all__ = ["app", "main"]

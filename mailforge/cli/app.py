@@ -1,4 +1,4 @@
-"""The Typer applications: `mailforge` and its command groups `lab`, `dns` and `queue`."""
+"""The Typer applications: `mailforge` and its command groups `lab`, `dns`, `dkim` and `queue`."""
 
 from __future__ import annotations
 
@@ -13,9 +13,13 @@ app = typer.Typer(
 )
 lab_app = typer.Typer(help="A local lab: one container per inventory host, plus clients and a DNS server.", no_args_is_help=True)
 dns_app = typer.Typer(help="The DNS a cluster needs: check it live, or print the records to publish.", no_args_is_help=True)
+dkim_app = typer.Typer(
+    help="The DKIM keys the hosted domains' outbound mail is signed with: rotate to the next selector, show each selector's state.", no_args_is_help=True
+)
 queue_app = typer.Typer(help="Act on the Postfix queues of a cluster's hosts: flush, hold, release, delete; each says what it acted on.", no_args_is_help=True)
 app.add_typer(lab_app, name="lab")
 app.add_typer(dns_app, name="dns")
+app.add_typer(dkim_app, name="dkim")
 app.add_typer(queue_app, name="queue")
 
 

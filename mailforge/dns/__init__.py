@@ -29,6 +29,8 @@ from .checks import (
     Check,
     run_checks,
 )
+from .listings import LISTED, UNKNOWN, cluster_addresses, listing_checks
+from .mail_auth import DkimInputs
 from .nsd import nsd_conf, zone_file_name
 from .queries import Answer, DnsError, Querier, parse_nameserver, system_nameservers
 from .records import (
@@ -41,6 +43,8 @@ from .records import (
     MX_PREFERENCE,
     Record,
     Sender,
+    dmarc_name,
+    dmarc_record,
     dnsbl_records,
     missing_mx,
     mx_target_addresses,
@@ -52,6 +56,7 @@ from .records import (
     rhsbl_test_name,
     served_zones,
     spf_record,
+    txt_value,
     zone_file,
     zone_of,
     zone_records,
@@ -88,6 +93,9 @@ __all__ = [
     "zone_file",
     "served_zones",
     "dnsbl_records",
+    "dmarc_name",
+    "dmarc_record",
+    "txt_value",
     # queries: asking a nameserver
     "DnsError",
     "Answer",
@@ -109,6 +117,12 @@ __all__ = [
     "Check",
     "run_checks",
     "TlsInputs",
+    # listings: `dns check --listings`
+    "LISTED",
+    "UNKNOWN",
+    "cluster_addresses",
+    "listing_checks",
+    "DkimInputs",
     # nsd
     "nsd_conf",
     "zone_file_name",

@@ -9,12 +9,14 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .mail_auth import DkimInputs, dkim_checks, dmarc_check
 from .queries import Answer, Querier
 from .records import (
     DOMAIN_TEST_UNLISTED,
     IP_TEST_LISTED,
     IP_TEST_UNLISTED,
     MX_PREFERENCE,
+    dmarc_name,
     mx_target_addresses,
     mx_targets,
     outbound_senders,
@@ -22,7 +24,7 @@ from .records import (
     rhsbl_test_name,
     spf_record,
 )
-from .spf import Spf, spf_records
+from .spf import LOOKUP_LIMIT, VOID_LIMIT, Spf, spf_records
 from .tls_checks import TlsInputs, tls_checks
 
 if TYPE_CHECKING:
@@ -78,9 +80,11 @@ class _Context:
         return None
 
 
-def run_checks(topology: Topology, querier: Querier, tls: TlsInputs | None = None) -> list[Check]:
+def run_checks(topology: Topology, querier: Querier, tls: TlsInputs | None = None, dkim: DkimInputs | None = None) -> list[Check]:
     """Every check of `mailforge dns check`, in a stable order. Raises DnsError if no nameserver answers at all.
-    With `tls` (the controller's store and trust), the TLSA, MTA-STS and TLS-RPT rows the tls section asks for."""
+    With `tls` (the controller's store and trust), the TLSA, MTA-STS and TLS-RPT rows the tls section asks for;
+    with `dkim` (the published selectors' keys), a DKIM row per selector, the ones seen recorded in `dkim.seen`;
+    with a dmarc section, a DMARC row per hosted domain."""
     t = topology
     querier.probe(sorted(t.domains)[0])
     allowed = {}
@@ -107,7 +111,7 @@ def run_checks(topology: Topology, querier: Querier, tls: TlsInputs | None = Non
     )
     checks: list[Check] = []
     seen_targets: list[str] = []
-    querier.prefetch([(domain, rtype) for domain in sorted(t.domains) for rtype in ("MX", "TXT")])
+    querier.prefetch([(domain, rtype) for domain in sorted(t.domains) for rtype in ("MX", "TXT")] + [(dmarc_name(d), "TXT") for d in t.domains if t.dmarc])
     for domain in sorted(t.domains):
         answer = querier.lookup(domain, "MX")
         checks.append(_check_mx(domain, answer, ctx))
@@ -115,6 +119,10 @@ def run_checks(topology: Topology, querier: Querier, tls: TlsInputs | None = Non
         seen_targets.extend(host for host in found if host not in seen_targets)
         checks.append(_check_no_core(domain, found, ctx))
         checks.append(_check_spf(domain, t, querier))
+        if t.dmarc is not None:
+            checks.append(Check(*dmarc_check(domain, t, querier)))
+    if dkim is not None:
+        checks.extend(Check(*row) for row in dkim_checks(querier, dkim))
     for target in [*ctx.targets, *(h for h in seen_targets if h not in ctx.targets)]:
         checks.append(_check_target(target, ctx))
     for relay in t.relays:
@@ -274,6 +282,21 @@ def _check_spf(domain: str, topology: Topology, q: Querier) -> Check:
     if len(records) > 1:
         return Check(domain, name, FAIL, f"{len(records)} SPF records, which is a permerror for every receiver: " + " | ".join(records))
     spf = Spf(q)
+    terms, voids, failure = spf.count_lookups(domain)
+    if failure is not None:
+        return Check(domain, name, _failure(failure), f"counting the DNS lookups: {failure.describe()}")
+    if len(terms) > LOOKUP_LIMIT or len(voids) > VOID_LIMIT:
+        over = []
+        if len(terms) > LOOKUP_LIMIT:
+            over.append(f"{len(terms)} DNS lookups (limit {LOOKUP_LIMIT}): {', '.join(terms)}")
+        if len(voids) > VOID_LIMIT:
+            over.append(f"{len(voids)} void lookups (limit {VOID_LIMIT}): {', '.join(voids)}")
+        return Check(
+            domain,
+            name,
+            FAIL,
+            "; ".join(over) + f': receivers stop with permerror (RFC 7208 4.6.4), so no sender passes; flatten the includes ["{records[0]}"]',
+        )
     problems, passed = [], []
     senders = outbound_senders(topology)
     for sender in senders:
@@ -295,7 +318,12 @@ def _check_spf(domain: str, topology: Topology, q: Querier) -> Check:
     notes = f"; note: {'; '.join(dict.fromkeys(spf.notes))}" if spf.notes else ""
     if problems:
         return Check(domain, name, FAIL, "; ".join(problems) + f' ["{records[0]}"]{notes}')
-    return Check(domain, name, OK, f'"{records[0]}": authorises {", ".join(passed) or "no host"}; others get {result}{notes}')
+    return Check(
+        domain,
+        name,
+        OK,
+        f'"{records[0]}": authorises {", ".join(passed) or "no host"}; others get {result}; {len(terms)} DNS lookups (limit {LOOKUP_LIMIT}){notes}',
+    )
 
 
 def _check_list(zone: str, name: str, listed: str, unlisted: str, q: Querier) -> Check:

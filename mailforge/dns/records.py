@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..inventory import Relay, Role, Topology, hosts_of, suggested_mx_name
+from ..inventory.model import Dmarc
 from ..render.mta_sts import WELL_KNOWN, policy_text, served_by_balancer
 from .mta_sts import policy_records
 
@@ -121,6 +122,44 @@ def spf_record(topology: Topology) -> str:
     return " ".join(["v=spf1", *dict.fromkeys(terms), "-all"])
 
 
+def txt_value(text: str, size: int = 255) -> str:
+    """A TXT value in zone-file syntax: quoted character-strings of at most `size` bytes each (RFC 1035 3.3.14),
+    since one string cannot hold a 2048-bit DKIM key. Receivers join them back without a separator."""
+    data = text.encode("utf-8")
+    chunks = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+    return " ".join('"' + chunk.decode("utf-8").replace("\\", "\\\\").replace('"', '\\"') + '"' for chunk in chunks)
+
+
+DMARC_DEFAULTS = {"pct": "100", "adkim": "r", "aspf": "r"}
+
+
+def dmarc_tags(dmarc: Dmarc) -> dict[str, str]:
+    """The tags of the _dmarc record (RFC 7489 6.3) the inventory asks for, in the order they are printed:
+    v and p always, rua when given, and the others only where they differ from the defaults."""
+    tags = {"v": "DMARC1", "p": dmarc.policy}
+    if dmarc.subdomain_policy and dmarc.subdomain_policy != dmarc.policy:
+        tags["sp"] = dmarc.subdomain_policy
+    if dmarc.percentage != 100:
+        tags["pct"] = str(dmarc.percentage)
+    if dmarc.aggregate_reports:
+        tags["rua"] = ",".join(dmarc.aggregate_reports)
+    if dmarc.failure_reports:
+        tags["ruf"] = ",".join(dmarc.failure_reports)
+    if dmarc.dkim_alignment == "strict":
+        tags["adkim"] = "s"
+    if dmarc.spf_alignment == "strict":
+        tags["aspf"] = "s"
+    return tags
+
+
+def dmarc_record(dmarc: Dmarc) -> str:
+    return "; ".join(f"{k}={v}" for k, v in dmarc_tags(dmarc).items())
+
+
+def dmarc_name(domain: str) -> str:
+    return f"_dmarc.{domain}"
+
+
 def rhsbl_test_name(zone: str) -> str:
     """The name a domain list documents as always listed ("test" by RFC 5782 unless the list says otherwise)."""
     for known, name in DOMAIN_TEST_NAMES.items():
@@ -173,6 +212,8 @@ def zone_records(topology: Topology) -> list[Record]:
             records.append(Record(domain, domain, "MX", f"{MX_PREFERENCE} {target}.", "same preference for every MX: no backup MX"))
         who = ", ".join(f"{s.role} {s.name}" for s in senders) or "no host"
         records.append(Record(domain, domain, "TXT", f'"{spf}"', f"SPF: the hosts that send this domain's mail: {who}"))
+        if t.dmarc is not None:
+            records.append(Record(domain, dmarc_name(domain), "TXT", txt_value(dmarc_record(t.dmarc)), f"DMARC: policy {t.dmarc.policy}"))
     records.extend(Record(*fields) for fields in policy_records(t))
     hosts: list[tuple[str, str, str, bool]] = []  # (fqdn, address, comment, wants PTR)
     labels = {Role.RELAY: "relay", Role.MX_PROXY: "MX proxy"}

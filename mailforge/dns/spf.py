@@ -18,6 +18,8 @@ class _SpfError(Exception):
 
 
 _QUALIFIERS = {"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"}
+LOOKUP_LIMIT, VOID_LIMIT = 10, 2  # RFC 7208 4.6.4
+_LOOKUP_TERMS = ("include", "a", "mx", "ptr", "exists")
 
 
 def spf_records(answer: Answer) -> list[str]:
@@ -40,6 +42,71 @@ class Spf:
         except _SpfError as exc:
             self.failure = exc.answer
             return exc.result, exc.reason
+
+    def count_lookups(self, domain: str) -> tuple[list[str], list[str], Answer | None]:
+        """Every term of `domain`'s SPF tree that costs a DNS lookup (include, a, mx, ptr, exists, redirect; RFC 7208 4.6.4),
+        as check_host() evaluates them for a sender that matches nothing (the worst case, which receivers meet
+        for every forged sender), and the void lookups among them (no such name, or no record). The third value is
+        the failed answer (timeout, SERVFAIL) that stopped the walk, if any."""
+        terms: list[str] = []
+        voids: list[str] = []
+
+        def where(name: str) -> str:
+            return "" if name == domain else f" (in {name})"
+
+        def void(answer: Answer) -> bool:
+            return answer.status in ("nxdomain", "nodata")
+
+        def walk(name: str, depth: int, stack: tuple[str, ...]) -> Answer | None:
+            if depth > 10 or name in stack:
+                return None
+            answer = self.q.lookup(name, "TXT")
+            if answer.failed:
+                return answer
+            records = spf_records(answer) if answer.status == "ok" else []
+            if len(records) != 1:
+                return None
+            redirect, has_all = None, False
+            for term in records[0].split()[1:]:
+                modifier = re.fullmatch(r"([A-Za-z][\w.-]*)=(.*)", term)
+                if modifier:
+                    if modifier.group(1).lower() == "redirect":
+                        redirect = modifier.group(2)
+                    continue
+                bare = term[1:] if term[:1] in _QUALIFIERS else term
+                mech, _, rest = bare.partition(":")
+                mech = mech.split("/")[0].lower()
+                if mech == "all":
+                    has_all = True
+                if mech not in _LOOKUP_TERMS:
+                    continue
+                terms.append(bare + where(name))
+                target = rest.split("/")[0] if rest else name
+                if "%" in target or mech == "ptr":
+                    continue
+                if mech == "include":
+                    sub = self.q.lookup(target, "TXT")
+                    if sub.failed:
+                        return sub
+                    if void(sub):
+                        voids.append(bare + where(name))
+                    failed = walk(target, depth + 1, (*stack, name))
+                    if failed:
+                        return failed
+                    continue
+                looked = self.q.lookup(target, "MX" if mech == "mx" else "A")
+                if looked.failed:
+                    return looked
+                if void(looked):
+                    voids.append(bare + where(name))
+            if redirect and not has_all:  # redirect is ignored when the record has an all (RFC 7208 6.1)
+                terms.append(f"redirect={redirect}" + where(name))
+                if "%" not in redirect:
+                    return walk(redirect, depth + 1, (*stack, name))
+            return None
+
+        failure = walk(domain, 0, ())
+        return terms, voids, failure
 
     def _txt(self, domain: str) -> list[str]:
         answer = self.q.lookup(domain, "TXT")

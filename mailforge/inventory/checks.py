@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import cast
 
 from ..errors import Problem
 from . import header_checks as header_check_syntax
-from .model import Acme, DnsUpdate, LdapSource, Monitoring, Recipients, Tls, Topology
+from .model import Acme, Dkim, Dmarc, DnsUpdate, LdapSource, Monitoring, Recipients, Tls, Topology
 from .partial import identified, present
 from .positions import Located, format_path
 from .postfix_parameters import GUARDED_PARAMETERS, PARAMETERS_BY_RELEASE, POSTFIX_PARAMETERS
@@ -367,6 +368,44 @@ def tls_settings_agree(t: Topology, source: Located) -> Iterator[Finding]:
             )
 
 
+def listings_name_a_list(t: Topology, source: Located) -> Iterator[Finding]:
+    """A listings section that names no list would make `dns check --listings` pass having asked nothing.
+    (A zone that is both an address and a domain list is fine: some lists answer for both.) Judged on what was
+    written, so a list that failed validation (already reported) does not count as empty."""
+    raw = source.data.get("listings") if isinstance(source.data, dict) else None
+    if isinstance(raw, dict) and not raw.get("address_lists") and not raw.get("domain_lists"):
+        yield _error(
+            source,
+            ("listings",),
+            "names no DNS list, so `dns check --listings` would ask nothing",
+            "address_lists: IP lists such as [zen.spamhaus.org] and/or domain_lists: domain lists such as [dbl.spamhaus.org]; or no listings section",
+        )
+
+
+def dkim_and_dmarc_agree(t: Topology, source: Located) -> Iterator[Finding]:
+    """DKIM signs only hosted domains (a key for another would sign mail this cluster never sends as it); DMARC reports
+    go to mailto: URIs (RFC 7489 6.3: receivers send reports by mail; other schemes they ignore)."""
+    dkim = getattr(t, "dkim", None)
+    hosted = {str(d).lower() for _, d in present(getattr(t, "domains", None) or [])}
+    if isinstance(dkim, Dkim) and hosted:
+        for i, domain in enumerate(dkim.domains):
+            if str(domain).lower() not in hosted:
+                yield _error(
+                    source,
+                    ("dkim", "domains", i),
+                    f"{domain} is not a hosted domain, so no mail of it is sent here to sign",
+                    "one of domains: " + ", ".join(sorted(hosted)),
+                )
+    dmarc = getattr(t, "dmarc", None)
+    if isinstance(dmarc, Dmarc):
+        for key in ("aggregate_reports", "failure_reports"):
+            for i, uri in enumerate(getattr(dmarc, key)):
+                if not re.fullmatch(r"mailto:[^@\s,;!]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}(![0-9]+[kmgt]?)?", uri):
+                    yield _error(
+                        source, ("dmarc", key, i), f"{uri!r} is not a mailto: URI: receivers send DMARC reports only by mail", "e.g. mailto:dmarc@example.com"
+                    )
+
+
 def ssh_is_not_open_to_all(t: Topology, source: Located) -> Iterator[Finding]:
     if not t.firewall.admin_networks:
         yield _warning(source, ("firewall",), "SSH stays open to any address", "firewall.admin_networks: the networks you administer from")
@@ -385,6 +424,8 @@ CHECKS: list[Check] = [
     main_cf_parameters_exist,
     metrics_ports_are_free,
     tls_settings_agree,
+    listings_name_a_list,
+    dkim_and_dmarc_agree,
     ssh_is_not_open_to_all,
 ]
 

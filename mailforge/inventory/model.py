@@ -282,14 +282,21 @@ class Tls(Strict):
     outbound: OutboundTls | None = None
 
 
+DkimAlgorithm = Literal["rsa", "ed25519"]
+
+
+def _rsa_only() -> list[DkimAlgorithm]:
+    return ["rsa"]
+
+
 class Dkim(Strict):
     """DKIM signing (RFC 6376) of the hosted domains' outbound mail, by OpenDKIM on every host that sends to the
     Internet (the cores; an MX proxy's outbound instance). The keys are made by `mailforge dkim rotate` on the
     controller and kept in its store (0600), never in the inventory; `dns zone` prints their records."""
 
     domains: list[Domain] = Field(default_factory=list, description="The hosted domains to sign for; empty: every hosted domain.")
-    algorithms: list[Literal["rsa", "ed25519"]] = Field(
-        default_factory=lambda: ["rsa"],
+    algorithms: list[DkimAlgorithm] = Field(
+        default_factory=_rsa_only,
         min_length=1,
         description="rsa (rsa-sha256, 2048-bit keys); with ed25519 too, every message carries a second signature (ed25519-sha256, RFC 8463).",
     )
