@@ -5,7 +5,7 @@ outbound instance that trusts the wrong host fails exactly those checks.
 
 Runs when MAILFORGE_LAB=1. The lab is brought up here and always taken down at the end, whatever
 MAILFORGE_LAB_KEEP says (that keeps the example's): its network, 10.233.0.0/23, overlaps the one
-molecule/mailforge_postmulti creates for the same inventory.
+Molecule's `roles` scenario creates for the MX proxy of the same inventory.
 """
 
 from __future__ import annotations

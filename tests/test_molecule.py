@@ -1,9 +1,13 @@
-"""Molecule scenarios, for real: one per role (converge, idempotence, verify with testinfra) and
+"""Molecule scenarios, for real: the role scenarios (converge, idempotence, verify with testinfra) and
 `cluster`, the example's whole topology verified with every check of `mailforge verify`.
 
+`roles` converges the balancer, the relay and the core of molecule/shared/inventory and the MX proxy
+of inventories/mx-proxy, each with its own role, in one run (one create, converge, idempotence,
+verify and destroy rather than four, one scenario after another: CI time, docs/molecule.md).
+
 Needs a container engine and root (scripts/container-engine sets up Podman's Docker API when no
-Docker answers); runs when MAILFORGE_LAB=1. Scenarios run one at a time: the role scenarios
-use 10.234.0.0/24 (postmulti 10.233.0.0/24), and `cluster` uses the lab's own network and container names.
+Docker answers); runs when MAILFORGE_LAB=1. Scenarios run one at a time: `roles` uses
+10.234.0.0/24 (its MX proxy 10.233.0.0/24), and `cluster` uses the lab's own network and container names.
 """
 
 from __future__ import annotations

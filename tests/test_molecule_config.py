@@ -7,6 +7,7 @@ so the scenario covers both releases; it must stay the example otherwise. No con
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import yaml
@@ -46,9 +47,13 @@ def test_cluster_network_is_the_lab_network():
     assert [(n["name"], n["ipam_config"][0]["subnet"]) for n in networks] == [(plan.network, plan.subnet)]
 
 
-def _converged_roles(scenario: Path) -> set[str]:
-    """Every role a role scenario's converge.yml runs: the roles it names and, transitively, their meta dependencies."""
-    named = [r["role"] if isinstance(r, dict) else r for play in yaml.safe_load((scenario / "converge.yml").read_text()) for r in play.get("roles", [])]
+def _role_scenarios() -> list[Path]:
+    """Every scenario directory but `cluster` (which runs `mailforge deploy`, not the roles one by one)."""
+    return sorted(p.parent for p in SCENARIOS.glob("*/molecule.yml") if p.parent.name != "cluster")
+
+
+def _with_dependencies(named: list[str]) -> set[str]:
+    """The roles named and, transitively, their meta dependencies."""
     todo, seen = [role_dir(r).name for r in named], set()
     while todo:
         role = todo.pop()
@@ -59,22 +64,60 @@ def _converged_roles(scenario: Path) -> set[str]:
     return seen
 
 
+def _converged_roles(scenario: Path) -> dict[str, set[str]]:
+    """{instance: every role the scenario's converge.yml runs on it}: the roles its plays name and the
+    instance's `mailforge_role` (from its groups' group_vars) where a play includes
+    `mailforge.cluster.{{ mailforge_role }}`, with their meta dependencies."""
+    config = yaml.safe_load((scenario / "molecule.yml").read_text())
+    group_vars = config["provisioner"]["inventory"].get("group_vars", {})
+    plays = yaml.safe_load((scenario / "converge.yml").read_text())
+    named = [r["role"] if isinstance(r, dict) else r for play in plays for r in play.get("roles", [])]
+    per_host = any(
+        task.get("ansible.builtin.include_role", {}).get("name") == "mailforge.cluster.{{ mailforge_role }}" for play in plays for task in play.get("tasks", [])
+    )
+    converged = {}
+    for platform in config["platforms"]:
+        roles = list(named)
+        if per_host:
+            [role] = {group_vars[g]["mailforge_role"] for g in platform.get("groups", []) if "mailforge_role" in group_vars.get(g, {})}
+            roles.append(f"mailforge.cluster.{role}")
+        converged[platform["name"]] = _with_dependencies(roles)
+    return converged
+
+
+def _tested_instances(test: Path, scenario: Path) -> list[str]:
+    """The instances testinfra runs `test` on: the groups (or instances) its `testinfra_hosts` names, else all."""
+    platforms = yaml.safe_load((scenario / "molecule.yml").read_text())["platforms"]
+    assigned = [node for node in ast.parse(test.read_text()).body if isinstance(node, ast.Assign)]
+    hosts = next((ast.literal_eval(a.value) for a in assigned if any(getattr(t, "id", "") == "testinfra_hosts" for t in a.targets)), None)
+    if hosts is None:
+        return [p["name"] for p in platforms]
+    names = [h.removeprefix("ansible://") for h in hosts]
+    return [p["name"] for p in platforms if p["name"] in names or set(p.get("groups", [])) & set(names)]
+
+
 def test_every_role_is_converged_and_tested_by_a_scenario():
-    """A role counts as covered only where one scenario both converges it and verifies it.
+    """A role counts as covered only where its tests run on instances that converge it.
 
     Role scenarios share converges (mailforge_core also runs base, firewall and postfix as meta
     dependencies), so a role's testinfra tests live in a scenario that converges it:
-    `molecule/<scenario>/tests/test_<role without mailforge_>.py`. A converged role nobody tests, or
-    a test file in a scenario that does not converge its role, leaves the role uncovered.
+    `molecule/<scenario>/tests/test_<role without mailforge_>.py`, run (its `testinfra_hosts`) on
+    instances that all converge the role. A converged role nobody tests, or a test file run on an
+    instance that does not converge its role, leaves the role uncovered.
     """
     roles = sorted(p.name for p in ROLES.iterdir() if (p / "tasks" / "main.yml").is_file())
     covered: dict[str, list[str]] = {}
-    for scenario in sorted(SCENARIOS.glob("mailforge_*/molecule.yml")):
-        converged = _converged_roles(scenario.parent)
-        for test in sorted((scenario.parent / "tests").glob("test_*.py")):
+    for scenario in _role_scenarios():
+        converged = _converged_roles(scenario)
+        for test in sorted((scenario / "tests").glob("test_*.py")):
             role = "mailforge_" + test.stem.removeprefix("test_")
-            assert role in converged, f"{test.relative_to(REPO)} tests {role}, which the scenario does not converge ({sorted(converged)})"
-            covered.setdefault(role, []).append(scenario.parent.name)
+            instances = _tested_instances(test, scenario)
+            assert instances, f"{test.relative_to(REPO)}: its testinfra_hosts name no instance of {scenario.name}"
+            for instance in instances:
+                assert role in converged[instance], (
+                    f"{test.relative_to(REPO)} tests {role} on {instance}, which does not converge it ({sorted(converged[instance])})"
+                )
+            covered.setdefault(role, []).append(scenario.name)
     missing = [role for role in roles if role not in covered]
     assert not missing, f"roles no scenario both converges and tests (add molecule/<scenario>/tests/test_<role>.py): {missing}"
 
@@ -123,7 +166,11 @@ def test_cluster_inventory_is_the_example_apart_from_debian_release():
 
 
 def test_every_role_scenario_runs_on_every_release():
-    """Each role scenario converges and verifies its host on Debian 13 and on Debian 12 at once."""
-    for path in sorted(SCENARIOS.glob("mailforge_*/molecule.yml")):
-        platforms = yaml.safe_load(path.read_text())["platforms"]
-        assert {p["image"] for p in platforms} == {lab.image_of(codename) for codename in RELEASES}, path
+    """Each role scenario converges and verifies each of its hosts (each role) on Debian 13 and on Debian 12 at once."""
+    for scenario in _role_scenarios():
+        converged = _converged_roles(scenario)
+        images: dict[frozenset[str], set[str]] = {}
+        for p in yaml.safe_load((scenario / "molecule.yml").read_text())["platforms"]:
+            images.setdefault(frozenset(converged[p["name"]]), set()).add(p["image"])
+        for roles, found in images.items():
+            assert found == {lab.image_of(codename) for codename in RELEASES}, (scenario.name, sorted(roles))

@@ -15,7 +15,9 @@ import yaml
 from mailforge.resources import role_dir
 
 PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
-RENDER = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "render"
+RENDER = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "render"  # molecule/shared/inventory's
+# inventories/mx-proxy's, staged apart in the same scenario (mailforge_stage_dir in molecule/roles/molecule.yml)
+MX_PROXY_RENDER = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "mx-proxy" / "render"
 ROLES_INVENTORY = PROJECT / "molecule/shared/inventory/topology.yml"
 
 
@@ -27,15 +29,15 @@ def role_defaults(role: str) -> dict:
     return yaml.safe_load((role_dir(role) / "defaults/main.yml").read_text())
 
 
-def rendered_files(host_name: str) -> dict:
-    """{path: manifest entry} of everything rendered for `host_name`."""
-    return json.loads((RENDER / "manifest.json").read_text())["hosts"][host_name]["files"]
+def rendered_files(host_name: str, render: Path = RENDER) -> dict:
+    """{path: manifest entry} of everything rendered for `host_name` (in the render `render`)."""
+    return json.loads((render / "manifest.json").read_text())["hosts"][host_name]["files"]
 
 
-def assert_live_file_is_rendered(host, host_name: str, path: str) -> None:
+def assert_live_file_is_rendered(host, host_name: str, path: str, render: Path = RENDER) -> None:
     """The file on the host is the rendered one, byte for byte, a plain file, with the manifest's owner and mode."""
-    meta = rendered_files(host_name)[path]
-    rendered = (RENDER / host_name / path.lstrip("/")).read_bytes()
+    meta = rendered_files(host_name, render)[path]
+    rendered = (render / host_name / path.lstrip("/")).read_bytes()
     assert hashlib.sha256(rendered).hexdigest() == meta["sha256"], "the render does not match its own manifest"
     live = host.file(path)
     assert live.is_file and not live.is_symlink, path

@@ -2,6 +2,8 @@
 
 from host_checks import role_defaults
 
+testinfra_hosts = ["ansible://cores"]  # the instances that converge this role (molecule.yml)
+
 DEFAULTS = role_defaults("mailforge_base")
 
 

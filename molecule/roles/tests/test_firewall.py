@@ -3,6 +3,8 @@
 import pytest
 from host_checks import RENDER, assert_live_file_is_rendered, role_defaults
 
+testinfra_hosts = ["ansible://relays"]  # the instances that converge this role (molecule.yml)
+
 HOST = "relay"  # mailforge_host in molecule.yml
 DEFAULTS = role_defaults("mailforge_firewall")
 

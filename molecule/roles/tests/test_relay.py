@@ -7,6 +7,8 @@ its firewall accepts), starting with the PROXY header the balancer would send.
 import pytest
 from host_checks import code, listens_on, smtp, topology
 
+testinfra_hosts = ["ansible://relays"]  # the instances that converge this role (molecule.yml)
+
 HOST = "relay"  # mailforge_host in molecule.yml
 INVENTORY = topology()
 RELAY = next(r for r in INVENTORY["relays"] if r["name"] == HOST)

@@ -6,10 +6,12 @@ networks on the submission port.
 """
 
 import pytest
-from host_checks import PROJECT, assert_live_file_is_rendered, listening, rendered_files, topology
+from host_checks import MX_PROXY_RENDER, PROJECT, assert_live_file_is_rendered, listening, rendered_files, topology
+
+testinfra_hosts = ["ansible://mxproxies"]  # the instances that converge this role (molecule.yml)
 
 HOST = "mxproxy"  # mailforge_host in molecule.yml
-FILES = rendered_files(HOST)
+FILES = rendered_files(HOST, MX_PROXY_RENDER)
 INVENTORY = topology(PROJECT / "inventories/mx-proxy/topology.yml")
 RELAY = next(r for r in INVENTORY["relays"] if r["name"] == HOST)
 ADDRESS = RELAY["address"]
@@ -46,7 +48,7 @@ def test_instance_check_passes(host, directory):
 
 @pytest.mark.parametrize("path", sorted(p for p, m in FILES.items() if "config_directory" in m))
 def test_live_file_is_the_rendered_one(host, path):
-    assert_live_file_is_rendered(host, HOST, path)
+    assert_live_file_is_rendered(host, HOST, path, MX_PROXY_RENDER)
 
 
 def test_inbound_listens_on_port_25_of_the_relay_address(host):

@@ -5,6 +5,8 @@ import base64
 import pytest
 from host_checks import RENDER, assert_live_file_is_rendered, listens_on, rendered_files
 
+testinfra_hosts = ["ansible://cores"]  # the instances that converge this role (molecule.yml)
+
 HOST = "core"  # mailforge_host in molecule.yml
 POSTFIX_FILES = {path: meta for path, meta in rendered_files(HOST).items() if "config_directory" in meta}
 MAPS = sorted(path for path, meta in POSTFIX_FILES.items() if meta["action"] == "postmap")

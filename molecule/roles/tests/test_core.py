@@ -10,6 +10,8 @@ import uuid
 
 from host_checks import listens_on, role_defaults, smtp, topology
 
+testinfra_hosts = ["ansible://cores"]  # the instances that converge this role (molecule.yml)
+
 HOST = "core"  # mailforge_host in molecule.yml
 CORE = next(c for c in topology()["cores"] if c["name"] == HOST)
 DEFAULTS = role_defaults("mailforge_core")
