@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mailforge.render.dkim import INTERNAL_HOSTS, KEY_TABLE, OPENDKIM_CONF, OPENDKIM_DIR, OPENDKIM_RELOAD, SIGNING_TABLE
 
 pytestmark = [pytest.mark.tools, pytest.mark.skipif(shutil.which("opendkim") is None, reason="scripts/setup installs opendkim")]
 
-SIGNED = "outbound-tls"  # its topology has dkim: rsa and ed25519 for two of its three domains
+SIGNED = "outbound-tls"  # its topology has dkim (rsa) for two of its three domains
 SENDERS = {"filter": "etc/postfix", "mxproxy": "etc/postfix-outbound"}  # host -> the instance that sends to the Internet
 MILTER = {"smtpd_milters": "inet:localhost:8891", "non_smtpd_milters": "inet:localhost:8891", "milter_default_action": "tempfail"}
 
@@ -74,7 +74,7 @@ def checkable(rendered, tmp_path):
     base = tmp_path / "opendkim"
     (base / "keys" / "example.org").mkdir(parents=True)
     shutil.copy(out / "filter" / INTERNAL_HOSTS.lstrip("/"), base / "internal-hosts")
-    keys = {"mf20260101": rsa.generate_private_key(public_exponent=65537, key_size=2048), "mf20260101e": ed25519.Ed25519PrivateKey.generate()}
+    keys = {"mf20260101": rsa.generate_private_key(public_exponent=65537, key_size=2048)}
     table, signing = [], []
     for selector, key in keys.items():
         path = base / "keys" / "example.org" / f"{selector}.private"
@@ -116,7 +116,7 @@ def test_the_shipment_carries_the_seen_keys_and_their_tables(tmp_path):
     store = tmp_path / "store"
     material.prepare(inv, store)
     made = dkim.ensure_keys(inv.topology, store)
-    assert len(made) == 4  # two domains, rsa and ed25519 each
+    assert len(made) == 2  # two domains, an rsa key each
     unseen = signing.dkim_shipment(inv, store)
     assert sorted(unseen) == ["filter", "mxproxy"]
     assert set(unseen["filter"]) == {KEY_TABLE, SIGNING_TABLE} and unseen["filter"][KEY_TABLE].content() == b""  # nothing signs before it is published
@@ -124,11 +124,11 @@ def test_the_shipment_carries_the_seen_keys_and_their_tables(tmp_path):
     keys = dkim.signing_keys(inv.topology, store)
     files = signing.shipment(inv, store)["filter"]
     shipped_keys = {path: item for path, item in files.items() if path.endswith(".private")}
-    assert len(shipped_keys) == 4 and all((i.mode, i.owner) == ("0600", "opendkim") for i in shipped_keys.values())
+    assert len(shipped_keys) == 2 and all((i.mode, i.owner) == ("0600", "opendkim") for i in shipped_keys.values())
     table = files[KEY_TABLE].content().decode()
     for k in keys:
         assert f"{k.domain}:{k.selector}:/etc/opendkim/keys/{k.domain}/{k.selector}.private" in table
-    assert files[SIGNING_TABLE].content().decode().count("*@example.org ") == 2  # rsa and ed25519: two signatures
+    assert files[SIGNING_TABLE].content().decode().count("*@example.org ") == 1  # one signature per message
     entries = material.assemble(signing.shipment(inv, store), tmp_path / "stage", ["filter"])["filter"]
     assert "PRIVATE KEY" not in json.dumps(entries)  # Ansible gets paths, never key material
     staged = {e["path"]: Path(e["src"]) for e in entries}

@@ -11,7 +11,7 @@ from ..results import Result, Run
 from .app import dkim_app
 from .common import InventoryArg, JsonOption, command, finish, load, out
 
-DKIM_EXAMPLE = "a dkim section at the top level, e.g. `dkim: {algorithms: [rsa, ed25519], retire_after_hours: 168}` (docs/dkim.md)"
+DKIM_EXAMPLE = "a dkim section at the top level, e.g. `dkim: {algorithms: [rsa], retire_after_hours: 168}` (docs/dkim.md)"
 
 
 def _store_of(inventory: Path, as_json: bool):

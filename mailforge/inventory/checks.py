@@ -396,6 +396,17 @@ def dkim_and_dmarc_agree(t: Topology, source: Located) -> Iterator[Finding]:
                     f"{domain} is not a hosted domain, so no mail of it is sent here to sign",
                     "one of domains: " + ", ".join(sorted(hosted)),
                 )
+    if isinstance(dkim, Dkim):
+        for i, algorithm in enumerate(dkim.algorithms):
+            if algorithm == "ed25519":
+                yield _error(
+                    source,
+                    ("dkim", "algorithms", i),
+                    "OpenDKIM as Debian 12 and 13 ship it (2.11.0~beta2) signs every key with one algorithm (SignatureAlgorithm, rsa-sha256): "
+                    "beside an RSA key an Ed25519 key would fail at signing time, and the milter would tempfail every message of the domain "
+                    "(per-key algorithms came to OpenDKIM's development branch only in 2026)",
+                    "algorithms: [rsa]",
+                )
     dmarc = getattr(t, "dmarc", None)
     if isinstance(dmarc, Dmarc):
         for key in ("aggregate_reports", "failure_reports"):

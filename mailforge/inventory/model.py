@@ -298,7 +298,7 @@ class Dkim(Strict):
     algorithms: list[DkimAlgorithm] = Field(
         default_factory=_rsa_only,
         min_length=1,
-        description="rsa (rsa-sha256, 2048-bit keys); with ed25519 too, every message carries a second signature (ed25519-sha256, RFC 8463).",
+        description="rsa (rsa-sha256, 2048-bit keys). ed25519 (RFC 8463) is refused for now: Debian's OpenDKIM (2.11.0~beta2) signs every key with one algorithm.",
     )
     retire_after_hours: Annotated[StrictInt, Field(ge=0, le=8760)] = Field(
         default=168, description="Hours after signing switched to a new selector before the old selector's record is listed for removal."
