@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import INVENTORIES
+from test_acme import _binary
 from test_dns import dnsbl_sections, free_port
 
 SECTIONS = """
@@ -30,18 +31,14 @@ dmarc:
 """
 
 
-def _binary(name: str) -> str:
-    found = shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if Path(p).exists()), None)
-    assert found, f"{name} is not installed: run scripts/setup"
-    return found
-
-
 class Knot:
-    """knotd serving `zones` ({zone: record lines}) under a test SOA/NS on 127.0.0.1:port; stop() ends it."""
+    """knotd serving `zones` ({zone: record lines}) under a test SOA/NS on 127.0.0.1:port; stop() ends it. With
+    `updatable`, it takes RFC 2136 updates signed with its own TSIG key (`update`), as a list operator's would."""
 
-    def __init__(self, root: Path, zones: dict[str, list[str]]):
+    def __init__(self, root: Path, zones: dict[str, list[str]], updatable: bool = False):
         from mailforge.dns import zone_file_name
         from mailforge.dns.knot import knot_conf
+        from mailforge.tls import acmelab
 
         root.mkdir(parents=True)
         self.root, self.port = root, free_port()
@@ -49,7 +46,9 @@ class Knot:
             head = [f"$ORIGIN {zone}.", "$TTL 300", "@ IN SOA ns.test. hostmaster.test. 1 3600 600 86400 60", "@ IN NS ns.test."]
             (root / zone_file_name(zone)).write_text("\n".join(head + lines) + "\n", encoding="utf-8")
         conf = root / "knot.conf"
-        conf.write_text(knot_conf(sorted(zones), str(root), [f"127.0.0.1@{self.port}"]))
+        self.key = acmelab.new_tsig() if updatable else None
+        tsig = (self.key.name, self.key.algorithm, self.key.secret) if self.key else None
+        conf.write_text(knot_conf(sorted(zones), str(root), [f"127.0.0.1@{self.port}"], tsig))
         self.log = (root / "knot.log").open("wb")
         self.process = subprocess.Popen([_binary("knotd"), "-c", str(conf)], stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
@@ -61,6 +60,19 @@ class Knot:
             assert time.monotonic() < deadline, f"knotd did not start or load every zone: {text}"
             time.sleep(0.05)
         self.nameserver = f"127.0.0.1:{self.port}"
+
+    def update(self, zone: str, change: str, name: str, rtype: str, value: str) -> None:
+        """One TSIG-signed RFC 2136 update: add or delete one record."""
+        import dns.query
+        import dns.update
+
+        assert self.key is not None, "started without updatable=True"
+        update = dns.update.UpdateMessage(zone, keyring=self.key.dnspython())
+        if change == "add":
+            update.add(name, 300, rtype, value)
+        else:
+            update.delete(name, rtype, value)
+        assert dns.query.tcp(update, "127.0.0.1", port=self.port, timeout=5).rcode() == 0
 
     def stop(self) -> None:
         self.process.terminate()

@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 from conftest import MAILFORGE
-from test_acme import _binary
-from test_dns import EXAMPLE, DroppingProxy, check, dnsbl_sections, free_port, mailforge, row
+from test_dkim_dns import Knot
+from test_dns import EXAMPLE, DroppingProxy, check, dnsbl_sections, mailforge, row
 
 from mailforge.dns import zone_sections
 
@@ -26,61 +25,16 @@ DOMAIN = "example.org.dbl.spamhaus.org."
 REASON = "https://www.spamhaus.org/query/ip/10.232.0.21"
 
 
-class Knot:
-    """knotd serving the example's zones and its lists' stand-ins, updatable with its TSIG key."""
-
-    def __init__(self, root: Path):
-        import time
-
-        from mailforge import dns
-        from mailforge.dns.knot import knot_conf
-        from mailforge.tls import acmelab
-
-        result = mailforge("dns", "zone", str(EXAMPLE))
-        assert result.returncode == 0, result.stderr
-        zones = {**zone_sections(result.stdout), **dnsbl_sections(EXAMPLE)}
-        root.mkdir(parents=True, exist_ok=True)
-        for zone, lines in zones.items():
-            head = [f"$ORIGIN {zone}.", "$TTL 300", "@ IN SOA ns.test. hostmaster.test. 1 3600 600 86400 60", "@ IN NS ns.test."]
-            (root / dns.zone_file_name(zone)).write_text("\n".join(head + lines) + "\n")
-        self.key = acmelab.new_tsig()
-        self.port = free_port()
-        conf = root / "knot.conf"
-        conf.write_text(knot_conf(sorted(zones), str(root), [f"127.0.0.1@{self.port}"], (self.key.name, self.key.algorithm, self.key.secret)))
-        self.log = (root / "knot.log").open("wb")
-        self.process = subprocess.Popen([_binary("knotd"), "-c", str(conf)], stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while "server started" not in (root / "knot.log").read_text(errors="replace"):
-            assert self.process.poll() is None, (root / "knot.log").read_text(errors="replace")
-            assert time.monotonic() < deadline, (root / "knot.log").read_text(errors="replace")
-            time.sleep(0.05)
-        self.nameserver = f"127.0.0.1:{self.port}"
-
-    def update(self, zone: str, change: str, name: str, rtype: str, value: str) -> None:
-        """One TSIG-signed RFC 2136 update: add or delete one record."""
-        import dns.query
-        import dns.update
-
-        update = dns.update.UpdateMessage(zone, keyring=self.key.dnspython())
-        if change == "add":
-            update.add(name, 300, rtype, value)
-        else:
-            update.delete(name, rtype, value)
-        assert dns.query.tcp(update, "127.0.0.1", port=self.port, timeout=5).rcode() == 0
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.log.close()
+def example_zones() -> dict[str, list[str]]:
+    """The example's zones as `dns zone` prints them, and its lists' stand-ins."""
+    result = mailforge("dns", "zone", str(EXAMPLE))
+    assert result.returncode == 0, result.stderr
+    return {**zone_sections(result.stdout), **dnsbl_sections(EXAMPLE)}
 
 
 @pytest.fixture(scope="module")
 def knot(tmp_path_factory):
-    server = Knot(tmp_path_factory.mktemp("knot-listings"))
+    server = Knot(tmp_path_factory.mktemp("knot-listings") / "knot", example_zones(), updatable=True)
     yield server
     server.stop()
 
