@@ -26,6 +26,20 @@ def spf_records(answer: Answer) -> list[str]:
     return [v for v in answer.values if re.match(r"(?i)v=spf1(\s|$)", v)]
 
 
+def _terms(record: str) -> tuple[list[tuple[str, str]], str | None]:
+    """A record's mechanisms as (qualifier, term) in order, and its redirect: the one parse both walks share."""
+    mechanisms, redirect = [], None
+    for term in record.split()[1:]:
+        modifier = re.fullmatch(r"([A-Za-z][\w.-]*)=(.*)", term)
+        if modifier:
+            if modifier.group(1).lower() == "redirect":
+                redirect = modifier.group(2)
+            continue
+        qualifier = _QUALIFIERS.get(term[0])
+        mechanisms.append((qualifier, term[1:]) if qualifier else ("pass", term))
+    return mechanisms, redirect
+
+
 class Spf:
     """check_host() of RFC 7208 for ip4, ip6, a, mx, include, exists, redirect and all (no macros, ptr never matches)."""
 
@@ -66,14 +80,9 @@ class Spf:
             records = spf_records(answer) if answer.status == "ok" else []
             if len(records) != 1:
                 return None
-            redirect, has_all = None, False
-            for term in records[0].split()[1:]:
-                modifier = re.fullmatch(r"([A-Za-z][\w.-]*)=(.*)", term)
-                if modifier:
-                    if modifier.group(1).lower() == "redirect":
-                        redirect = modifier.group(2)
-                    continue
-                bare = term[1:] if term[:1] in _QUALIFIERS else term
+            mechanisms, redirect = _terms(records[0])
+            has_all = False
+            for _, bare in mechanisms:
                 mech, _, rest = bare.partition(":")
                 mech = mech.split("/")[0].lower()
                 if mech == "all":
@@ -133,18 +142,8 @@ class Spf:
             return "none", f"{domain} has no SPF record"
         if len(records) > 1:
             raise _SpfError("permerror", f"{domain} has {len(records)} SPF records")
-        redirect = None
-        for term in records[0].split()[1:]:
-            modifier = re.fullmatch(r"([A-Za-z][\w.-]*)=(.*)", term)
-            if modifier:
-                if modifier.group(1).lower() == "redirect":
-                    redirect = modifier.group(2)
-                continue
-            qualifier = _QUALIFIERS.get(term[0])
-            if qualifier:
-                term = term[1:]
-            else:
-                qualifier = "pass"
+        mechanisms, redirect = _terms(records[0])
+        for qualifier, term in mechanisms:
             if self._matches(ip, term, domain, depth):
                 return qualifier, f"{domain}: {term}"
         if redirect:
