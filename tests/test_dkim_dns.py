@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import INVENTORIES
 from test_acme import _binary
-from test_dns import dnsbl_sections, free_port
+from test_dns import NameServer, dnsbl_sections, free_port
 
 SECTIONS = """
 dkim:
@@ -31,7 +31,7 @@ dmarc:
 """
 
 
-class Knot:
+class Knot(NameServer):
     """knotd serving `zones` ({zone: record lines}) under a test SOA/NS on 127.0.0.1:port; stop() ends it. With
     `updatable`, it takes RFC 2136 updates signed with its own TSIG key (`update`), as a list operator's would."""
 
@@ -73,15 +73,6 @@ class Knot:
         else:
             update.delete(name, rtype, value)
         assert dns.query.tcp(update, "127.0.0.1", port=self.port, timeout=5).rcode() == 0
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.log.close()
 
 
 @pytest.fixture

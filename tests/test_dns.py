@@ -19,6 +19,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 from conftest import INVENTORIES as SHIPPED
@@ -140,7 +141,23 @@ def right_set(zone_output, name: str) -> dict[str, list[str]]:
 # --- a real NSD --------------------------------------------------------------------------------
 
 
-class Nsd:
+class NameServer:
+    """A DNS server process the test started (`process`, its `log`): stop() ends it, killing it if it hangs."""
+
+    process: subprocess.Popen
+    log: IO
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.log.close()
+
+
+class Nsd(NameServer):
     """NSD serving `zones` ({zone: record lines}) on 127.0.0.1:port from its own directory; stop() ends it."""
 
     def __init__(self, root: Path, zones: dict[str, list[str]], broken: set[str] = frozenset(), zone_files: dict[str, str] | None = None):
@@ -172,15 +189,6 @@ class Nsd:
         if not broken:
             assert "error" not in log, log
         self.nameserver = f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.log.close()
 
 
 @pytest.fixture
