@@ -461,7 +461,7 @@ def mail_checks(
                 continue
             walls.append(("walls", f"relay {relay.name} port {t.backend_port} gives non-balancers no banner", relay.address, t.backend_port))
     if walls:
-        answers = run_probe(client, {"probes": [{"kind": "banner", "host": h, "port": p, "timeout": 4} for _, _, h, p in walls]})
+        answers = run_probe(client, {"concurrent": True, "probes": [{"kind": "banner", "host": h, "port": p, "timeout": 4} for _, _, h, p in walls]})
         for (group, name, _, _), answer in zip(walls, answers, strict=True):
             checks.append(
                 Check(

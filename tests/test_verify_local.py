@@ -132,3 +132,39 @@ def test_verify_without_a_front_door_stops_before_asking_any_host(tmp_path):
     assert result.returncode == 2, result.stdout + result.stderr
     assert "external balancer elb has no fqdn, so verify has no front door" in result.stderr and "Traceback" not in result.stderr
     assert "cannot reach" not in result.stderr
+
+
+def test_concurrent_probes_wait_together_and_answer_in_order():
+    """verify checks every wall at once: a server that greets its first client only once a second one has
+    connected answers both when the probes run concurrently, and leaves the first waiting (no banner) when
+    they run in order. So twenty walls that hold cost one timeout, not twenty."""
+
+    def server_greeting_in_pairs() -> tuple[socket.socket, int]:
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+
+        def answer():
+            first, _ = server.accept()
+            try:
+                second, _ = server.accept()
+            except OSError:  # closed: the probes ran in order and the first gave up
+                first.close()
+                return
+            for n, conn in enumerate((first, second), 1):
+                conn.sendall(f"220 client {n}\r\n".encode())
+                conn.close()
+
+        threading.Thread(target=answer, daemon=True).start()
+        return server, server.getsockname()[1]
+
+    results = {}
+    for concurrent in (True, False):
+        server, port = server_greeting_in_pairs()
+        try:
+            probes = [{"kind": "banner", "host": "127.0.0.1", "port": port, "timeout": 2, "n": n} for n in (1, 2)]
+            results[concurrent] = run_probe(HostShell("here", ["env"]), {"concurrent": concurrent, "probes": probes})
+        finally:
+            server.close()
+    assert {a["banner"] for a in results[True]} == {"220 client 1", "220 client 2"}
+    assert results[False][0]["banner"] is None  # in order, the first probe waited alone and timed out
